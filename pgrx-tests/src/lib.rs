@@ -1,0 +1,1 @@
+//! Client-side integration tests live in tests/.

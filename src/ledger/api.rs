@@ -1,0 +1,678 @@
+//! The ledger's SQL functions (SPEC section 1). Each validates its arguments, locks the
+//! one customer it concerns, and leaves the decisions to `core`.
+use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
+use super::store::{decode_lines, encode_lines, unknown_customer, Extra, Keyed, Op};
+use crate::clock;
+use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
+use crate::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::json;
+
+pub const MAX_KEY: usize = 255;
+pub const MAX_CUSTOMER: usize = 255;
+
+
+type EntryRow = (pgrx::Uuid, i64, bool);
+
+fn row(r: Result<EntryRow>) -> TableIterator<'static, EntryRow> {
+    deliver(r.map(TableIterator::once), TableIterator::empty)
+}
+
+// ---- argument checks: 22023 with the argument's name ----
+
+pub fn need<T>(v: Option<T>, what: &str) -> Result<T> {
+    v.ok_or_else(|| BillingError::invalid(format!("{what} must not be NULL")))
+}
+
+pub fn customer_arg(c: Option<&str>) -> Result<&str> {
+    let c = need(c, "customer")?;
+    if c.is_empty() || c.len() > MAX_CUSTOMER {
+        return Err(BillingError::invalid(format!("customer id must be 1 to {MAX_CUSTOMER} bytes, got {}", c.len())));
+    }
+    Ok(c)
+}
+
+pub fn key_arg<'k>(k: Option<&'k str>, customer: &str) -> Result<&'k str> {
+    let k = k.ok_or_else(|| BillingError::invalid(format!("idempotency_key must not be NULL (customer \"{customer}\")")))?;
+    if k.is_empty() || k.len() > MAX_KEY {
+        return Err(BillingError::invalid(format!(
+            "idempotency_key must be 1 to {MAX_KEY} bytes, got {} (customer \"{customer}\")",
+            k.len()
+        )));
+    }
+    Ok(k)
+}
+
+pub fn amount_arg(a: Option<i64>, what: &str, customer: &str) -> Result<i64> {
+    let a = a.ok_or_else(|| BillingError::invalid(format!("{what} must not be NULL (customer \"{customer}\")")))?;
+    if a <= 0 {
+        return Err(BillingError::invalid(format!("{what} must be positive, got {a} (customer \"{customer}\")")));
+    }
+    Ok(a)
+}
+
+fn ttl_arg(ttl: Option<Interval>, what: &str) -> Result<i64> {
+    let t = need(ttl, what)?;
+    let us = t.as_micros();
+    if us <= 0 || us > i64::MAX as i128 / 2 {
+        return Err(BillingError::invalid(format!("{what} must be a positive interval")));
+    }
+    Ok(us as i64)
+}
+
+fn key_reused(customer: &str, key: &str, first: &Keyed) -> BillingError {
+    BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different arguments"))
+        .detail(format!("The key belongs to the {} entry {} (amount {}).", first.kind, first.entry_id, first.amount))
+        .hint("Use a new key for a new request; retry with the same arguments to get the first result.")
+}
+
+fn insufficient(customer: &str, what: &str, e: rules::Insufficient) -> BillingError {
+    BillingError::new(INSUFFICIENT, format!("insufficient credits for customer \"{customer}\": {what} of {} needs more than the {} available", e.requested, e.available))
+}
+
+fn frozen(customer: &str) -> BillingError {
+    BillingError::new(DENIED, format!("customer \"{customer}\" is frozen"))
+        .detail("A frozen customer (for example with an open dispute) cannot spend credits.")
+}
+
+fn connect<T>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<T>) -> Result<T> {
+    Spi::connect_mut(f)
+}
+
+// ---- grant ----
+
+static GRANT_INSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.grants (customer, id, seq, source, amount, remaining, open, expires_at, priority, metadata, entry_id, created_at)
+          VALUES ($1, $2, $3, $4, $5, 0, false, $6, $7, $8, $9, $10)",
+    args: &[TEXTOID, UUIDOID, INT8OID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, UUIDOID, TIMESTAMPTZOID],
+};
+static GRANT_ROW: Stmt = Stmt {
+    sql: "SELECT amount, source, expires_at, priority, metadata FROM billing.grants WHERE customer = $1 AND id = $2",
+    args: &[TEXTOID, UUIDOID],
+};
+
+#[pg_extern(sql = false)]
+#[allow(clippy::too_many_arguments)]
+fn grant(
+    customer: Option<&str>,
+    amount: Option<i64>,
+    idempotency_key: Option<&str>,
+    source: Option<&str>,
+    expires_at: Option<TimestampWithTimeZone>,
+    priority: Option<i32>,
+    metadata: Option<JsonB>,
+) -> Option<pgrx::Uuid> {
+    deliver(grant_impl(customer, amount, idempotency_key, source, expires_at, priority, metadata).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_grant, billing_grant, grant_wrapper);
+
+fn grant_impl(
+    customer: Option<&str>,
+    amount: Option<i64>,
+    key: Option<&str>,
+    source: Option<&str>,
+    expires_at: Option<TimestampWithTimeZone>,
+    priority: Option<i32>,
+    metadata: Option<JsonB>,
+) -> Result<pgrx::Uuid> {
+    let customer = customer_arg(customer)?;
+    let amount = amount_arg(amount, "amount", customer)?;
+    let key = key_arg(key, customer)?;
+    let source = source.unwrap_or("manual");
+    let priority = priority.unwrap_or(0);
+    let metadata = metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
+    let expires = expires_at.map(micros).unwrap_or(NEVER);
+    let now = clock::now();
+    if expires <= now {
+        return Err(BillingError::invalid(format!("expires_at of the grant for customer \"{customer}\" is not in the future")));
+    }
+    connect(|c| {
+        let mut op = Op::lock(c, customer, now, true)?.ok_or_else(|| unknown_customer(customer))?;
+        if let Some(k) = op.find_key(key)? {
+            let same = k.kind == "grant" && {
+                let gid = k.grant_id.unwrap_or_else(crate::spi::nil);
+                let t = op.run(&GRANT_ROW, &[customer.into(), gid.into()])?;
+                let r = t.first();
+                r.get::<i64>(1)? == Some(amount)
+                    && r.get::<String>(2)?.as_deref() == Some(source)
+                    && r.get::<TimestampWithTimeZone>(3)?.map(micros) == Some(expires)
+                    && r.get::<i32>(4)? == Some(priority)
+                    && r.get::<JsonB>(5)?.map(|j| j.0) == Some(metadata.clone())
+            };
+            return if same { Ok(k.grant_id.unwrap_or_else(crate::spi::nil)) } else { Err(key_reused(customer, key, &k)) };
+        }
+        op.catch_up()?;
+        let id = new_id();
+        let entry_id = new_id();
+        op.run(
+            &GRANT_INSERT,
+            &[
+                customer.into(),
+                uuid(&id).into(),
+                op.next_seq().into(),
+                source.into(),
+                amount.into(),
+                ts(expires).into(),
+                priority.into(),
+                JsonB(metadata.clone()).into(),
+                uuid(&entry_id).into(),
+                ts(op.now).into(),
+            ],
+        )?;
+        op.add_grant(Grant { id, remaining: 0, expires_at: expires, priority, seq: op.next_seq() });
+        let lines = op.book.grant_lines(id, amount);
+        let e = Entry { kind: Kind::Grant, at: op.now, lines, grant: Some(id), hold: None };
+        op.write(&e, Extra { key: Some(key), metadata: Some(metadata), entry_id: Some(entry_id), ..Default::default() })?;
+        op.finish()?;
+        Ok(uuid(&id))
+    })
+}
+
+// ---- debit ----
+
+#[pg_extern(sql = false)]
+fn debit(
+    customer: Option<&str>,
+    amount: Option<i64>,
+    idempotency_key: Option<&str>,
+    metadata: Option<JsonB>,
+) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+    row(debit_impl(customer, amount, idempotency_key, metadata))
+}
+crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper);
+
+fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>) -> Result<(pgrx::Uuid, i64, bool)> {
+    let customer = customer_arg(customer)?;
+    let amount = amount_arg(amount, "amount", customer)?;
+    let key = key_arg(key, customer)?;
+    let metadata = metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
+    let now = clock::now();
+    connect(|c| {
+        let mut op = Op::lock_existing(c, customer, now)?;
+        if let Some(k) = op.find_key(key)? {
+            return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
+                Ok((k.entry_id, k.balance_after, true))
+            } else {
+                Err(key_reused(customer, key, &k))
+            };
+        }
+        if op.frozen {
+            return Err(frozen(customer));
+        }
+        op.catch_up()?;
+        op.load_live_grants()?;
+        let take = op.book.allocate(amount, op.now, Acct::Debt).map_err(|e| insufficient(customer, "debit", e))?;
+        let e = Entry { kind: Kind::Debit, at: op.now, lines: negate(&take), grant: None, hold: None };
+        let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
+        op.finish()?;
+        Ok((w.entry_id, w.balance_after, false))
+    })
+}
+
+// ---- holds ----
+
+static RES_INSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.reservations (customer, id, amount, ttl, status, expires_at, accounts, amounts, hold_entry, created_at)
+          VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9)",
+    args: &[TEXTOID, UUIDOID, INT8OID, INTERVALOID, TIMESTAMPTZOID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID, TIMESTAMPTZOID],
+};
+static RES_CUSTOMER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
+static RES_ROW: Stmt = Stmt {
+    sql: "SELECT status, expires_at, accounts, amounts, settled, end_entry, consumed_accounts, consumed_amounts
+            FROM billing.reservations WHERE customer = $1 AND id = $2",
+    args: &[TEXTOID, UUIDOID],
+};
+static RES_END: Stmt = Stmt {
+    sql: "UPDATE billing.reservations SET status = $3, settled = $4, consumed_accounts = $5, consumed_amounts = $6, end_entry = $7
+           WHERE customer = $1 AND id = $2",
+    args: &[TEXTOID, UUIDOID, TEXTOID, INT8OID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID],
+};
+static RES_EXTEND: Stmt = Stmt {
+    sql: "UPDATE billing.reservations SET expires_at = $3 WHERE customer = $1 AND id = $2",
+    args: &[TEXTOID, UUIDOID, TIMESTAMPTZOID],
+};
+static ENTRY_BALANCE: Stmt = Stmt { sql: "SELECT balance_after FROM billing.journal WHERE entry_id = $1", args: &[UUIDOID] };
+
+#[pg_extern(sql = false)]
+fn reserve(customer: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>, ttl: Option<Interval>) -> Option<pgrx::Uuid> {
+    deliver(reserve_impl(customer, amount, idempotency_key, ttl).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_reserve, billing_reserve, reserve_wrapper);
+
+fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, ttl: Option<Interval>) -> Result<pgrx::Uuid> {
+    let customer = customer_arg(customer)?;
+    let amount = amount_arg(amount, "amount", customer)?;
+    let key = key_arg(key, customer)?;
+    let ttl_iv = need(ttl, "ttl")?;
+    let ttl_us = ttl_arg(Some(ttl_iv), "ttl")?;
+    let now = clock::now();
+    connect(|c| {
+        let mut op = Op::lock_existing(c, customer, now)?;
+        let metadata = json!({ "ttl_us": ttl_us });
+        if let Some(k) = op.find_key(key)? {
+            return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
+                Ok(k.reservation_id.unwrap_or_else(crate::spi::nil))
+            } else {
+                Err(key_reused(customer, key, &k))
+            };
+        }
+        if op.frozen {
+            return Err(frozen(customer));
+        }
+        op.catch_up()?;
+        op.load_live_grants()?;
+        let id = new_id();
+        let take = op.book.allocate(amount, op.now, Acct::Borrow(id)).map_err(|e| insufficient(customer, "reserve", e))?;
+        let expires = op.now.saturating_add(ttl_us);
+        let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
+        let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
+        let (accts, amounts) = encode_lines(&take);
+        let now = op.now;
+        op.run(
+            &RES_INSERT,
+            &[customer.into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts.into(), amounts.into(), w.entry_id.into(), ts(now).into()],
+        )?;
+        op.add_hold(Hold { id, lines: take, expires_at: expires });
+        op.finish()?;
+        Ok(uuid(&id))
+    })
+}
+
+struct Res {
+    status: String,
+    expires_at: i64,
+    hold: Hold,
+    settled: Option<i64>,
+    end_entry: Option<pgrx::Uuid>,
+    consumed: Vec<(Acct, i64)>,
+}
+
+fn res_customer(c: &mut SpiClient<'_>, id: &pgrx::Uuid) -> Result<String> {
+    let t = run(c, &RES_CUSTOMER, &[(*id).into()])?;
+    if t.is_empty() {
+        return Err(BillingError::new(UNKNOWN, format!("unknown reservation {id}")));
+    }
+    Ok(t.first().get::<String>(1)?.unwrap_or_default())
+}
+
+fn res_row(op: &mut Op, rid: &pgrx::Uuid) -> Result<Res> {
+    let customer = op.customer.clone();
+    let t = op.run(&RES_ROW, &[customer.as_str().into(), (*rid).into()])?;
+    let r = t.first();
+    let id = id_of(rid);
+    let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
+    let amounts: Vec<i64> = r.get(4)?.unwrap_or_default();
+    let expires_at = r.get::<TimestampWithTimeZone>(2)?.map(micros).unwrap_or(NEVER);
+    let caccts: Vec<pgrx::Uuid> = r.get(7)?.unwrap_or_default();
+    let camounts: Vec<i64> = r.get(8)?.unwrap_or_default();
+    Ok(Res {
+        status: r.get(1)?.unwrap_or_default(),
+        expires_at,
+        hold: Hold { id, lines: decode_lines(&accts, &amounts, Some(&id)), expires_at },
+        settled: r.get(5)?,
+        end_entry: r.get(6)?,
+        consumed: decode_lines(&caccts, &camounts, None),
+    })
+}
+
+fn entry_balance(op: &mut Op, entry: &pgrx::Uuid) -> Result<i64> {
+    let t = op.run(&ENTRY_BALANCE, &[(*entry).into()])?;
+    Ok(t.first().get::<i64>(1)?.unwrap_or(0))
+}
+
+fn not_active(rid: &pgrx::Uuid, customer: &str, status: &str) -> BillingError {
+    BillingError::new(NOT_ACTIVE, format!("reservation {rid} of customer \"{customer}\" is no longer active: {status}"))
+}
+
+/// Locks the reservation's customer and checks the hold is still active after catching
+/// up (a hold past its ttl lapses here, at its own instant).
+fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, rid: &pgrx::Uuid, now: i64) -> Result<(Op<'a, 'c>, Res)> {
+    let customer = res_customer(c, rid)?;
+    let mut op = Op::lock_existing(c, &customer, now)?;
+    let res = res_row(&mut op, rid)?;
+    Ok((op, res))
+}
+
+#[pg_extern(sql = false)]
+fn settle(reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+    row(settle_impl(reservation_id, actual))
+}
+crate::sql_entry!(pg_finfo_billing_settle, billing_settle, settle_wrapper);
+
+fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx::Uuid, i64, bool)> {
+    let rid = need(rid, "reservation_id")?;
+    let actual = need(actual, "actual")?;
+    if actual < 0 {
+        return Err(BillingError::invalid(format!("actual must not be negative, got {actual} (reservation {rid})")));
+    }
+    let now = clock::now();
+    connect(|c| {
+        let (mut op, res) = open_hold(c, &rid, now)?;
+        let customer = op.customer.clone();
+        match res.status.as_str() {
+            "settled" if res.settled == Some(actual) => {
+                let e = res.end_entry.unwrap_or_else(crate::spi::nil);
+                let b = entry_balance(&mut op, &e)?;
+                return Ok((e, b, true));
+            }
+            "settled" => {
+                return Err(not_active(&rid, &customer, &format!("already settled with {}", res.settled.unwrap_or(0))));
+            }
+            "active" => {}
+            other => return Err(not_active(&rid, &customer, other)),
+        }
+        op.catch_up()?;
+        if res.expires_at <= op.now {
+            return Err(not_active(&rid, &customer, "expired"));
+        }
+        let plan = settle_plan(&res.hold, actual);
+        let mut extra = vec![];
+        if plan.extra > 0 {
+            if op.frozen {
+                return Err(frozen(&customer));
+            }
+            op.load_live_grants()?;
+            extra = op
+                .book
+                .allocate(plan.extra, op.now, Acct::Debt)
+                .map_err(|e| insufficient(&customer, &format!("settle of {actual} against a hold of {}", res.hold.amount()), e))?;
+        }
+        let lines = settle_lines(res.hold.id, &plan, &extra);
+        let returned: Vec<_> = lines.iter().filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None }).collect();
+        op.load_grants(&returned)?;
+        op.remove_hold(&res.hold.id);
+        let e = Entry { kind: Kind::Settle, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
+        let w = op.write_and_settle_expired(&e, Extra { metadata: Some(json!({ "actual": actual })), ..Default::default() })?;
+        let (ca, cm) = encode_lines(&settle_consumed(res.hold.id, &plan, &extra));
+        let cust = op.customer.clone();
+        op.run(&RES_END, &[cust.as_str().into(), rid.into(), "settled".into(), actual.into(), ca.into(), cm.into(), w.entry_id.into()])?;
+        op.finish()?;
+        Ok((w.entry_id, w.balance_after, false))
+    })
+}
+
+#[pg_extern(sql = false)]
+fn release(reservation_id: Option<pgrx::Uuid>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+    row(release_impl(reservation_id))
+}
+crate::sql_entry!(pg_finfo_billing_release, billing_release, release_wrapper);
+
+fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
+    let rid = need(rid, "reservation_id")?;
+    let now = clock::now();
+    connect(|c| {
+        let (mut op, res) = open_hold(c, &rid, now)?;
+        let customer = op.customer.clone();
+        match res.status.as_str() {
+            "released" => {
+                let e = res.end_entry.unwrap_or_else(crate::spi::nil);
+                let b = entry_balance(&mut op, &e)?;
+                return Ok((e, b, true));
+            }
+            "active" => {}
+            other => return Err(not_active(&rid, &customer, other)),
+        }
+        op.catch_up()?;
+        if res.expires_at <= op.now {
+            return Err(not_active(&rid, &customer, "expired"));
+        }
+        let lines = res.hold.lines.clone();
+        let returned: Vec<_> = lines.iter().filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None }).collect();
+        op.load_grants(&returned)?;
+        op.remove_hold(&res.hold.id);
+        let e = Entry { kind: Kind::Release, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
+        let w = op.write_and_settle_expired(&e, Extra::default())?;
+        op.run(&RES_END, &[customer.as_str().into(), rid.into(), "released".into(), DatumWithOidNull::i64(), DatumWithOidNull::uuids(), DatumWithOidNull::i64s(), w.entry_id.into()])?;
+        op.finish()?;
+        Ok((w.entry_id, w.balance_after, false))
+    })
+}
+
+/// Typed NULL arguments.
+struct DatumWithOidNull;
+impl DatumWithOidNull {
+    fn i64() -> pgrx::datum::DatumWithOid<'static> {
+        pgrx::datum::DatumWithOid::null::<i64>()
+    }
+    fn i64s() -> pgrx::datum::DatumWithOid<'static> {
+        pgrx::datum::DatumWithOid::null::<Vec<i64>>()
+    }
+    fn uuids() -> pgrx::datum::DatumWithOid<'static> {
+        pgrx::datum::DatumWithOid::null::<Vec<pgrx::Uuid>>()
+    }
+}
+
+#[pg_extern(sql = false)]
+fn extend(reservation_id: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Option<TimestampWithTimeZone> {
+    deliver(extend_impl(reservation_id, ttl).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_extend, billing_extend, extend_wrapper);
+
+fn extend_impl(rid: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Result<TimestampWithTimeZone> {
+    let rid = need(rid, "reservation_id")?;
+    let ttl_us = ttl_arg(ttl, "ttl")?;
+    let now = clock::now();
+    connect(|c| {
+        let (mut op, res) = open_hold(c, &rid, now)?;
+        let customer = op.customer.clone();
+        if res.status != "active" {
+            return Err(not_active(&rid, &customer, &res.status));
+        }
+        op.catch_up()?;
+        if res.expires_at <= op.now {
+            return Err(not_active(&rid, &customer, "expired"));
+        }
+        let expires = res.expires_at.max(op.now.saturating_add(ttl_us));
+        op.run(&RES_EXTEND, &[customer.as_str().into(), rid.into(), ts(expires).into()])?;
+        op.finish()?;
+        Ok(ts(expires))
+    })
+}
+
+// ---- refund ----
+
+static ENTRY_ROW: Stmt = Stmt {
+    sql: "SELECT customer, kind, accounts, deltas, reservation_id FROM billing.journal WHERE entry_id = $1",
+    args: &[UUIDOID],
+};
+static REFUNDS_OF: Stmt = Stmt {
+    sql: "SELECT accounts, deltas FROM billing.journal WHERE customer = $1 AND ref_entry = $2 AND kind = 'refund'",
+    args: &[TEXTOID, UUIDOID],
+};
+
+#[pg_extern(sql = false)]
+fn refund(entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+    row(refund_impl(entry_id, amount, idempotency_key))
+}
+crate::sql_entry!(pg_finfo_billing_refund, billing_refund, refund_wrapper);
+
+fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>) -> Result<(pgrx::Uuid, i64, bool)> {
+    let entry = need(entry, "entry_id")?;
+    let now = clock::now();
+    connect(|c| {
+        let t = run(c, &ENTRY_ROW, &[entry.into()])?;
+        if t.is_empty() {
+            return Err(BillingError::new(UNKNOWN, format!("unknown journal entry {entry}")));
+        }
+        let r = t.first();
+        let customer: String = r.get(1)?.unwrap_or_default();
+        let kind: String = r.get(2)?.unwrap_or_default();
+        let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
+        let deltas: Vec<i64> = r.get(4)?.unwrap_or_default();
+        let rid: Option<pgrx::Uuid> = r.get(5)?;
+        if kind != "debit" && kind != "settle" {
+            return Err(BillingError::invalid(format!("entry {entry} of customer \"{customer}\" is a {kind}; only debits and settles can be refunded")));
+        }
+        if let Some(a) = amount {
+            amount_arg(Some(a), "amount", &customer)?;
+        }
+        // Without a key, the refund is keyed by what it asks for: retrying it is safe.
+        let default_key = format!("refund:{entry}:{}", amount.map_or("all".to_string(), |a| a.to_string()));
+        let key = match key {
+            Some(k) => key_arg(Some(k), &customer)?,
+            None => default_key.as_str(),
+        };
+        let mut op = Op::lock_existing(c, &customer, now)?;
+        let metadata = json!({ "requested": amount });
+        if let Some(k) = op.find_key(key)? {
+            return if k.kind == "refund" && k.ref_entry == Some(entry) && k.metadata == metadata {
+                Ok((k.entry_id, k.balance_after, true))
+            } else {
+                Err(key_reused(&customer, key, &k))
+            };
+        }
+        let consumed = if kind == "debit" {
+            negate(&decode_lines(&accts, &deltas, None))
+        } else {
+            let rid = rid.unwrap_or_else(crate::spi::nil);
+            res_row(&mut op, &rid)?.consumed
+        };
+        let mut refunded = vec![];
+        for r in op.run(&REFUNDS_OF, &[customer.as_str().into(), entry.into()])? {
+            let a: Vec<pgrx::Uuid> = r.get(1)?.unwrap_or_default();
+            let d: Vec<i64> = r.get(2)?.unwrap_or_default();
+            refunded.extend(decode_lines(&a, &d, None));
+        }
+        let plan = refund_plan(&consumed, &refunded, amount).map_err(|left| {
+            BillingError::invalid(format!(
+                "refund of {} exceeds the {left} still refundable on entry {entry} of customer \"{customer}\"",
+                amount.map_or("everything".to_string(), |a| a.to_string())
+            ))
+        })?;
+        op.catch_up()?;
+        let grants: Vec<_> = plan.iter().filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None }).collect();
+        op.load_grants(&grants)?;
+        let e = Entry { kind: Kind::Refund, at: op.now, lines: plan, grant: None, hold: None };
+        let w = op.write_and_settle_expired(&e, Extra { key: Some(key), ref_entry: Some(entry), metadata: Some(metadata), ..Default::default() })?;
+        op.finish()?;
+        Ok((w.entry_id, w.balance_after, false))
+    })
+}
+
+// ---- balances ----
+
+#[pg_extern(sql = false)]
+fn balance(customer: Option<&str>) -> Option<i64> {
+    deliver(balance_impl(customer).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_balance, billing_balance, balance_wrapper);
+
+fn balance_impl(customer: Option<&str>) -> Result<i64> {
+    let customer = customer_arg(customer)?;
+    let now = clock::now();
+    Spi::connect_mut(|c| Op::read(c, customer, now)?.peek_balance())
+}
+
+static BALANCE_AT: Stmt = Stmt {
+    sql: "SELECT balance_after, seq FROM billing.journal WHERE customer = $1 AND at <= $2 ORDER BY seq DESC LIMIT 1",
+    args: &[TEXTOID, TIMESTAMPTZOID],
+};
+
+#[pg_extern(sql = false)]
+fn balance_at(customer: Option<&str>, at: Option<TimestampWithTimeZone>) -> Option<i64> {
+    deliver(balance_at_impl(customer, at).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_balance_at, billing_balance_at, balance_at_wrapper);
+
+fn balance_at_impl(customer: Option<&str>, at: Option<TimestampWithTimeZone>) -> Result<i64> {
+    let customer = customer_arg(customer)?;
+    let at = micros(need(at, "at")?);
+    Spi::connect_mut(|c| {
+        let mut op = Op::read(c, customer, at)?;
+        let t = op.run(&BALANCE_AT, &[customer.into(), ts(at).into()])?;
+        if t.is_empty() {
+            return Ok(0);
+        }
+        let r = t.first();
+        let (b, seq) = (r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0));
+        if seq < op.seq() {
+            // Later entries exist, so everything that expired by `at` was written down
+            // before them: the journal row is the answer.
+            return Ok(b);
+        }
+        // `at` is after the last entry: what expired since is computed, not yet written.
+        op.now = at.max(op.clock());
+        op.peek_balance()
+    })
+}
+
+// ---- administration ----
+
+static SET_OVERDRAFT: Stmt = Stmt { sql: "UPDATE billing.customers SET overdraft_limit = $2 WHERE customer = $1", args: &[TEXTOID, INT8OID] };
+static SET_FROZEN: Stmt = Stmt { sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = $1", args: &[TEXTOID, BOOLOID] };
+
+#[pg_extern(sql = false)]
+fn set_overdraft(customer: Option<&str>, limit: Option<i64>) {
+    deliver(set_overdraft_impl(customer, limit), || ())
+}
+crate::sql_entry!(pg_finfo_billing_set_overdraft, billing_set_overdraft, set_overdraft_wrapper);
+
+fn set_overdraft_impl(customer: Option<&str>, limit: Option<i64>) -> Result<()> {
+    let customer = customer_arg(customer)?;
+    let limit = need(limit, "limit")?;
+    if limit < 0 {
+        return Err(BillingError::invalid(format!("overdraft limit must not be negative, got {limit} (customer \"{customer}\")")));
+    }
+    connect(|c| {
+        let op = Op::lock_existing(c, customer, clock::now())?;
+        drop(op);
+        run(c, &SET_OVERDRAFT, &[customer.into(), limit.into()])?;
+        Ok(())
+    })
+}
+
+#[pg_extern(sql = false)]
+fn set_frozen(customer: Option<&str>, frozen: Option<bool>) {
+    deliver(set_frozen_impl(customer, frozen), || ())
+}
+crate::sql_entry!(pg_finfo_billing_set_frozen, billing_set_frozen, set_frozen_wrapper);
+
+fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
+    let customer = customer_arg(customer)?;
+    let frozen = need(frozen, "frozen")?;
+    connect(|c| {
+        drop(Op::lock_existing(c, customer, clock::now())?);
+        run(c, &SET_FROZEN, &[customer.into(), frozen.into()])?;
+        Ok(())
+    })
+}
+
+static DUE: Stmt = Stmt {
+    sql: "SELECT customer FROM billing.customers WHERE next_event_at <= $1
+           ORDER BY next_event_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
+    args: &[TIMESTAMPTZOID, INT4OID],
+};
+
+#[pg_extern(sql = false)]
+fn maintenance(batch: Option<i32>) -> Option<i64> {
+    deliver(maintenance_impl(batch).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_maintenance, billing_maintenance, maintenance_wrapper);
+
+/// Writes the expiry rows of customers whose next expiry has passed. Customers locked by
+/// a running operation are skipped: that operation writes them itself.
+fn maintenance_impl(batch: Option<i32>) -> Result<i64> {
+    let batch = batch.unwrap_or(10_000);
+    if batch <= 0 {
+        return Err(BillingError::invalid("batch must be positive"));
+    }
+    let now = clock::now();
+    connect(|c| {
+        let mut due = vec![];
+        for r in run(c, &DUE, &[ts(now).into(), batch.into()])? {
+            due.push(r.get::<String>(1)?.unwrap_or_default());
+        }
+        let mut written = 0i64;
+        for customer in due {
+            let mut op = Op::lock_existing(c, &customer, now)?;
+            let before = op.seq();
+            op.catch_up()?;
+            written += op.seq() - before;
+            op.finish()?;
+        }
+        Ok(written)
+    })
+}

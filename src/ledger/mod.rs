@@ -1,0 +1,4 @@
+//! The credit ledger: grants, debits, holds, refunds, expiry, and the journal.
+pub mod api;
+pub mod rules;
+pub mod store;

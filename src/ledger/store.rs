@@ -1,0 +1,449 @@
+//! One customer's ledger operation over SPI: lock the customer row, catch up what expired,
+//! let `core` decide, write the journal entries, flush grant and customer rows once.
+use super::rules::{Acct, Book, Entry, Grant, Hold, Id, Kind, Ts, NEVER};
+use crate::error::{BillingError, Result, UNKNOWN};
+use crate::spi::{id_of, micros, new_id, run_ro, ts, uuid, Stmt};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+
+const NIL: Id = [0u8; 16];
+
+pub fn encode(a: Acct) -> pgrx::Uuid {
+    match a {
+        Acct::Grant(id) | Acct::Borrow(id) => uuid(&id),
+        Acct::Debt => uuid(&NIL),
+    }
+}
+
+/// Decodes an account of a hold's or a debit's lines: the nil uuid is the overdraft
+/// account, the hold's own id its borrowing, anything else a grant.
+pub fn decode(u: &pgrx::Uuid, hold: Option<&Id>) -> Acct {
+    let id = id_of(u);
+    if id == NIL {
+        Acct::Debt
+    } else if Some(&id) == hold {
+        Acct::Borrow(id)
+    } else {
+        Acct::Grant(id)
+    }
+}
+
+pub fn decode_lines(accts: &[pgrx::Uuid], amounts: &[i64], hold: Option<&Id>) -> Vec<(Acct, i64)> {
+    accts.iter().zip(amounts).map(|(u, &x)| (decode(u, hold), x)).collect()
+}
+
+pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
+    lines.iter().map(|&(a, x)| (encode(a), x)).unzip()
+}
+
+static LOCK: Stmt = Stmt {
+    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at
+            FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE",
+    args: &[TEXTOID],
+};
+static LOOKUP: Stmt = Stmt {
+    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at
+            FROM billing.customers WHERE customer = $1",
+    args: &[TEXTOID],
+};
+static CREATE: Stmt = Stmt {
+    sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
+    args: &[TEXTOID],
+};
+static GRANTS_LIVE: Stmt = Stmt {
+    sql: "SELECT id, remaining, expires_at, priority, seq FROM billing.grants
+           WHERE customer = $1 AND open AND expires_at > $2
+           ORDER BY expires_at, priority DESC, seq",
+    args: &[TEXTOID, TIMESTAMPTZOID],
+};
+static GRANTS_OPEN: Stmt = Stmt {
+    sql: "SELECT id, remaining, expires_at, priority, seq FROM billing.grants
+           WHERE customer = $1 AND open ORDER BY expires_at, priority DESC, seq",
+    args: &[TEXTOID],
+};
+static GRANTS_BY_ID: Stmt = Stmt {
+    sql: "SELECT id, remaining, expires_at, priority, seq FROM billing.grants
+           WHERE customer = $1 AND id = ANY($2)",
+    args: &[TEXTOID, UUIDARRAYOID],
+};
+static HOLDS_ACTIVE: Stmt = Stmt {
+    sql: "SELECT id, expires_at, accounts, amounts FROM billing.reservations
+           WHERE customer = $1 AND status = 'active'",
+    args: &[TEXTOID],
+};
+static HOLDS_LAPSED: Stmt = Stmt {
+    sql: "UPDATE billing.reservations r SET status = 'expired', end_entry = u.entry
+            FROM unnest($2::uuid[], $3::uuid[]) AS u(id, entry)
+           WHERE r.customer = $1 AND r.id = u.id",
+    args: &[TEXTOID, UUIDARRAYOID, UUIDARRAYOID],
+};
+static APPLY_GRANTS: Stmt = Stmt {
+    sql: "UPDATE billing.grants g SET remaining = g.remaining + u.d, open = g.remaining + u.d > 0
+            FROM unnest($2::uuid[], $3::int8[]) AS u(id, d)
+           WHERE g.customer = $1 AND g.id = u.id",
+    args: &[TEXTOID, UUIDARRAYOID, INT8ARRAYOID],
+};
+static INSERT_ENTRY: Stmt = Stmt {
+    sql: "INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
+            idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    args: &[TEXTOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID],
+};
+static SAVE: Stmt = Stmt {
+    sql: "UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6
+           WHERE customer = $1",
+    args: &[TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID],
+};
+static KEY: Stmt = Stmt {
+    sql: "SELECT entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry
+            FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
+    args: &[TEXTOID, TEXTOID],
+};
+
+/// A journal entry found under an idempotency key.
+pub struct Keyed {
+    pub entry_id: pgrx::Uuid,
+    pub kind: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    pub metadata: serde_json::Value,
+    pub grant_id: Option<pgrx::Uuid>,
+    pub reservation_id: Option<pgrx::Uuid>,
+    pub ref_entry: Option<pgrx::Uuid>,
+}
+
+/// What to write with an entry besides the rules' lines.
+#[derive(Default)]
+pub struct Extra<'a> {
+    pub key: Option<&'a str>,
+    pub ref_entry: Option<pgrx::Uuid>,
+    pub metadata: Option<serde_json::Value>,
+    pub entry_id: Option<Id>,
+}
+
+pub struct Written {
+    pub entry_id: pgrx::Uuid,
+    pub balance_after: i64,
+}
+
+/// A customer locked for one operation.
+pub struct Op<'a, 'c> {
+    c: &'a mut SpiClient<'c>,
+    pub customer: String,
+    pub book: Book,
+    pub frozen: bool,
+    pub now: Ts,
+    seq: i64,
+    clock: Ts,
+    next_event: Ts,
+    grants_loaded: bool,
+    holds_loaded: bool,
+    ro: bool,
+    grant_deltas: Vec<(Id, i64)>,
+    lapsed: Vec<(Id, Id)>,
+}
+
+impl<'a, 'c> Op<'a, 'c> {
+    /// Locks the customer's row (creating it when `create`), or `Ok(None)` if unknown.
+    pub fn lock(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool) -> Result<Option<Self>> {
+        Self::open(c, customer, now, create, false)
+    }
+
+    /// Reads a customer without locking, for callers that write nothing.
+    pub fn read(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
+        Self::open(c, customer, now, false, true)?.ok_or_else(|| unknown_customer(customer))
+    }
+
+    fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool) -> Result<Option<Self>> {
+        if create {
+            crate::spi::run(c, &CREATE, &[customer.into()])?;
+        }
+        let t = if ro { run_ro(c, &LOOKUP, &[customer.into()])? } else { crate::spi::run(c, &LOCK, &[customer.into()])? };
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
+        let book = Book { grants: vec![], holds: vec![], od: get(2)?, balance: get(1)?, overdraft_limit: get(3)? };
+        let frozen = r.get::<bool>(4)?.unwrap_or(false);
+        let seq = get(5)?;
+        let clock = r.get::<TimestampWithTimeZone>(6)?.map(micros).unwrap_or(i64::MIN);
+        let next_event = r.get::<TimestampWithTimeZone>(7)?.map(micros).unwrap_or(NEVER);
+        Ok(Some(Op {
+            c,
+            customer: customer.to_string(),
+            book,
+            frozen,
+            // Time never runs backwards within one customer's journal.
+            now: now.max(clock),
+            seq,
+            clock,
+            next_event,
+            grants_loaded: false,
+            holds_loaded: false,
+            ro,
+            grant_deltas: vec![],
+            lapsed: vec![],
+        }))
+    }
+
+    pub fn lock_existing(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
+        Self::lock(c, customer, now, false)?.ok_or_else(|| unknown_customer(customer))
+    }
+
+    pub fn client(&mut self) -> &mut SpiClient<'c> {
+        self.c
+    }
+
+    pub fn run(&mut self, s: &Stmt, args: &[DatumWithOid]) -> Result<pgrx::spi::SpiTupleTable<'c>> {
+        if self.ro {
+            run_ro(self.c, s, args)
+        } else {
+            crate::spi::run(self.c, s, args)
+        }
+    }
+
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+
+    pub fn clock(&self) -> Ts {
+        self.clock
+    }
+
+    pub fn find_key(&mut self, key: &str) -> Result<Option<Keyed>> {
+        let t = self.run(&KEY, &[self.customer.as_str().into(), key.into()])?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let r = t.first();
+        Ok(Some(Keyed {
+            entry_id: r.get(1)?.unwrap_or_else(crate::spi::nil),
+            kind: r.get(2)?.unwrap_or_default(),
+            amount: r.get(3)?.unwrap_or(0),
+            balance_after: r.get(4)?.unwrap_or(0),
+            metadata: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+            grant_id: r.get(6)?,
+            reservation_id: r.get(7)?,
+            ref_entry: r.get(8)?,
+        }))
+    }
+
+    fn read_grants(&mut self, t: pgrx::spi::SpiTupleTable) -> Result<Vec<Grant>> {
+        let mut out = Vec::new();
+        for r in t {
+            out.push(Grant {
+                id: id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil)),
+                remaining: r.get(2)?.unwrap_or(0),
+                expires_at: r.get::<TimestampWithTimeZone>(3)?.map(micros).unwrap_or(NEVER),
+                priority: r.get(4)?.unwrap_or(0),
+                seq: r.get(5)?.unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Brings the journal up to `now`: expiries of grants and lapses of holds that
+    /// happened since the last entry are written at their own instants. Cheap when
+    /// nothing is due (the customer row says when the next thing expires).
+    pub fn catch_up(&mut self) -> Result<()> {
+        if self.now < self.next_event {
+            return Ok(());
+        }
+        self.load_all()?;
+        let entries = self.book.catch_up(self.now, self.clock);
+        for e in entries {
+            let w = self.write(&e, Extra::default())?;
+            if e.kind == Kind::Release {
+                if let Some(h) = e.hold {
+                    self.lapsed.push((h, crate::spi::id_of(&w.entry_id)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads every open grant and active hold, so the book knows the next expiry exactly.
+    fn load_all(&mut self) -> Result<()> {
+        if !self.grants_loaded {
+            let t = self.run(&GRANTS_OPEN, &[self.customer.as_str().into()])?;
+            self.book.grants = self.read_grants(t)?;
+            self.grants_loaded = true;
+        }
+        if !self.holds_loaded {
+            let t = self.run(&HOLDS_ACTIVE, &[self.customer.as_str().into()])?;
+            let mut holds = Vec::new();
+            for r in t {
+                let id = id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil));
+                let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
+                let amounts: Vec<i64> = r.get(4)?.unwrap_or_default();
+                holds.push(Hold {
+                    id,
+                    lines: decode_lines(&accts, &amounts, Some(&id)),
+                    expires_at: r.get::<TimestampWithTimeZone>(2)?.map(micros).unwrap_or(NEVER),
+                });
+            }
+            self.book.holds = holds;
+            self.holds_loaded = true;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the book holds the live grants in spending order.
+    pub fn load_live_grants(&mut self) -> Result<()> {
+        if !self.grants_loaded {
+            let t = self.run(&GRANTS_LIVE, &[self.customer.as_str().into(), ts(self.now).into()])?;
+            self.book.grants = self.read_grants(t)?;
+            self.grants_loaded = true;
+        }
+        Ok(())
+    }
+
+    /// Makes sure the book knows these grants (a refund or release may return credits to
+    /// grants that are spent or expired, and so not loaded).
+    pub fn load_grants(&mut self, ids: &[Id]) -> Result<()> {
+        let missing: Vec<pgrx::Uuid> =
+            ids.iter().filter(|id| !self.book.grants.iter().any(|g| &g.id == *id)).map(uuid).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let t = self.run(&GRANTS_BY_ID, &[self.customer.as_str().into(), missing.into()])?;
+        let more = self.read_grants(t)?;
+        self.book.grants.extend(more);
+        self.book.sort();
+        Ok(())
+    }
+
+    pub fn add_grant(&mut self, g: Grant) {
+        self.book.grants.push(g);
+        self.book.sort();
+    }
+
+    pub fn add_hold(&mut self, h: Hold) {
+        self.next_event = self.next_event.min(h.expires_at);
+        self.book.holds.push(h);
+    }
+
+    pub fn remove_hold(&mut self, id: &Id) {
+        self.book.holds.retain(|h| &h.id != id);
+    }
+
+    pub fn next_seq(&self) -> i64 {
+        self.seq + 1
+    }
+
+    /// Appends one entry to the journal and applies it to the book.
+    pub fn write(&mut self, e: &Entry, x: Extra) -> Result<Written> {
+        let amount = e.amount();
+        let balance_after = self.book.balance.checked_add(amount).ok_or_else(|| {
+            BillingError::new(crate::error::OVERFLOW, format!("balance of customer \"{}\" would overflow", self.customer))
+        })?;
+        for &(a, d) in &e.lines {
+            if let Acct::Grant(id) = a {
+                if let Some(t) = self.grant_deltas.iter_mut().find(|t| t.0 == id) {
+                    t.1 += d;
+                } else {
+                    self.grant_deltas.push((id, d));
+                }
+                // Credits going back to a live grant make its expiry an event again.
+                if d > 0 {
+                    if let Some(g) = self.book.grants.iter().find(|g| g.id == id) {
+                        self.next_event = self.next_event.min(g.expires_at);
+                    }
+                }
+            }
+        }
+        self.book.apply(&e.lines);
+        self.seq += 1;
+        self.clock = self.clock.max(e.at);
+        let entry_id = uuid(&x.entry_id.unwrap_or_else(new_id));
+        let (accts, deltas) = encode_lines(&e.lines);
+        let args: [DatumWithOid; 14] = [
+            self.customer.as_str().into(),
+            self.seq.into(),
+            entry_id.into(),
+            ts(e.at).into(),
+            e.kind.as_str().into(),
+            amount.into(),
+            balance_after.into(),
+            x.key.map_or_else(DatumWithOid::null::<&str>, |k| k.into()),
+            e.grant.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |g| uuid(&g).into()),
+            e.hold.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |h| uuid(&h).into()),
+            x.ref_entry.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |r| r.into()),
+            accts.into(),
+            deltas.into(),
+            JsonB(x.metadata.unwrap_or_else(|| serde_json::json!({}))).into(),
+        ];
+        self.run(&INSERT_ENTRY, &args)?;
+        Ok(Written { entry_id, balance_after })
+    }
+
+    /// Writes an entry, then expires at once whatever it returned to grants that have
+    /// already expired (a refund or release onto an expired grant is recorded, and does
+    /// not become spendable).
+    pub fn write_and_settle_expired(&mut self, e: &Entry, x: Extra) -> Result<Written> {
+        let w = self.write(e, x)?;
+        let returned: Vec<Id> =
+            e.lines.iter().filter_map(|&(a, d)| if let (Acct::Grant(id), true) = (a, d > 0) { Some(id) } else { None }).collect();
+        let now = self.now;
+        let mut after = None;
+        for id in returned {
+            let expired = self.book.grants.iter().find(|g| g.id == id).filter(|g| !g.live(now) && g.remaining > 0).cloned();
+            if let Some(g) = expired {
+                let ex = Entry { kind: Kind::Expiry, at: now, lines: vec![(Acct::Grant(g.id), -g.remaining)], grant: Some(g.id), hold: None };
+                after = Some(self.write(&ex, Extra::default())?);
+            }
+        }
+        Ok(Written { entry_id: w.entry_id, balance_after: after.map_or(w.balance_after, |a| a.balance_after) })
+    }
+
+    /// Flushes grant remainders, lapsed holds and the customer row.
+    pub fn finish(mut self) -> Result<()> {
+        self.grant_deltas.retain(|d| d.1 != 0);
+        if !self.grant_deltas.is_empty() {
+            let (ids, ds): (Vec<pgrx::Uuid>, Vec<i64>) = self.grant_deltas.iter().map(|(i, d)| (uuid(i), *d)).unzip();
+            self.run(&APPLY_GRANTS, &[self.customer.as_str().into(), ids.into(), ds.into()])?;
+        }
+        if !self.lapsed.is_empty() {
+            let (ids, es): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = self.lapsed.iter().map(|(h, e)| (uuid(h), uuid(e))).unzip();
+            self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), ids.into(), es.into()])?;
+        }
+        // With everything loaded the next expiry is known exactly; otherwise keep the
+        // earlier bound, lowered by whatever this operation added.
+        let next = if self.grants_loaded && self.holds_loaded { self.book.next_event() } else { self.next_event };
+        let args: [DatumWithOid; 6] = [
+            self.customer.as_str().into(),
+            self.book.balance.into(),
+            self.book.od.into(),
+            self.seq.into(),
+            ts(self.clock).into(),
+            ts(next).into(),
+        ];
+        self.run(&SAVE, &args)?;
+        Ok(())
+    }
+
+    /// Lowers the next-event bound for something added outside `write` (a new grant).
+    pub fn note_expiry(&mut self, at: Ts) {
+        self.next_event = self.next_event.min(at);
+    }
+
+    /// The balance as of `now` without writing anything (for read-only callers).
+    pub fn peek_balance(&mut self) -> Result<i64> {
+        if self.now < self.next_event {
+            return Ok(self.book.balance);
+        }
+        self.load_all()?;
+        let mut b = self.book.clone();
+        b.catch_up(self.now, self.clock);
+        Ok(b.balance)
+    }
+}
+
+pub fn unknown_customer(customer: &str) -> BillingError {
+    BillingError::new(UNKNOWN, format!("unknown customer \"{customer}\""))
+        .hint("A customer exists from its first billing.grant.")
+}

@@ -1,0 +1,34 @@
+//! billing: a billing-consistency core for AI products, inside PostgreSQL.
+//!
+//! Layout: pure rules (`ledger::core`, `webhook::signature`) apart from the SPI glue
+//! (`ledger::store`, `spi`), SQL-facing functions in `ledger::api`, hand-written DDL
+//! and function declarations in `sql/`.
+use pgrx::prelude::*;
+
+pub mod clock;
+pub mod error;
+pub mod ledger;
+pub mod spi;
+pub mod webhook;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    clock::register();
+    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"billing".as_ptr()) };
+}
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

@@ -1,0 +1,97 @@
+//! SPI plumbing: statements prepared once per backend and kept (`SPI_keepplan`), so the
+//! hot path never re-parses SQL, plus small conversions.
+use crate::error::BillingError;
+use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiError, SpiTupleTable};
+use pgrx::datum::DatumWithOid;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A statement of the extension: fully schema-qualified, so the pinned `search_path`
+/// of the `SECURITY DEFINER` functions cannot redirect it.
+pub struct Stmt {
+    pub sql: &'static str,
+    pub args: &'static [PgBuiltInOids],
+}
+
+thread_local! {
+    static PLANS: RefCell<HashMap<usize, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
+}
+
+impl From<SpiError> for BillingError {
+    fn from(e: SpiError) -> Self {
+        BillingError::new("XX000", format!("billing: internal SPI error: {e}"))
+    }
+}
+
+/// Runs a kept plan. Every plan is prepared as mutating, so under READ COMMITTED each
+/// statement takes a fresh snapshot: after waiting for a customer's row lock it sees
+/// what the previous holder committed.
+pub fn run<'c>(c: &mut SpiClient<'c>, s: &Stmt, args: &[DatumWithOid]) -> Result<SpiTupleTable<'c>, BillingError> {
+    run_as(c, s, args, false)
+}
+
+/// Runs a kept plan read-only: it sees the calling statement's snapshot, so several
+/// reads of one call agree with each other and take no locks.
+pub fn run_ro<'c>(c: &mut SpiClient<'c>, s: &Stmt, args: &[DatumWithOid]) -> Result<SpiTupleTable<'c>, BillingError> {
+    run_as(c, s, args, true)
+}
+
+fn run_as<'c>(c: &mut SpiClient<'c>, s: &Stmt, args: &[DatumWithOid], ro: bool) -> Result<SpiTupleTable<'c>, BillingError> {
+    let key = (s.sql.as_ptr() as usize) << 1 | ro as usize;
+    let plan = match PLANS.with(|p| p.borrow().get(&key).cloned()) {
+        Some(p) => p,
+        None => {
+            let oids: Vec<PgOid> = s.args.iter().map(|o| PgOid::BuiltIn(*o)).collect();
+            let p = if ro { c.prepare(s.sql, &oids)? } else { c.prepare_mut(s.sql, &oids)? };
+            let p = Rc::new(p.keep());
+            PLANS.with(|m| m.borrow_mut().insert(key, p.clone()));
+            p
+        }
+    };
+    if ro {
+        Ok(c.select(&*plan, None, args)?)
+    } else {
+        Ok(c.update(&*plan, None, args)?)
+    }
+}
+
+pub fn nil() -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes([0u8; 16])
+}
+
+pub fn uuid(id: &[u8; 16]) -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(*id)
+}
+
+pub fn id_of(u: &pgrx::Uuid) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(u.as_bytes());
+    b
+}
+
+pub fn ts(micros: i64) -> TimestampWithTimeZone {
+    // i64::MAX and i64::MIN are Postgres' 'infinity' and '-infinity'.
+    TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity())
+}
+
+pub fn micros(t: TimestampWithTimeZone) -> i64 {
+    pg_sys::TimestampTz::from(t)
+}
+
+/// A time-ordered (version 7) uuid: ids of one customer's entries sort by creation, and
+/// the B-tree over them stays append-mostly instead of touching random pages.
+pub fn new_id() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let ok = unsafe { pg_sys::pg_strong_random(b.as_mut_ptr().cast(), b.len()) };
+    if !ok {
+        pgrx::error!("billing: could not generate random bytes");
+    }
+    let unix_ms = (unsafe { pg_sys::GetCurrentTimestamp() } / 1000 + 946_684_800_000) as u64;
+    b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
+    b[6] = (b[6] & 0x0f) | 0x70;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    b
+}

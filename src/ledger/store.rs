@@ -254,13 +254,13 @@ impl<'a, 'c> Op<'a, 'c> {
             return Ok(());
         }
         self.load_all()?;
-        let entries = self.book.catch_up(self.now, self.clock);
+        // The rules decide on a copy; `write` then applies each entry to the book once.
+        let entries = self.book.clone().catch_up(self.now, self.clock);
         for e in entries {
             let w = self.write(&e, Extra::default())?;
-            if e.kind == Kind::Release {
-                if let Some(h) = e.hold {
-                    self.lapsed.push((h, crate::spi::id_of(&w.entry_id)));
-                }
+            if let (Kind::Release, Some(h)) = (e.kind, e.hold) {
+                self.remove_hold(&h);
+                self.lapsed.push((h, id_of(&w.entry_id)));
             }
         }
         Ok(())

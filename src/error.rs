@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn sqlstate_encoding_matches_postgres() {
         // MAKE_SQLSTATE('2','2','0','2','3') = ERRCODE_INVALID_PARAMETER_VALUE
-        assert_eq!(sqlstate("22023"), pgrx::pg_sys::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as c_int);
-        assert_eq!(sqlstate("40001"), pgrx::pg_sys::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE as c_int);
+        assert_eq!(sqlstate("22023"), pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as c_int);
+        assert_eq!(sqlstate("40001"), pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE as c_int);
     }
 }

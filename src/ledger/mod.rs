@@ -2,3 +2,4 @@
 pub mod api;
 pub mod rules;
 pub mod store;
+mod tests;

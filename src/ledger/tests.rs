@@ -1,0 +1,341 @@
+//! `#[pg_test]`s of every ledger function and its error paths. Each runs in a
+//! transaction that is rolled back; concurrency, commits and roles are tested from the
+//! client side (pgrx-tests/, tests/isolation/).
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .unwrap();
+        Spi::run("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
+    }
+
+    fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    /// The SQLSTATE a statement raises ('ok' if none). The statement's effects are rolled
+    /// back with the exception block either way.
+    fn state(sql: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
+    }
+
+    fn clock(t: &str) {
+        Spi::run(&format!("SET billing.clock = '{t}'")).unwrap();
+    }
+
+    fn clean() {
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.verify()"), 0, "verify() reports inconsistencies");
+    }
+
+    fn bal(c: &str) -> i64 {
+        q(&format!("SELECT billing.balance('{c}')"))
+    }
+
+    #[pg_test]
+    fn grant_creates_customer_and_is_idempotent() {
+        setup();
+        let g1: pgrx::Uuid = q("SELECT billing.grant('a', 100, 'g1')");
+        let g2: pgrx::Uuid = q("SELECT billing.grant('a', 100, 'g1')");
+        assert_eq!(g1, g2);
+        assert_eq!(bal("a"), 100);
+        assert_eq!(state("SELECT billing.grant('a', 101, 'g1')"), "BL002");
+        assert_eq!(state("SELECT billing.grant('a', 100, 'g1', 'promo')"), "BL002");
+        assert_eq!(state("SELECT billing.grant('a', 0, 'g2')"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', -5, 'g2')"), "22023");
+        assert_eq!(state("SELECT billing.grant(NULL, 5, 'g2')"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', NULL, 'g2')"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', 5, NULL)"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', 5, '')"), "22023");
+        assert_eq!(state("SELECT billing.grant('', 5, 'k')"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', 5, repeat('k', 256))"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', 5, 'g3', 'promo', '2029-01-01')"), "22023");
+        assert_eq!(state("SELECT billing.grant('a', 9223372036854775807, 'g4')"), "22003");
+        assert_eq!(bal("a"), 100);
+        clean();
+    }
+
+    #[pg_test]
+    fn debit_consumes_in_documented_order() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'never')");
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'late', 'p', '2030-03-01')");
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'soon-lo', 'p', '2030-02-01', 0)");
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'soon-hi', 'p', '2030-02-01', 9)");
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 150, 'd1')"), 250);
+        let left = |k: &str| -> i64 {
+            q(&format!("SELECT g.remaining FROM billing.grants g JOIN billing.journal j ON j.entry_id = g.entry_id WHERE j.idempotency_key = '{k}'"))
+        };
+        assert_eq!((left("soon-hi"), left("soon-lo"), left("late"), left("never")), (0, 50, 100, 100));
+        // provenance is on the entry
+        assert_eq!(q::<i64>("SELECT cardinality(accounts)::bigint FROM billing.journal WHERE idempotency_key = 'd1'"), 2);
+        clean();
+    }
+
+    #[pg_test]
+    fn debit_replays_and_refuses() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
+        let (e1, b1, r1) = Spi::get_three::<pgrx::Uuid, i64, bool>("SELECT * FROM billing.debit('a', 30, 'd', '{\"m\":1}')").unwrap();
+        let (e2, b2, r2) = Spi::get_three::<pgrx::Uuid, i64, bool>("SELECT * FROM billing.debit('a', 30, 'd', '{\"m\":1}')").unwrap();
+        assert_eq!((e1, b1, r1), (e2, b2, Some(false)));
+        assert_eq!(r2, Some(true));
+        assert_eq!(b1, Some(70));
+        assert_eq!(state("SELECT billing.debit('a', 31, 'd', '{\"m\":1}')"), "BL002");
+        assert_eq!(state("SELECT billing.debit('a', 30, 'd', '{\"m\":2}')"), "BL002");
+        assert_eq!(state("SELECT billing.debit('a', 30, 'g')"), "BL002"); // a grant's key
+        assert_eq!(state("SELECT billing.debit('a', 71, 'd2')"), "BL001");
+        assert_eq!(state("SELECT billing.debit('nobody', 1, 'd3')"), "BL003");
+        assert_eq!(state("SELECT billing.debit('a', 0, 'd4')"), "22023");
+        assert_eq!(state("SELECT billing.debit('a', NULL, 'd4')"), "22023");
+        assert_eq!(state("SELECT billing.debit('a', 1, '')"), "22023");
+        assert_eq!(state("SELECT billing.debit(NULL, 1, 'd4')"), "22023");
+        assert_eq!(bal("a"), 70);
+        // keys are per customer
+        q::<pgrx::Uuid>("SELECT billing.grant('b', 100, 'g')");
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('b', 30, 'd')"), 70);
+        clean();
+    }
+
+    #[pg_test]
+    fn overdraft_and_repayment() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 50, 'g')");
+        assert_eq!(state("SELECT billing.debit('a', 80, 'd1')"), "BL001");
+        Spi::run("SELECT billing.set_overdraft('a', 40)").unwrap();
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 80, 'd1')"), -30);
+        assert_eq!(state("SELECT billing.debit('a', 11, 'd2')"), "BL001");
+        // the next grant repays the debt first
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g2')");
+        assert_eq!(bal("a"), 70);
+        assert_eq!(q::<i64>("SELECT od FROM billing.customers WHERE customer = 'a'"), 0);
+        assert_eq!(state("SELECT billing.set_overdraft('a', -1)"), "22023");
+        assert_eq!(state("SELECT billing.set_overdraft('nobody', 1)"), "BL003");
+        assert_eq!(state("SELECT billing.set_overdraft('a', NULL)"), "22023");
+        clean();
+    }
+
+    #[pg_test]
+    fn frozen_customers_cannot_spend() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 50, 'g')");
+        Spi::run("SELECT billing.set_frozen('a', true)").unwrap();
+        assert_eq!(state("SELECT billing.debit('a', 1, 'd')"), "BL004");
+        assert_eq!(state("SELECT billing.reserve('a', 1, 'r')"), "BL004");
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 5, 'g2')"); // grants still land
+        Spi::run("SELECT billing.set_frozen('a', false)").unwrap();
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 1, 'd')"), 54);
+        assert_eq!(state("SELECT billing.set_frozen('nobody')"), "BL003");
+        clean();
+    }
+
+    #[pg_test]
+    fn holds_count_under_the_same_rule() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 5000, 'g')");
+        for i in 0..5 {
+            q::<pgrx::Uuid>(&format!("SELECT billing.reserve('a', 1000, 'h{i}')"));
+        }
+        assert_eq!(state("SELECT billing.reserve('a', 1000, 'h5')"), "BL001");
+        assert_eq!(state("SELECT billing.debit('a', 1, 'd')"), "BL001");
+        assert_eq!(bal("a"), 0);
+        let again: pgrx::Uuid = q("SELECT billing.reserve('a', 1000, 'h0')");
+        let first: pgrx::Uuid = q("SELECT reservation_id FROM billing.journal WHERE idempotency_key = 'h0'");
+        assert_eq!(again, first);
+        assert_eq!(state("SELECT billing.reserve('a', 999, 'h0')"), "BL002");
+        assert_eq!(state("SELECT billing.reserve('a', 1000, 'h9', '0 seconds')"), "22023");
+        assert_eq!(state("SELECT billing.reserve('a', 1000, 'h9', NULL)"), "22023");
+        assert_eq!(state("SELECT billing.reserve('nobody', 1, 'h9')"), "BL003");
+        clean();
+    }
+
+    #[pg_test]
+    fn settle_release_extend() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 1000, 'g')");
+        let r: pgrx::Uuid = q("SELECT billing.reserve('a', 300, 'h')");
+        assert_eq!(bal("a"), 700);
+        let s = format!("SELECT balance_after FROM billing.settle('{r}', 120)");
+        assert_eq!(q::<i64>(&s), 880);
+        // settling again with the same amount replays; with another is refused
+        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.settle('{r}', 120)")), true);
+        assert_eq!(state(&format!("SELECT billing.settle('{r}', 121)")), "BL005");
+        assert_eq!(state(&format!("SELECT billing.release('{r}')")), "BL005");
+        assert_eq!(state(&format!("SELECT billing.extend('{r}', '1 minute')")), "BL005");
+
+        // above the hold: the extra only if available, else BL001 and the hold stays
+        let r2: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h2')");
+        assert_eq!(state(&format!("SELECT billing.settle('{r2}', 1000)")), "BL001");
+        assert_eq!(q::<String>(&format!("SELECT status FROM billing.reservations WHERE id = '{r2}'")), "active");
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.settle('{r2}', 250)")), 630);
+
+        let r3: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h3')");
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.release('{r3}')")), 630);
+        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.release('{r3}')")), true);
+        assert_eq!(state(&format!("SELECT billing.settle('{r3}', 1)")), "BL005");
+
+        let r4: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h4', '10 minutes')");
+        clock("2030-01-01 00:09:00+00");
+        let until: TimestampWithTimeZone = q(&format!("SELECT billing.extend('{r4}', '10 minutes')"));
+        assert_eq!(until, q::<TimestampWithTimeZone>("SELECT '2030-01-01 00:19:00+00'::timestamptz"));
+        clock("2030-01-01 00:18:59+00");
+        assert_eq!(bal("a"), 530);
+        clock("2030-01-01 00:19:00+00"); // lapses at that instant
+        assert_eq!(bal("a"), 630);
+        assert_eq!(state(&format!("SELECT billing.settle('{r4}', 1)")), "BL005");
+        assert_eq!(state(&format!("SELECT billing.extend('{r4}', '1 minute')")), "BL005");
+
+        assert_eq!(state("SELECT billing.settle('00000000-0000-0000-0000-00000000abcd', 1)"), "BL003");
+        assert_eq!(state(&format!("SELECT billing.settle('{r4}', -1)")), "22023");
+        assert_eq!(state(&format!("SELECT billing.settle('{r4}', NULL)")), "22023");
+        assert_eq!(state("SELECT billing.settle(NULL, 1)"), "22023");
+        assert_eq!(state("SELECT billing.release(NULL)"), "22023");
+        assert_eq!(state(&format!("SELECT billing.extend('{r4}', '-1 minute')")), "22023");
+        clean();
+    }
+
+    #[pg_test]
+    fn refunds_return_to_their_grants() {
+        setup();
+        let promo: pgrx::Uuid = q("SELECT billing.grant('a', 100, 'promo', 'promo', '2030-02-01')");
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 1000, 'buy')");
+        let e: pgrx::Uuid = q("SELECT entry_id FROM billing.debit('a', 150, 'd')");
+        assert_eq!(bal("a"), 950);
+        // partial refund: the credits taken last (from the purchase) come back first
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e}', 40, 'r1')")), 990);
+        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}', 40, 'r1')")), true);
+        assert_eq!(state(&format!("SELECT billing.refund('{e}', 41, 'r1')")), "BL002");
+        assert_eq!(state(&format!("SELECT billing.refund('{e}', 111, 'r2')")), "22023");
+        // the rest, keyless; a keyless retry replays
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e}')")), 1100);
+        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}')")), true);
+        assert_eq!(state(&format!("SELECT billing.refund('{e}', 1, 'r3')")), "22023");
+        assert_eq!(q::<i64>(&format!("SELECT remaining FROM billing.grants WHERE id = '{promo}'")), 100);
+        assert_eq!(q::<i64>(&format!("SELECT refunded FROM billing.grant_status WHERE grant_id = '{promo}'")), 100);
+
+        // a refund onto an expired grant is recorded and does not become spendable
+        let e2: pgrx::Uuid = q("SELECT entry_id FROM billing.debit('a', 100, 'd2')");
+        clock("2030-03-01 00:00:00+00");
+        assert_eq!(bal("a"), 1000);
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e2}')")), 1000);
+        assert_eq!(q::<i64>(&format!("SELECT refunded FROM billing.grant_status WHERE grant_id = '{promo}'")), 200);
+        assert_eq!(q::<i64>(&format!("SELECT expired FROM billing.grant_status WHERE grant_id = '{promo}'")), 100);
+
+        let g: pgrx::Uuid = q("SELECT entry_id FROM billing.journal WHERE idempotency_key = 'buy'");
+        assert_eq!(state(&format!("SELECT billing.refund('{g}')")), "22023"); // a grant
+        assert_eq!(state("SELECT billing.refund('00000000-0000-0000-0000-00000000abcd')"), "BL003");
+        assert_eq!(state("SELECT billing.refund(NULL)"), "22023");
+        assert_eq!(state(&format!("SELECT billing.refund('{e}', 0, 'z')")), "22023");
+        clean();
+    }
+
+    #[pg_test]
+    fn refund_of_a_settle_uses_its_provenance() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
+        let r: pgrx::Uuid = q("SELECT billing.reserve('a', 60, 'h')");
+        let e: pgrx::Uuid = q(&format!("SELECT entry_id FROM billing.settle('{r}', 50)"));
+        assert_eq!(bal("a"), 50);
+        assert_eq!(state(&format!("SELECT billing.refund('{e}', 51)")), "22023");
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e}')")), 100);
+        clean();
+    }
+
+    #[pg_test]
+    fn expiry_is_exact_without_a_job() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'promo', 'promo', '2030-01-02 00:00:00+00')");
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 10, 'buy')");
+        clock("2030-01-01 23:59:59.999999+00");
+        assert_eq!(bal("a"), 110);
+        clock("2030-01-02 00:00:00+00");
+        assert_eq!(bal("a"), 10);
+        assert_eq!(state("SELECT billing.debit('a', 11, 'd')"), "BL001");
+        // nothing was written by the reads; a write catches up at the expiry's own instant
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.journal WHERE kind = 'expiry'"), 0);
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 5, 'd')"), 5);
+        assert_eq!(
+            q::<TimestampWithTimeZone>("SELECT at FROM billing.journal WHERE kind = 'expiry'"),
+            q::<TimestampWithTimeZone>("SELECT '2030-01-02 00:00:00+00'::timestamptz")
+        );
+        assert_eq!(q::<i64>("SELECT billing.maintenance()"), 0);
+        clean();
+    }
+
+    #[pg_test]
+    fn maintenance_writes_expiry_rows() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'promo', 'promo', '2030-01-02')");
+        q::<pgrx::Uuid>("SELECT billing.grant('b', 100, 'promo', 'promo', '2030-01-03')");
+        q::<pgrx::Uuid>("SELECT billing.reserve('b', 30, 'h', '1 hour')");
+        clock("2030-01-05 00:00:00+00");
+        // a's grant expires; b's hold lapses, then b's grant expires
+        assert_eq!(q::<i64>("SELECT billing.maintenance()"), 3);
+        assert_eq!(q::<i64>("SELECT billing.maintenance()"), 0);
+        assert_eq!(q::<String>("SELECT status FROM billing.reservations"), "expired");
+        assert_eq!(bal("a") + bal("b"), 0);
+        assert_eq!(state("SELECT billing.maintenance(0)"), "22023");
+        clean();
+    }
+
+    #[pg_test]
+    fn balance_at_reads_the_past() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g', 'p', '2030-01-10')");
+        clock("2030-01-02 00:00:00+00");
+        q::<i64>("SELECT balance_after FROM billing.debit('a', 30, 'd')");
+        clock("2030-01-20 00:00:00+00");
+        assert_eq!(q::<i64>("SELECT billing.balance_at('a', '2029-12-31')"), 0);
+        assert_eq!(q::<i64>("SELECT billing.balance_at('a', '2030-01-01 12:00+00')"), 100);
+        assert_eq!(q::<i64>("SELECT billing.balance_at('a', '2030-01-05')"), 70);
+        assert_eq!(q::<i64>("SELECT billing.balance_at('a', '2030-01-15')"), 0);
+        assert_eq!(state("SELECT billing.balance_at('nobody', now())"), "BL003");
+        assert_eq!(state("SELECT billing.balance_at('a', NULL)"), "22023");
+        assert_eq!(state("SELECT billing.balance('nobody')"), "BL003");
+        assert_eq!(state("SELECT billing.balance(NULL)"), "22023");
+        clean();
+    }
+
+    #[pg_test]
+    fn journal_is_append_only() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
+        assert_eq!(state("UPDATE billing.journal SET amount = 1"), "42501");
+        assert_eq!(state("DELETE FROM billing.journal"), "42501");
+        assert_eq!(state("TRUNCATE billing.journal"), "42501");
+        clean();
+    }
+
+    #[pg_test]
+    fn verify_finds_tampering() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
+        Spi::run("UPDATE billing.grants SET remaining = 99").unwrap();
+        Spi::run("UPDATE billing.customers SET balance = 7").unwrap();
+        let checks: Vec<String> = Spi::connect(|c| {
+            c.select("SELECT check_name FROM billing.verify() ORDER BY 1", None, &[])
+                .unwrap()
+                .map(|r| r.get::<String>(1).unwrap().unwrap())
+                .collect()
+        });
+        assert!(checks.contains(&"grant_remaining".to_string()), "{checks:?}");
+        assert!(checks.contains(&"customer_balance".to_string()), "{checks:?}");
+    }
+
+    #[pg_test]
+    fn functions_are_security_definer_with_pinned_search_path() {
+        setup();
+        let loose: i64 = q("SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'billing'::regnamespace
+                             AND p.prokind = 'f' AND p.prorettype <> 'trigger'::regtype
+                             AND (NOT p.prosecdef OR NOT coalesce(p.proconfig::text LIKE '%search_path=pg_catalog, pg_temp%', false))");
+        assert_eq!(loose, 0);
+        let public: i64 = q("SELECT count(*) FROM pg_proc p WHERE p.pronamespace = 'billing'::regnamespace
+                              AND has_function_privilege('public', p.oid, 'EXECUTE')");
+        assert_eq!(public, 0);
+    }
+}

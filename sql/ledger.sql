@@ -82,14 +82,14 @@ SELECT g.customer, g.id AS grant_id, g.source, g.amount AS granted,
        g.priority, g.created_at
   FROM billing.grants g
   LEFT JOIN LATERAL (
-        SELECT sum(l.d) FILTER (WHERE j.kind = 'refund') AS refunded,
-               -sum(l.d) FILTER (WHERE j.kind = 'expiry') AS expired,
-               -sum(l.d) FILTER (WHERE j.kind = 'revocation') AS revoked
+        SELECT (sum(l.d) FILTER (WHERE j.kind = 'refund'))::bigint AS refunded,
+               (-sum(l.d) FILTER (WHERE j.kind = 'expiry'))::bigint AS expired,
+               (-sum(l.d) FILTER (WHERE j.kind = 'revocation'))::bigint AS revoked
           FROM billing.journal j, unnest(j.accounts, j.deltas) AS l(a, d)
          WHERE j.customer = g.customer AND l.a = g.id
            AND j.kind IN ('refund', 'expiry', 'revocation')) m ON true
   LEFT JOIN LATERAL (
-        SELECT sum(l.x) AS held
+        SELECT sum(l.x)::bigint AS held
           FROM billing.reservations r, unnest(r.accounts, r.amounts) AS l(a, x)
          WHERE r.customer = g.customer AND r.status = 'active' AND l.a = g.id) h ON true;
 COMMENT ON VIEW billing.grant_status IS 'Per grant: granted, used, refunded, expired, revoked, held, remaining.';

@@ -15,11 +15,15 @@ pub mod webhook;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
-extension_sql_file!("../sql/privileges.sql", name = "privileges", finalize);
+// Same order as the upgrade path: 0.1.0's files, then what 0.2.0 added.
+extension_sql_file!("../sql/privileges.sql", name = "privileges", requires = ["ledger"]);
+extension_sql_file!("../sql/webhook.sql", name = "webhook", requires = ["privileges"]);
+extension_sql_file!("../sql/privileges_webhook.sql", name = "privileges_webhook", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     clock::register();
+    webhook::ingest::register();
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"billing".as_ptr()) };
 }
 

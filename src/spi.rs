@@ -95,3 +95,35 @@ pub fn new_id() -> [u8; 16] {
     b[8] = (b[8] & 0x3f) | 0x80;
     b
 }
+
+/// Runs `f` in a subtransaction: on success it is kept; on an error (ours, or a Postgres
+/// ERROR raised inside) everything `f` did is rolled back and the error returned, while
+/// the surrounding transaction goes on. Webhook apply failures use it so the raw event
+/// is still stored, marked failed.
+pub fn subxact<T>(f: impl FnOnce() -> Result<T, BillingError> + std::panic::UnwindSafe) -> Result<T, BillingError> {
+    use pgrx::pg_sys::panic::CaughtError;
+    unsafe {
+        let cxt = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(cxt);
+        let r = pgrx::PgTryBuilder::new(f)
+            .catch_others(|e| {
+                let (code, msg) = match &e {
+                    CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) | CaughtError::RustPanic { ereport: r, .. } => {
+                        (r.sql_error_code(), r.message().to_string())
+                    }
+                };
+                Err(BillingError::new("XX000", format!("{msg} ({code:?})")))
+            })
+            .execute();
+        if r.is_ok() {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(cxt);
+        pg_sys::CurrentResourceOwner = owner;
+        r
+    }
+}

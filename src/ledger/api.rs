@@ -109,7 +109,7 @@ fn grant(
 }
 crate::sql_entry!(pg_finfo_billing_grant, billing_grant, grant_wrapper);
 
-fn grant_impl(
+pub fn grant_impl(
     customer: Option<&str>,
     amount: Option<i64>,
     key: Option<&str>,
@@ -549,6 +549,33 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
         let w = op.write_and_settle_expired(&e, Extra { key: Some(key), ref_entry: Some(entry), metadata: Some(metadata), ..Default::default() })?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
+    })
+}
+
+// ---- revocation (webhook refunds) ----
+
+/// Takes back `amount` credits of one grant (a refunded purchase). What the customer has
+/// already spent of it is owed on the overdraft account: the money is gone either way,
+/// so a revocation ignores the overdraft limit. Idempotent by `key`.
+pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, metadata: serde_json::Value) -> Result<Option<(pgrx::Uuid, i64)>> {
+    let now = clock::now();
+    connect(|c| {
+        let mut op = Op::lock_existing(c, customer, now)?;
+        if let Some(k) = op.find_key(key)? {
+            return if k.kind == "revocation" && k.amount == -amount { Ok(None) } else { Err(key_reused(customer, key, &k)) };
+        }
+        op.catch_up()?;
+        let g = id_of(grant_id);
+        op.load_grants(&[g])?;
+        let now = op.now;
+        let left = op.book.grants.iter().find(|x| x.id == g).filter(|x| x.live(now)).map_or(0, |x| x.remaining);
+        let from_grant = left.min(amount);
+        let mut lines = vec![(Acct::Grant(g), -from_grant), (Acct::Debt, -(amount - from_grant))];
+        lines.retain(|l| l.1 != 0);
+        let e = Entry { kind: Kind::Revocation, at: now, lines, grant: Some(g), hold: None };
+        let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
+        op.finish()?;
+        Ok(Some((w.entry_id, w.balance_after)))
     })
 }
 

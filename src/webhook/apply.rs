@@ -1,0 +1,481 @@
+//! Applying a verified Stripe event to subscriptions, credits and freezes. Runs inside
+//! a subtransaction of the ingesting transaction (see `ingest.rs`): an error here rolls
+//! back only the event's effects, and the event is kept as `failed`.
+//!
+//! Order of truth: a subscription snapshot applies only if its (created, event id) is
+//! past the last one applied to that subscription, and then only monotonic facts move
+//! (a terminal status stays, the period end only moves forward). Money effects are keyed
+//! by the business object (purchase, invoice, cumulative refund), not by the event.
+use super::event::{self, CustomerRef, Event};
+use crate::error::{BillingError, Result, UNKNOWN};
+use crate::ledger::api::{grant_impl, revoke};
+use crate::spi::{run, Stmt};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+pub const PROVIDER: &str = "stripe";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied(String),
+    Stale(String),
+    Ignored(String),
+}
+
+impl Outcome {
+    pub fn status(&self) -> &'static str {
+        match self {
+            Outcome::Applied(_) => "applied",
+            Outcome::Stale(_) => "stale",
+            Outcome::Ignored(_) => "ignored",
+        }
+    }
+    pub fn detail(&self) -> &str {
+        match self {
+            Outcome::Applied(d) | Outcome::Stale(d) | Outcome::Ignored(d) => d,
+        }
+    }
+}
+
+/// The application's customer an event concerns, once it is known.
+pub struct Applied {
+    pub outcome: Outcome,
+    pub customer: Option<String>,
+}
+
+fn waiting(what: String) -> BillingError {
+    BillingError::new(UNKNOWN, what).hint("Link the customer with billing.link_customer(customer, provider_customer_id); its waiting events are then applied in order.")
+}
+
+static LINKED: Stmt = Stmt {
+    sql: "SELECT customer FROM billing.provider_customers WHERE provider = $1 AND provider_customer = $2",
+    args: &[TEXTOID, TEXTOID],
+};
+static ENSURE_CUSTOMER: Stmt = Stmt {
+    sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
+    args: &[TEXTOID],
+};
+static LINK: Stmt = Stmt {
+    sql: "INSERT INTO billing.provider_customers (provider, provider_customer, customer) VALUES ($1, $2, $3)
+          ON CONFLICT (provider, provider_customer) DO NOTHING",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
+
+/// Finds the application's customer: `metadata.customer` / `client_reference_id` name it
+/// (and link the provider customer on the way); else the linked provider customer.
+fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
+    if let Some(app) = &r.app {
+        if app.is_empty() || app.len() > crate::ledger::api::MAX_CUSTOMER {
+            return Err(BillingError::invalid(format!("customer id {app:?} in the event is not a valid customer id")));
+        }
+        run(c, &ENSURE_CUSTOMER, &[app.as_str().into()])?;
+        if let Some(p) = &r.provider {
+            run(c, &LINK, &[PROVIDER.into(), p.as_str().into(), app.as_str().into()])?;
+        }
+        return Ok(Some(app.clone()));
+    }
+    if let Some(p) = &r.provider {
+        let t = run(c, &LINKED, &[PROVIDER.into(), p.as_str().into()])?;
+        if !t.is_empty() {
+            return Ok(t.first().get::<String>(1)?);
+        }
+    }
+    Ok(None)
+}
+
+fn require(c: &mut SpiClient<'_>, r: &CustomerRef, what: &str) -> Result<String> {
+    resolve(c, r)?.ok_or_else(|| match &r.provider {
+        Some(p) => waiting(format!("unknown customer for {what}: provider customer {p} is not linked")),
+        None => waiting(format!("unknown customer for {what}: the object names no customer")),
+    })
+}
+
+pub fn apply(e: &Event) -> Result<Applied> {
+    let Some(obj) = e.object.as_ref() else {
+        return Ok(Applied { outcome: Outcome::Ignored("no data.object snapshot (thin or legacy event)".into()), customer: None });
+    };
+    Spi::connect_mut(|c| match e.kind.as_str() {
+        "checkout.session.completed" | "checkout.session.async_payment_succeeded" => checkout(c, e, obj),
+        "payment_intent.succeeded" => payment_intent(c, e, obj),
+        "invoice.paid" | "invoice.payment_succeeded" => invoice(c, e, obj, true),
+        "invoice.payment_failed" => invoice(c, e, obj, false),
+        "customer.subscription.created"
+        | "customer.subscription.updated"
+        | "customer.subscription.deleted"
+        | "customer.subscription.paused"
+        | "customer.subscription.resumed" => subscription(c, e, obj),
+        "charge.refunded" => charge_refunded(c, e, obj),
+        "refund.created" | "refund.updated" | "charge.refund.updated" => refund(c, e, obj),
+        "charge.dispute.created" | "charge.dispute.updated" | "charge.dispute.closed" => dispute(c, e, obj),
+        _ => Ok(Applied { outcome: Outcome::Ignored(format!("no effect for {}", e.kind)), customer: None }),
+    })
+}
+
+// ---- credit top-ups ----
+
+static TOPUP: Stmt = Stmt { sql: "SELECT credits FROM billing.topup_credits WHERE match = lower($1)", args: &[TEXTOID] };
+static PURCHASE_CLAIM: Stmt = Stmt {
+    sql: "INSERT INTO billing.purchases (customer, provider, purchase_id, credits, amount, currency, grant_id, created_at)
+          VALUES ($1, $2, $3, $4, $5, $6, '00000000-0000-0000-0000-000000000000', now())
+          ON CONFLICT (provider, purchase_id) DO NOTHING RETURNING purchase_id",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID],
+};
+static PURCHASE_GRANT: Stmt = Stmt {
+    sql: "UPDATE billing.purchases SET grant_id = $3 WHERE customer = $1 AND purchase_id = $2",
+    args: &[TEXTOID, TEXTOID, UUIDOID],
+};
+
+fn mapped_credits(c: &mut SpiClient<'_>, keys: &[String]) -> Result<Option<i64>> {
+    for k in keys {
+        let t = run(c, &TOPUP, &[k.as_str().into()])?;
+        if !t.is_empty() {
+            return Ok(t.first().get::<i64>(1)?);
+        }
+    }
+    Ok(None)
+}
+
+/// Grants a purchase's credits once, however many events describe it.
+fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, credits: i64) -> Result<Outcome> {
+    let claimed = run(
+        c,
+        &PURCHASE_CLAIM,
+        &[
+            customer.into(),
+            PROVIDER.into(),
+            p.purchase.as_str().into(),
+            credits.into(),
+            p.amount.map_or_else(DatumWithOid::null::<i64>, |a| a.into()),
+            p.currency.as_deref().map_or_else(DatumWithOid::null::<&str>, |x| x.into()),
+        ],
+    )?;
+    if claimed.is_empty() {
+        return Ok(Outcome::Applied(format!("purchase {} already granted", p.purchase)));
+    }
+    let key = format!("stripe:purchase:{}", p.purchase);
+    let metadata = json!({ "provider": PROVIDER, "purchase": p.purchase, "event": e.id });
+    let gid = grant_impl(Some(customer), Some(credits), Some(&key), Some("purchase"), None, Some(0), Some(JsonB(metadata)))?;
+    run(c, &PURCHASE_GRANT, &[customer.into(), p.purchase.as_str().into(), gid.into()])?;
+    Ok(Outcome::Applied(format!("granted {credits} credits for purchase {}", p.purchase)))
+}
+
+fn checkout(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
+    let p = event::checkout_session(obj).ok_or_else(|| BillingError::invalid("checkout session without an id"))?;
+    let customer = require(c, &event::customer_ref(obj), "checkout session")?;
+    if !p.paid {
+        return Ok(Applied { outcome: Outcome::Applied("not paid yet: waiting for async_payment_succeeded".into()), customer: Some(customer) });
+    }
+    let credits = match event::metadata_credits(obj).map_err(BillingError::invalid)? {
+        Some(n) => Some(n),
+        None if p.mode.as_deref() == Some("subscription") => None,
+        None => {
+            let by_amount = match (&p.currency, p.amount) {
+                (Some(cur), Some(a)) => vec![format!("{cur}:{a}")],
+                _ => vec![],
+            };
+            mapped_credits(c, &by_amount)?
+        }
+    };
+    let outcome = match credits {
+        Some(n) => top_up(c, e, &customer, &p, n)?,
+        None if p.mode.as_deref() == Some("subscription") => Outcome::Applied("subscription checkout: the invoice grants the allowance".into()),
+        None => return Err(BillingError::invalid(format!("no credits for purchase {}: no metadata.credits and no billing.define_topup match", p.purchase))),
+    };
+    Ok(Applied { outcome, customer: Some(customer) })
+}
+
+/// A PaymentIntent buys credits only when it says so (`metadata.credits`): the intent
+/// of a subscription invoice must not become a top-up.
+fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
+    let p = event::payment_intent(obj).ok_or_else(|| BillingError::invalid("payment intent without an id"))?;
+    let Some(credits) = event::metadata_credits(obj).map_err(BillingError::invalid)? else {
+        return Ok(Applied { outcome: Outcome::Ignored("payment intent without metadata.credits".into()), customer: None });
+    };
+    let customer = require(c, &event::customer_ref(obj), "payment intent")?;
+    if !p.paid {
+        return Ok(Applied { outcome: Outcome::Ignored(format!("payment intent {} not succeeded", p.purchase)), customer: Some(customer) });
+    }
+    let outcome = top_up(c, e, &customer, &p, credits)?;
+    Ok(Applied { outcome, customer: Some(customer) })
+}
+
+// ---- subscriptions ----
+
+static PLAN_BY_PRICE: Stmt = Stmt {
+    sql: "SELECT plan, period_credits FROM billing.plans WHERE provider_price = ANY($1) ORDER BY plan LIMIT 1",
+    args: &[TEXTARRAYOID],
+};
+static PLAN: Stmt = Stmt { sql: "SELECT period_credits FROM billing.plans WHERE plan = $1", args: &[TEXTOID] };
+static SUB: Stmt = Stmt {
+    sql: "SELECT customer, status, plan, status_created, status_event FROM billing.subscriptions
+           WHERE provider = $1 AND subscription_id = $2 FOR UPDATE",
+    args: &[TEXTOID, TEXTOID],
+};
+static ADVANCE: Stmt = Stmt {
+    sql: "INSERT INTO billing.provider_objects AS o (provider, object_id, created, event_id) VALUES ($1, $2, $3, $4)
+          ON CONFLICT (provider, object_id) DO UPDATE SET created = EXCLUDED.created, event_id = EXCLUDED.event_id
+           WHERE (o.created, o.event_id) < (EXCLUDED.created, EXCLUDED.event_id)
+          RETURNING 1",
+    args: &[TEXTOID, TEXTOID, INT8OID, TEXTOID],
+};
+static SUB_UPSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.subscriptions AS s (customer, provider, subscription_id, status, plan, price_id,
+              current_period_end, cancel_at_period_end, trial_end, status_created, status_event, updated_at)
+          VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, to_timestamp($9), $10, $11, now())
+          ON CONFLICT (customer, subscription_id) DO UPDATE SET
+              status = CASE WHEN s.status IN ('canceled', 'incomplete_expired')
+                              OR (EXCLUDED.status_created, EXCLUDED.status_event) < (s.status_created, s.status_event)
+                            THEN s.status ELSE EXCLUDED.status END,
+              plan = coalesce(EXCLUDED.plan, s.plan),
+              price_id = coalesce(EXCLUDED.price_id, s.price_id),
+              current_period_end = greatest(s.current_period_end, EXCLUDED.current_period_end),
+              cancel_at_period_end = EXCLUDED.cancel_at_period_end,
+              trial_end = EXCLUDED.trial_end,
+              status_created = greatest(s.status_created, EXCLUDED.status_created),
+              status_event = CASE WHEN (EXCLUDED.status_created, EXCLUDED.status_event) > (s.status_created, s.status_event)
+                                  THEN EXCLUDED.status_event ELSE s.status_event END,
+              updated_at = now()",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, BOOLOID, FLOAT8OID, INT8OID, TEXTOID],
+};
+static SUB_STATUS: Stmt = Stmt {
+    sql: "UPDATE billing.subscriptions s SET
+              status = CASE WHEN s.status IN ('canceled', 'incomplete_expired') OR ($4, $5) < (s.status_created, s.status_event)
+                            THEN s.status ELSE $3 END,
+              status_created = greatest(s.status_created, $4),
+              status_event = CASE WHEN ($4, $5) > (s.status_created, s.status_event) THEN $5 ELSE s.status_event END,
+              paid_through = CASE WHEN $6::float8 IS NULL THEN s.paid_through
+                                  ELSE greatest(s.paid_through, to_timestamp($6)) END,
+              plan = coalesce(s.plan, $7),
+              updated_at = now()
+          WHERE s.customer = $1 AND s.subscription_id = $2",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, FLOAT8OID, TEXTOID],
+};
+static SUB_PLACEHOLDER: Stmt = Stmt {
+    sql: "INSERT INTO billing.subscriptions (customer, provider, subscription_id, status, status_created, status_event, updated_at)
+          VALUES ($1, $2, $3, 'incomplete', 0, '', now()) ON CONFLICT DO NOTHING",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
+
+fn plan_of(c: &mut SpiClient<'_>, prices: &[String]) -> Result<Option<(String, i64)>> {
+    if prices.is_empty() {
+        return Ok(None);
+    }
+    let t = run(c, &PLAN_BY_PRICE, &[prices.to_vec().into()])?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let r = t.first();
+    Ok(Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+}
+
+fn opt_f(t: Option<i64>) -> DatumWithOid<'static> {
+    t.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into())
+}
+
+fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
+    let s = event::subscription(obj).ok_or_else(|| BillingError::invalid("subscription without id or status"))?;
+    let customer = require(c, &event::customer_ref(obj), &format!("subscription {}", s.id))?;
+    let advanced = !run(c, &ADVANCE, &[PROVIDER.into(), s.id.as_str().into(), e.created.into(), e.id.as_str().into()])?.is_empty();
+    if !advanced {
+        return Ok(Applied { outcome: Outcome::Stale(format!("older than the last event applied to {}", s.id)), customer: Some(customer) });
+    }
+    let status = if e.kind == "customer.subscription.deleted" { "canceled".to_string() } else { s.status.clone() };
+    let plan = plan_of(c, &s.price_ids)?;
+    run(
+        c,
+        &SUB_UPSERT,
+        &[
+            customer.as_str().into(),
+            PROVIDER.into(),
+            s.id.as_str().into(),
+            status.as_str().into(),
+            plan.as_ref().map_or_else(DatumWithOid::null::<&str>, |p| p.0.as_str().into()),
+            s.price_ids.first().map_or_else(DatumWithOid::null::<&str>, |p| p.as_str().into()),
+            opt_f(s.period_end),
+            s.cancel_at_period_end.into(),
+            opt_f(s.trial_end),
+            e.created.into(),
+            e.id.as_str().into(),
+        ],
+    )?;
+    Ok(Applied { outcome: Outcome::Applied(format!("subscription {} {}", s.id, status)), customer: Some(customer) })
+}
+
+/// `invoice.paid`: the subscription is paid through the invoice's period end, and the
+/// plan's allowance for that period is granted once (keyed by the invoice), expiring at
+/// the period end. `invoice.payment_failed`: the subscription is past due.
+fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<Applied> {
+    let inv = event::invoice(obj).ok_or_else(|| BillingError::invalid("invoice without an id"))?;
+    let Some(sub_id) = inv.subscription.clone() else {
+        return Ok(Applied { outcome: Outcome::Ignored(format!("invoice {} belongs to no subscription", inv.id)), customer: None });
+    };
+    // The subscription's customer if the subscription is known, else the invoice's.
+    let t = run(c, &SUB, &[PROVIDER.into(), sub_id.as_str().into()])?;
+    let (customer, sub_plan) = if t.is_empty() {
+        (require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?, None)
+    } else {
+        let r = t.first();
+        (r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(3)?)
+    };
+    run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
+    let plan = match plan_of(c, &inv.price_ids)? {
+        Some(p) => Some(p),
+        None => match sub_plan {
+            Some(name) => {
+                let t = run(c, &PLAN, &[name.as_str().into()])?;
+                if t.is_empty() { None } else { Some((name, t.first().get::<i64>(1)?.unwrap_or(0))) }
+            }
+            None => None,
+        },
+    };
+    let status = if paid { "active" } else { "past_due" };
+    let paid_through = if paid { inv.period_end } else { None };
+    run(
+        c,
+        &SUB_STATUS,
+        &[
+            customer.as_str().into(),
+            sub_id.as_str().into(),
+            status.into(),
+            e.created.into(),
+            e.id.as_str().into(),
+            opt_f(paid_through),
+            plan.as_ref().map_or_else(DatumWithOid::null::<&str>, |p| p.0.as_str().into()),
+        ],
+    )?;
+    if !paid {
+        return Ok(Applied { outcome: Outcome::Applied(format!("subscription {sub_id} past_due (invoice {})", inv.id)), customer: Some(customer) });
+    }
+    let Some((plan, credits)) = plan else {
+        return Err(waiting(format!("invoice {} of subscription {sub_id}: its plan is not known yet (no billing.define_plan for its price, or the subscription has not arrived)", inv.id)));
+    };
+    let detail = match (credits, inv.period_end) {
+        (0, _) => format!("subscription {sub_id} paid (plan {plan} has no period credits)"),
+        (n, Some(end)) if end.saturating_mul(1_000_000) - 946_684_800_000_000 > crate::clock::now() => {
+            let key = format!("stripe:invoice:{}", inv.id);
+            let expires = crate::spi::ts(end.saturating_mul(1_000_000) - 946_684_800_000_000);
+            let metadata = JsonB(json!({ "provider": PROVIDER, "invoice": inv.id, "subscription": sub_id }));
+            grant_impl(Some(&customer), Some(n), Some(&key), Some(&format!("plan:{plan}")), Some(expires), Some(0), Some(metadata))?;
+            format!("subscription {sub_id} paid: {n} credits of plan {plan} until the period ends")
+        }
+        (_, _) => format!("subscription {sub_id} paid; the period has already ended, no allowance granted"),
+    };
+    Ok(Applied { outcome: Outcome::Applied(detail), customer: Some(customer) })
+}
+
+// ---- refunds and disputes ----
+
+static PURCHASE_LOCK: Stmt = Stmt {
+    sql: "SELECT customer, credits, amount, grant_id, refunded_amount, revoked_credits FROM billing.purchases
+           WHERE provider = $1 AND purchase_id = $2 FOR UPDATE",
+    args: &[TEXTOID, TEXTOID],
+};
+static PURCHASE_REFUNDED: Stmt = Stmt {
+    sql: "UPDATE billing.purchases SET refunded_amount = $3, revoked_credits = $4 WHERE customer = $1 AND purchase_id = $2",
+    args: &[TEXTOID, TEXTOID, INT8OID, INT8OID],
+};
+static REFUND_UPSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.refunds AS r (provider, refund_id, purchase_id, amount, counts) VALUES ($1, $2, $3, $4, $5)
+          ON CONFLICT (provider, refund_id) DO UPDATE SET amount = EXCLUDED.amount, counts = EXCLUDED.counts",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, BOOLOID],
+};
+static REFUND_SUM: Stmt = Stmt {
+    sql: "SELECT coalesce(sum(amount) FILTER (WHERE counts), 0)::bigint FROM billing.refunds WHERE provider = $1 AND purchase_id = $2",
+    args: &[TEXTOID, TEXTOID],
+};
+
+/// Brings a purchase's revoked credits up to its cumulative refund (which never goes
+/// down): each level of refund revokes once, however often it is delivered.
+fn revoke_to(c: &mut SpiClient<'_>, purchase: &str, refunded: i64, charge_amount: Option<i64>) -> Result<Applied> {
+    let t = run(c, &PURCHASE_LOCK, &[PROVIDER.into(), purchase.into()])?;
+    if t.is_empty() {
+        return Ok(Applied { outcome: Outcome::Ignored(format!("payment {purchase} bought no credits")), customer: None });
+    }
+    let r = t.first();
+    let customer = r.get::<String>(1)?.unwrap_or_default();
+    let credits = r.get::<i64>(2)?.unwrap_or(0);
+    let amount = r.get::<i64>(3)?.or(charge_amount).unwrap_or(0);
+    let grant_id = r.get::<pgrx::Uuid>(4)?.unwrap_or_else(crate::spi::nil);
+    let (was_refunded, was_revoked) = (r.get::<i64>(5)?.unwrap_or(0), r.get::<i64>(6)?.unwrap_or(0));
+    let refunded = refunded.max(was_refunded);
+    let target = event::revoked_for(credits, amount, refunded).max(was_revoked);
+    let delta = target - was_revoked;
+    if delta > 0 {
+        let key = format!("stripe:revoke:{purchase}:{target}");
+        revoke(&customer, &grant_id, delta, &key, json!({ "provider": PROVIDER, "purchase": purchase, "refunded": refunded }))?;
+    }
+    run(c, &PURCHASE_REFUNDED, &[customer.as_str().into(), purchase.into(), refunded.into(), target.into()])?;
+    let detail = if delta > 0 {
+        format!("revoked {delta} credits of purchase {purchase} ({refunded} of {amount} refunded)")
+    } else {
+        format!("purchase {purchase}: nothing more to revoke ({refunded} of {amount} refunded)")
+    };
+    Ok(Applied { outcome: Outcome::Applied(detail), customer: Some(customer) })
+}
+
+fn charge_refunded(c: &mut SpiClient<'_>, _e: &Event, obj: &Value) -> Result<Applied> {
+    let ch = event::charge_refund(obj).ok_or_else(|| BillingError::invalid("charge without amount or amount_refunded"))?;
+    let purchase = ch.payment_intent.clone().or_else(|| event::s(obj, &["id"]).map(str::to_string)).unwrap_or_default();
+    revoke_to(c, &purchase, ch.amount_refunded, Some(ch.amount))
+}
+
+fn refund(c: &mut SpiClient<'_>, _e: &Event, obj: &Value) -> Result<Applied> {
+    let r = event::refund(obj).ok_or_else(|| BillingError::invalid("refund without id or amount"))?;
+    let Some(purchase) = r.payment_intent.clone() else {
+        return Ok(Applied { outcome: Outcome::Ignored(format!("refund {} names no payment intent", r.id)), customer: None });
+    };
+    run(c, &REFUND_UPSERT, &[PROVIDER.into(), r.id.as_str().into(), purchase.as_str().into(), r.amount.into(), r.counts.into()])?;
+    let total = run(c, &REFUND_SUM, &[PROVIDER.into(), purchase.as_str().into()])?.first().get::<i64>(1)?.unwrap_or(0);
+    revoke_to(c, &purchase, total, None)
+}
+
+static PURCHASE_CUSTOMER: Stmt = Stmt {
+    sql: "SELECT customer FROM billing.purchases WHERE provider = $1 AND purchase_id = $2",
+    args: &[TEXTOID, TEXTOID],
+};
+static DISPUTE_UPSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.disputes AS d (provider, dispute_id, customer, status, open, updated_at) VALUES ($1, $2, $3, $4, $5, now())
+          ON CONFLICT (provider, dispute_id) DO UPDATE SET status = EXCLUDED.status, open = EXCLUDED.open, updated_at = now()",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID],
+};
+static FREEZE: Stmt = Stmt {
+    sql: "UPDATE billing.customers c SET frozen = EXISTS (SELECT FROM billing.disputes d WHERE d.customer = c.customer AND d.open)
+           WHERE c.customer = $1 RETURNING frozen",
+    args: &[TEXTOID],
+};
+
+/// An open dispute freezes the customer (debits refused with BL004) until it closes as won.
+fn dispute(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
+    let d = event::dispute(obj).ok_or_else(|| BillingError::invalid("dispute without an id"))?;
+    let mut customer = resolve(c, &event::customer_ref(obj))?;
+    if customer.is_none() {
+        if let Some(pi) = &d.payment_intent {
+            let t = run(c, &PURCHASE_CUSTOMER, &[PROVIDER.into(), pi.as_str().into()])?;
+            if !t.is_empty() {
+                customer = t.first().get::<String>(1)?;
+            }
+        }
+    }
+    let customer = customer.ok_or_else(|| {
+        waiting(format!(
+            "unknown customer for dispute {}: payment {} is not a known purchase",
+            d.id,
+            d.payment_intent.as_deref().or(d.charge.as_deref()).unwrap_or("?")
+        ))
+    })?;
+    let advanced = !run(c, &ADVANCE, &[PROVIDER.into(), d.id.as_str().into(), e.created.into(), e.id.as_str().into()])?.is_empty();
+    if !advanced {
+        return Ok(Applied { outcome: Outcome::Stale(format!("older than the last event applied to {}", d.id)), customer: Some(customer) });
+    }
+    let open = event::dispute_open(&d.status);
+    run(c, &DISPUTE_UPSERT, &[PROVIDER.into(), d.id.as_str().into(), customer.as_str().into(), d.status.as_str().into(), open.into()])?;
+    let frozen = run(c, &FREEZE, &[customer.as_str().into()])?.first().get::<bool>(1)?.unwrap_or(false);
+    Ok(Applied {
+        outcome: Outcome::Applied(format!("dispute {} {}: customer {}", d.id, d.status, if frozen { "frozen" } else { "not frozen" })),
+        customer: Some(customer),
+    })
+}

@@ -1,0 +1,342 @@
+//! The SQL functions of webhook ingestion: verify, store once, apply in the same
+//! transaction (the apply in a subtransaction, so a failure keeps the raw event).
+use super::apply;
+use super::event;
+use super::signature::{self, Provider, SigError};
+use crate::error::{deliver, BillingError, Result, BAD_EVENT, BAD_SIGNATURE, BAD_TIMESTAMP, TOO_LARGE, UNKNOWN_ENDPOINT};
+use crate::ledger::api::{customer_arg, need};
+use crate::spi::{micros, run, subxact, Stmt};
+use pgrx::datum::DatumWithOid;
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::Value;
+use std::collections::HashMap;
+
+pub static TOLERANCE: GucSetting<i32> = GucSetting::<i32>::new(300);
+pub static MAX_BYTES: GucSetting<i32> = GucSetting::<i32>::new(1 << 20);
+
+pub fn register() {
+    GucRegistry::define_int_guc(
+        c"billing.webhook_tolerance",
+        c"How far (seconds) a webhook's signed timestamp may be from now, in either direction.",
+        c"",
+        &TOLERANCE,
+        0,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"billing.webhook_max_bytes",
+        c"The largest webhook body accepted; larger ones are refused before any hashing.",
+        c"",
+        &MAX_BYTES,
+        1024,
+        64 << 20,
+        GucContext::Suset,
+        GucFlags::UNIT_BYTE,
+    );
+}
+
+type EventRow = (String, String, Option<String>);
+
+fn unix_secs(ts_micros: i64) -> i64 {
+    ts_micros.div_euclid(1_000_000) + 946_684_800
+}
+
+/// Header names are matched case-insensitively; only string values count.
+fn header_map(h: &Value) -> HashMap<String, String> {
+    h.as_object()
+        .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.to_ascii_lowercase(), s.to_string()))).collect())
+        .unwrap_or_default()
+}
+
+fn sig_error(e: SigError, endpoint: &str) -> BillingError {
+    let code = match e {
+        SigError::TooOld { .. } | SigError::TooNew { .. } => BAD_TIMESTAMP,
+        SigError::TooLarge { .. } => TOO_LARGE,
+        _ => BAD_SIGNATURE,
+    };
+    BillingError::new(code, format!("webhook for endpoint \"{endpoint}\" refused: {e}"))
+}
+
+#[pg_extern(sql = false)]
+fn verify_signature(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<JsonB>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Option<bool> {
+    deliver(verify_signature_impl(provider, secrets, headers, body, at).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_verify_signature, billing_verify_signature, verify_signature_wrapper);
+
+fn verify_signature_impl(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<JsonB>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Result<bool> {
+    let p = need(provider, "provider")?;
+    let provider = Provider::parse(p).ok_or_else(|| BillingError::invalid(format!("unknown webhook provider {p:?} (stripe or standard)")))?;
+    let secrets: Vec<String> = need(secrets, "secrets")?.into_iter().flatten().collect();
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    let h = header_map(&need(headers, "headers")?.0);
+    let body = need(body, "body")?;
+    let now = unix_secs(at.map(micros).unwrap_or_else(crate::clock::now));
+    let lookup = |name: &str| h.get(name).cloned();
+    Ok(signature::verify(provider, &secrets, &lookup, body.as_bytes(), now, TOLERANCE.get() as i64, MAX_BYTES.get() as usize).is_ok())
+}
+
+static ENDPOINT: Stmt = Stmt {
+    sql: "SELECT e.provider, coalesce(array_agg(s.secret) FILTER (WHERE s.secret IS NOT NULL), '{}')
+            FROM billing.endpoints e LEFT JOIN billing.endpoint_secrets s ON s.endpoint = e.name
+           WHERE e.name = $1 GROUP BY e.provider",
+    args: &[TEXTOID],
+};
+static INSERT_EVENT: Stmt = Stmt {
+    sql: "INSERT INTO billing.events (provider, event_id, endpoint, type, created, api_version, object_id,
+              provider_customer, body, headers, received_at, status, last_delivery_at)
+          VALUES ($1, $2, $3, $4, to_timestamp($5), $6, $7, $8, $9, $10, now(), 'failed', now())
+          ON CONFLICT (provider, event_id) DO NOTHING RETURNING 1",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID],
+};
+static DUPLICATE: Stmt = Stmt {
+    sql: "UPDATE billing.events SET deliveries = deliveries + 1, last_delivery_at = now()
+           WHERE provider = $1 AND event_id = $2 RETURNING body = $3, status",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
+static VARIANT: Stmt = Stmt {
+    sql: "INSERT INTO billing.event_variants (provider, event_id, received_at, body, headers)
+          VALUES ($1, $2, clock_timestamp(), $3, $4) ON CONFLICT DO NOTHING",
+    args: &[TEXTOID, TEXTOID, TEXTOID, JSONBOID],
+};
+static RESULT: Stmt = Stmt {
+    sql: "UPDATE billing.events SET status = $3, detail = $4, customer = coalesce($5, customer),
+              applied_at = CASE WHEN $3 = 'failed' THEN applied_at ELSE now() END
+           WHERE provider = $1 AND event_id = $2",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID],
+};
+
+/// A delivery, verified and parsed.
+struct Delivery {
+    provider: String,
+    id: String,
+    kind: String,
+    created: Option<i64>,
+    api_version: Option<String>,
+    object_id: Option<String>,
+    provider_customer: Option<String>,
+    stripe: Option<event::Event>,
+}
+
+fn parse_delivery(provider: Provider, endpoint: &str, body: &str, webhook_id: Option<String>) -> Result<Delivery> {
+    let bad = |m: String| BillingError::new(BAD_EVENT, format!("webhook for endpoint \"{endpoint}\" refused: {m}"));
+    match provider {
+        Provider::Stripe => {
+            let e = event::parse(body).map_err(bad)?;
+            Ok(Delivery {
+                provider: apply::PROVIDER.to_string(),
+                id: e.id.clone(),
+                kind: e.kind.clone(),
+                created: Some(e.created),
+                api_version: e.api_version.clone(),
+                object_id: e.object.as_ref().and_then(|o| event::s(o, &["id"])).map(str::to_string),
+                provider_customer: e.object.as_ref().and_then(|o| event::id_of(o, "customer")),
+                stripe: Some(e),
+            })
+        }
+        Provider::Standard => {
+            let v: Value = serde_json::from_str(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+            let o = v.as_object().ok_or_else(|| bad("body is not a JSON object".into()))?;
+            Ok(Delivery {
+                // Standard Webhooks ids are unique per sender: key them by endpoint.
+                provider: format!("standard:{endpoint}"),
+                id: webhook_id.ok_or_else(|| bad("no webhook-id".into()))?,
+                kind: o.get("type").and_then(Value::as_str).unwrap_or("unknown").to_string(),
+                created: None,
+                api_version: None,
+                object_id: None,
+                provider_customer: None,
+                stripe: None,
+            })
+        }
+    }
+}
+
+#[pg_extern(sql = false)]
+fn ingest(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
+    deliver(ingest_impl(endpoint, headers, body).map(TableIterator::once), TableIterator::empty)
+}
+crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper);
+
+fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> Result<EventRow> {
+    let endpoint = need(endpoint, "endpoint")?;
+    let body = need(body, "body")?;
+    let max = MAX_BYTES.get() as usize;
+    if body.len() > max {
+        return Err(BillingError::new(TOO_LARGE, format!("webhook for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len())));
+    }
+    let headers = need(headers, "headers")?.0;
+    let h = header_map(&headers);
+    Spi::connect_mut(|c| {
+        let t = run(c, &ENDPOINT, &[endpoint.into()])?;
+        if t.is_empty() {
+            return Err(BillingError::new(UNKNOWN_ENDPOINT, format!("unknown webhook endpoint \"{endpoint}\"")));
+        }
+        let r = t.first();
+        let provider = Provider::parse(&r.get::<String>(1)?.unwrap_or_default()).ok_or_else(|| BillingError::invalid("bad provider"))?;
+        let secrets: Vec<String> = r.get::<Vec<String>>(2)?.unwrap_or_default();
+        let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+        let lookup = |name: &str| h.get(name).cloned();
+        let now = unix_secs(crate::clock::now());
+        let v = signature::verify(provider, &secrets, &lookup, body.as_bytes(), now, TOLERANCE.get() as i64, max).map_err(|e| sig_error(e, endpoint))?;
+        let d = parse_delivery(provider, endpoint, body, v.webhook_id)?;
+        let opt = |x: &Option<String>| x.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into());
+        let inserted = run(
+            c,
+            &INSERT_EVENT,
+            &[
+                d.provider.as_str().into(),
+                d.id.as_str().into(),
+                endpoint.into(),
+                d.kind.as_str().into(),
+                d.created.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into()),
+                opt(&d.api_version),
+                opt(&d.object_id),
+                opt(&d.provider_customer),
+                body.into(),
+                JsonB(headers.clone()).into(),
+            ],
+        )?;
+        if inserted.is_empty() {
+            // Stored before (or by a concurrent session that committed first).
+            let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
+            let same = t.first().get::<bool>(1)?.unwrap_or(true);
+            if !same {
+                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), JsonB(headers).into()])?;
+            }
+            let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
+            return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
+        }
+        let Some(e) = d.stripe else {
+            let detail = "verified and stored; no built-in effects for Standard Webhooks events".to_string();
+            run(c, &RESULT, &[d.provider.as_str().into(), d.id.as_str().into(), "ignored".into(), detail.as_str().into(), DatumWithOid::null::<&str>()])?;
+            return Ok((d.id, "ignored".to_string(), Some(detail)));
+        };
+        let (status, detail) = apply_and_record(c, &e)?;
+        Ok((e.id, status, Some(detail)))
+    })
+}
+
+/// Applies an event in a subtransaction and records the outcome on its row; when a
+/// subscription arrives, the customer's events that waited for it are applied too.
+fn apply_and_record(c: &mut SpiClient<'_>, e: &event::Event) -> Result<(String, String)> {
+    let r = subxact(std::panic::AssertUnwindSafe(|| apply::apply(e)));
+    let (status, detail, customer) = match r {
+        Ok(a) => (a.outcome.status().to_string(), a.outcome.detail().to_string(), a.customer),
+        Err(err) => ("failed".to_string(), format!("{}: {}", err.code, err.message), None),
+    };
+    run(
+        c,
+        &RESULT,
+        &[
+            apply::PROVIDER.into(),
+            e.id.as_str().into(),
+            status.as_str().into(),
+            detail.as_str().into(),
+            customer.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into()),
+        ],
+    )?;
+    if status == "applied" && e.kind.starts_with("customer.subscription.") {
+        if let Some(cust) = customer {
+            replay_waiting(c, Some(&cust), None)?;
+        }
+    }
+    Ok((status, detail))
+}
+
+static WAITING: Stmt = Stmt {
+    sql: "SELECT event_id FROM billing.events
+           WHERE status = 'failed' AND provider = 'stripe' AND (customer = $1 OR provider_customer = $2)
+           ORDER BY created, event_id",
+    args: &[TEXTOID, TEXTOID],
+};
+static EVENT_FOR_REPLAY: Stmt = Stmt {
+    sql: "UPDATE billing.events SET attempts = attempts + CASE WHEN status = 'failed' THEN 1 ELSE 0 END
+           WHERE provider = $1 AND event_id = $2 RETURNING status, body, detail",
+    args: &[TEXTOID, TEXTOID],
+};
+
+/// Applies again, in provider order, the failed events of a customer (by the application's
+/// id or the provider's).
+fn replay_waiting(c: &mut SpiClient<'_>, customer: Option<&str>, provider_customer: Option<&str>) -> Result<Vec<EventRow>> {
+    let mut ids = vec![];
+    let t = run(
+        c,
+        &WAITING,
+        &[customer.map_or_else(DatumWithOid::null::<&str>, |s| s.into()), provider_customer.map_or_else(DatumWithOid::null::<&str>, |s| s.into())],
+    )?;
+    for r in t {
+        ids.push(r.get::<String>(1)?.unwrap_or_default());
+    }
+    let mut out = vec![];
+    for id in ids {
+        out.push(replay_one(c, apply::PROVIDER, &id)?);
+    }
+    Ok(out)
+}
+
+fn replay_one(c: &mut SpiClient<'_>, provider: &str, id: &str) -> Result<EventRow> {
+    let t = run(c, &EVENT_FOR_REPLAY, &[provider.into(), id.into()])?;
+    if t.is_empty() {
+        return Err(BillingError::new(crate::error::UNKNOWN, format!("unknown event {id} of provider {provider}")));
+    }
+    let r = t.first();
+    let status = r.get::<String>(1)?.unwrap_or_default();
+    let body = r.get::<String>(2)?.unwrap_or_default();
+    if status != "failed" || provider != apply::PROVIDER {
+        return Ok((id.to_string(), status, r.get::<String>(3)?));
+    }
+    let e = event::parse(&body).map_err(|m| BillingError::new(BAD_EVENT, format!("stored event {id}: {m}")))?;
+    let (status, detail) = apply_and_record(c, &e)?;
+    Ok((id.to_string(), status, Some(detail)))
+}
+
+#[pg_extern(sql = false)]
+fn replay(provider: Option<&str>, event_id: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
+    let r = (|| {
+        let p = need(provider, "provider")?;
+        let id = need(event_id, "event_id")?;
+        Spi::connect_mut(|c| replay_one(c, p, id))
+    })();
+    deliver(r.map(TableIterator::once), TableIterator::empty)
+}
+crate::sql_entry!(pg_finfo_billing_replay, billing_replay, replay_wrapper);
+
+static LINK: Stmt = Stmt {
+    sql: "INSERT INTO billing.provider_customers AS p (provider, provider_customer, customer) VALUES ($1, $2, $3)
+          ON CONFLICT (provider, provider_customer) DO UPDATE SET provider = p.provider RETURNING customer",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
+
+#[pg_extern(sql = false)]
+fn link_customer(customer: Option<&str>, provider_customer_id: Option<&str>, provider: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
+    deliver(link_impl(customer, provider_customer_id, provider).map(TableIterator::new), TableIterator::empty)
+}
+crate::sql_entry!(pg_finfo_billing_link_customer, billing_link_customer, link_customer_wrapper);
+
+fn link_impl(customer: Option<&str>, pc: Option<&str>, provider: Option<&str>) -> Result<Vec<EventRow>> {
+    let customer = customer_arg(customer)?;
+    let pc = need(pc, "provider_customer_id")?;
+    if pc.is_empty() {
+        return Err(BillingError::invalid(format!("provider_customer_id must not be empty (customer \"{customer}\")")));
+    }
+    let provider = provider.unwrap_or(apply::PROVIDER);
+    if provider != apply::PROVIDER {
+        return Err(BillingError::invalid(format!("unknown provider {provider:?}: customers are linked for stripe")));
+    }
+    Spi::connect_mut(|c| {
+        run(c, &ENSURE, &[customer.into()])?;
+        let owner = run(c, &LINK, &[provider.into(), pc.into(), customer.into()])?.first().get::<String>(1)?.unwrap_or_default();
+        if owner != customer {
+            return Err(BillingError::invalid(format!("provider customer {pc} is already linked to customer \"{owner}\", not \"{customer}\"")));
+        }
+        replay_waiting(c, Some(customer), Some(pc))
+    })
+}
+
+static ENSURE: Stmt = Stmt { sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING", args: &[TEXTOID] };

@@ -217,14 +217,16 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
             run(c, &RESULT, &[d.provider.as_str().into(), d.id.as_str().into(), "ignored".into(), detail.as_str().into(), DatumWithOid::null::<&str>()])?;
             return Ok((d.id, "ignored".to_string(), Some(detail)));
         };
-        let (status, detail) = apply_and_record(c, &e)?;
+        let (status, detail) = apply_and_record(c, &e, true)?;
         Ok((e.id, status, Some(detail)))
     })
 }
 
-/// Applies an event in a subtransaction and records the outcome on its row; when a
-/// subscription arrives, the customer's events that waited for it are applied too.
-fn apply_and_record(c: &mut SpiClient<'_>, e: &event::Event) -> Result<(String, String)> {
+/// Applies an event in a subtransaction and records the outcome on its row. With
+/// `cascade`, an applied event then lets its customer's waiting events apply: those that
+/// waited for the customer to be linked (this event may have linked it) or for a
+/// subscription to arrive.
+fn apply_and_record(c: &mut SpiClient<'_>, e: &event::Event, cascade: bool) -> Result<(String, String)> {
     let r = subxact(std::panic::AssertUnwindSafe(|| apply::apply(e)));
     let (status, detail, customer) = match r {
         Ok(a) => (a.outcome.status().to_string(), a.outcome.detail().to_string(), a.customer),
@@ -241,9 +243,10 @@ fn apply_and_record(c: &mut SpiClient<'_>, e: &event::Event) -> Result<(String, 
             customer.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into()),
         ],
     )?;
-    if status == "applied" && e.kind.starts_with("customer.subscription.") {
+    if cascade && status == "applied" {
         if let Some(cust) = customer {
-            replay_waiting(c, Some(&cust), None)?;
+            let pc = e.object.as_ref().and_then(|o| event::id_of(o, "customer"));
+            replay_waiting(c, Some(&cust), pc.as_deref())?;
         }
     }
     Ok((status, detail))
@@ -292,7 +295,7 @@ fn replay_one(c: &mut SpiClient<'_>, provider: &str, id: &str) -> Result<EventRo
         return Ok((id.to_string(), status, r.get::<String>(3)?));
     }
     let e = event::parse(&body).map_err(|m| BillingError::new(BAD_EVENT, format!("stored event {id}: {m}")))?;
-    let (status, detail) = apply_and_record(c, &e)?;
+    let (status, detail) = apply_and_record(c, &e, false)?;
     Ok((id.to_string(), status, Some(detail)))
 }
 

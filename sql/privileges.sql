@@ -6,7 +6,11 @@ DECLARE r text;
 BEGIN
     FOREACH r IN ARRAY ARRAY['billing_admin', 'billing_app', 'billing_webhook', 'billing_reader'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
-            EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', r);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;  -- another database's CREATE EXTENSION created it just now
+            END;
         END IF;
     END LOOP;
 END $$;

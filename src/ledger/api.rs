@@ -126,9 +126,6 @@ pub fn grant_impl(
     let metadata = metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
     let expires = expires_at.map(micros).unwrap_or(NEVER);
     let now = clock::now();
-    if expires <= now {
-        return Err(BillingError::invalid(format!("expires_at of the grant for customer \"{customer}\" is not in the future")));
-    }
     connect(|c| {
         let mut op = Op::lock(c, customer, now, true)?.ok_or_else(|| unknown_customer(customer))?;
         if let Some(k) = op.find_key(key)? {
@@ -143,6 +140,10 @@ pub fn grant_impl(
                     && r.get::<JsonB>(5)?.map(|j| j.0) == Some(metadata.clone())
             };
             return if same { Ok(k.grant_id.unwrap_or_else(crate::spi::nil)) } else { Err(key_reused(customer, key, &k)) };
+        }
+        // Checked after the key, so retrying a grant once its expiry has passed replays.
+        if expires <= op.now {
+            return Err(BillingError::invalid(format!("expires_at of the grant for customer \"{customer}\" is not in the future")));
         }
         op.catch_up()?;
         let id = new_id();
@@ -234,7 +235,6 @@ static RES_EXTEND: Stmt = Stmt {
     sql: "UPDATE billing.reservations SET expires_at = $3 WHERE customer = $1 AND id = $2",
     args: &[TEXTOID, UUIDOID, TIMESTAMPTZOID],
 };
-static ENTRY_BALANCE: Stmt = Stmt { sql: "SELECT balance_after FROM billing.journal WHERE entry_id = $1", args: &[UUIDOID] };
 
 #[pg_extern(sql = false)]
 fn reserve(customer: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>, ttl: Option<Interval>) -> Option<pgrx::Uuid> {
@@ -319,8 +319,7 @@ fn res_row(op: &mut Op, rid: &pgrx::Uuid) -> Result<Res> {
 }
 
 fn entry_balance(op: &mut Op, entry: &pgrx::Uuid) -> Result<i64> {
-    let t = op.run(&ENTRY_BALANCE, &[(*entry).into()])?;
-    Ok(t.first().get::<i64>(1)?.unwrap_or(0))
+    op.final_balance(entry)
 }
 
 fn not_active(rid: &pgrx::Uuid, customer: &str, status: &str) -> BillingError {
@@ -519,7 +518,8 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
         let metadata = json!({ "requested": amount });
         if let Some(k) = op.find_key(key)? {
             return if k.kind == "refund" && k.ref_entry == Some(entry) && k.metadata == metadata {
-                Ok((k.entry_id, k.balance_after, true))
+                let b = op.final_balance(&k.entry_id)?;
+                Ok((k.entry_id, b, true))
             } else {
                 Err(key_reused(&customer, key, &k))
             };

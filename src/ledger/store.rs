@@ -97,6 +97,12 @@ static SAVE: Stmt = Stmt {
            WHERE customer = $1",
     args: &[TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID],
 };
+static FINAL_BALANCE: Stmt = Stmt {
+    sql: "SELECT balance_after FROM billing.journal
+           WHERE customer = $1 AND (entry_id = $2 OR (ref_entry = $2 AND kind = 'expiry'))
+           ORDER BY seq DESC LIMIT 1",
+    args: &[TEXTOID, UUIDOID],
+};
 static KEY: Stmt = Stmt {
     sql: "SELECT entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry
             FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
@@ -286,8 +292,16 @@ impl<'a, 'c> Op<'a, 'c> {
                     expires_at: r.get::<TimestampWithTimeZone>(2)?.map(micros).unwrap_or(NEVER),
                 });
             }
+            // A lapsing hold gives credits back to the grants it took them from, which may
+            // be spent (not open) by now: the book must know them to expire what returns.
+            let held: Vec<Id> = holds
+                .iter()
+                .flat_map(|h| h.lines.iter())
+                .filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None })
+                .collect();
             self.book.holds = holds;
             self.holds_loaded = true;
+            self.load_grants(&held)?;
         }
         Ok(())
     }
@@ -394,10 +408,19 @@ impl<'a, 'c> Op<'a, 'c> {
             let expired = self.book.grants.iter().find(|g| g.id == id).filter(|g| !g.live(now) && g.remaining > 0).cloned();
             if let Some(g) = expired {
                 let ex = Entry { kind: Kind::Expiry, at: now, lines: vec![(Acct::Grant(g.id), -g.remaining)], grant: Some(g.id), hold: None };
-                after = Some(self.write(&ex, Extra::default())?);
+                // ref_entry ties it to the entry that returned the credits, so a replay of
+                // that entry reports the same final balance (see `final_balance`).
+                after = Some(self.write(&ex, Extra { ref_entry: Some(w.entry_id), ..Default::default() })?);
             }
         }
         Ok(Written { entry_id: w.entry_id, balance_after: after.map_or(w.balance_after, |a| a.balance_after) })
+    }
+
+    /// The balance after an operation that wrote `entry` (and perhaps the expiry rows
+    /// that followed it): what a replay of that operation returns.
+    pub fn final_balance(&mut self, entry: &pgrx::Uuid) -> Result<i64> {
+        let t = self.run(&FINAL_BALANCE, &[self.customer.as_str().into(), (*entry).into()])?;
+        Ok(t.first().get::<i64>(1)?.unwrap_or(0))
     }
 
     /// Flushes grant remainders, lapsed holds and the customer row.

@@ -39,8 +39,7 @@ impl TestDb {
         let name = format!("it_{}_{}", tag, std::process::id());
         assert!(name.len() <= 63, "database name too long: {name}");
         let mut c = connect_config(&admin);
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"))
-            .unwrap_or_else(|e| panic!("cannot create database {name}: {}", msg(&e)));
+        create_database(&mut c, &name);
         let db = TestDb { name, admin };
         db.connect().batch_execute("CREATE EXTENSION billing").unwrap_or_else(|e| panic!("CREATE EXTENSION billing: {}", msg(&e)));
         db
@@ -51,8 +50,7 @@ impl TestDb {
         let admin = server_config();
         let name = format!("it_{}_{}", tag, std::process::id());
         let mut c = connect_config(&admin);
-        c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"))
-            .unwrap_or_else(|e| panic!("cannot create database {name}: {}", msg(&e)));
+        create_database(&mut c, &name);
         TestDb { name, admin }
     }
 
@@ -92,6 +90,12 @@ impl TestDb {
 
     pub fn user(&self) -> String {
         self.admin.get_user().unwrap_or("postgres").to_string()
+    }
+}
+
+fn create_database(c: &mut Client, name: &str) {
+    for sql in [format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), format!("CREATE DATABASE {name}")] {
+        c.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {}", msg(&e)));
     }
 }
 
@@ -233,14 +237,5 @@ impl Rng {
     }
     pub fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
         &v[self.below(v.len())]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ts_formats_the_calendar() {
-        assert_eq!(super::ts(0), "2030-01-01 00:00:00.000000+00");
-        assert_eq!(super::ts(86_400_000_000 * 59 + 1), "2030-03-01 00:00:00.000001+00");
     }
 }

@@ -4,7 +4,8 @@
 #   3.   isolation specs (pg_isolation_regress) and the client-side crate (pgrx-tests/:
 #        randomized model, many-connection races, dump/restore, roles) against a
 #        throwaway cluster this script starts
-#   +    the upgrade-script check (released scripts frozen, upgrade path == fresh install)
+#   +    the example receiver over HTTP (scripts/receiver.py), and the upgrade-script check
+#        (released scripts frozen, upgrade path == fresh install)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
@@ -34,6 +35,9 @@ section "layer 3: isolation specs"
 section "layer 3: client-side integration tests (pgrx-tests/)"
 export DATABASE_URL="host=$PGHOST port=$PGPORT user=postgres dbname=postgres"
 cargo test -p billing-it -- --test-threads=4
+
+section "layer 3: the example webhook receiver over HTTP"
+./scripts/receiver-test.sh
 
 section "upgrade scripts"
 ./scripts/check-upgrade.sh

@@ -969,26 +969,6 @@ fn check_balance_at(db: &mut Client, s: &Snapshot) -> Result<(), String> {
     Ok(())
 }
 
-fn verify(db: &mut Client) -> Result<(), String> {
-    let rows = db.query("SELECT customer, check_name, expected, actual, detail FROM billing.verify()", &[]).map_err(|e| msg(&e))?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "  {:?} {:?} expected {:?} actual {:?} {:?}",
-                r.get::<_, Option<String>>(0),
-                r.get::<_, Option<String>>(1),
-                r.get::<_, Option<i64>>(2),
-                r.get::<_, Option<i64>>(3),
-                r.get::<_, Option<String>>(4)
-            )
-        })
-        .collect();
-    Err(format!("billing.verify() returned {} rows:\n{}", rows.len(), lines.join("\n")))
-}
 
 #[test]
 fn ledger_matches_model() {

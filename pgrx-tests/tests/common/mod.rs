@@ -148,25 +148,31 @@ pub fn scalar_i64(c: &mut Client, sql: &str) -> i64 {
 }
 
 pub fn verify_clean(c: &mut Client) {
-    let rows = c
-        .query("SELECT customer, check_name, expected, actual, detail FROM billing.verify()", &[])
-        .unwrap_or_else(|e| panic!("billing.verify(): {}", msg(&e)));
-    if !rows.is_empty() {
-        let lines: Vec<String> = rows
-            .iter()
-            .map(|r| {
-                format!(
-                    "  {:?} {:?} expected {:?} actual {:?} {:?}",
-                    r.get::<_, Option<String>>(0),
-                    r.get::<_, Option<String>>(1),
-                    r.get::<_, Option<i64>>(2),
-                    r.get::<_, Option<i64>>(3),
-                    r.get::<_, Option<String>>(4)
-                )
-            })
-            .collect();
-        panic!("billing.verify() found {} inconsistencies:\n{}", rows.len(), lines.join("\n"));
+    if let Err(e) = verify(c) {
+        panic!("{e}");
     }
+}
+
+/// `billing.verify()` as a result: `Err` lists every inconsistency it reported.
+pub fn verify(c: &mut Client) -> Result<(), String> {
+    let rows = c.query("SELECT customer, check_name, expected, actual, detail FROM billing.verify()", &[]).map_err(|e| msg(&e))?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "  {:?} {:?} expected {:?} actual {:?} {:?}",
+                r.get::<_, Option<String>>(0),
+                r.get::<_, Option<String>>(1),
+                r.get::<_, Option<i64>>(2),
+                r.get::<_, Option<i64>>(3),
+                r.get::<_, Option<String>>(4)
+            )
+        })
+        .collect();
+    Err(format!("billing.verify() found {} inconsistencies:\n{}", rows.len(), lines.join("\n")))
 }
 
 // ---- the test clock: microseconds since 2030-01-01 00:00:00 UTC ----

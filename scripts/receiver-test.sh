@@ -46,6 +46,15 @@ assert code == 400 and err["sqlstate"] == "BL010", (code, err)
 print("receiver: applied, duplicate, forged -> 400")
 PY
 test "$(psql -X -At -d $db -c "SELECT billing.balance('http-user')")" = 500
+# the INSERT path, as the receiver's role: stored and applied, a duplicate INSERT adds nothing
+body='{"id":"evt_inbox_1","object":"event","type":"customer.updated","created":'"$(date +%s)"',"data":{"object":{"id":"cus_i"}}}'
+t=$(date +%s)
+sig=$(printf '%s' "$t.$body" | openssl dgst -sha256 -hmac whsec_receiver_test -r | cut -d' ' -f1)
+for _ in 1 2; do
+  echo "INSERT INTO billing.inbox (endpoint, headers, body) VALUES ('stripe-main', :'hdr'::jsonb, :'body')" |
+    psql -X -q -v ON_ERROR_STOP=1 -U receiver -d $db -v body="$body" -v hdr="{\"Stripe-Signature\": \"t=$t,v1=$sig\"}"
+done
+test "$(psql -X -At -d $db -c "SELECT status || deliveries FROM billing.events WHERE event_id = 'evt_inbox_1'")" = ignored2
 # the receiver's role can ingest and nothing else
 test "$(psql -X -At -U receiver -d $db -c "SELECT billing.balance('http-user')" 2>&1 | grep -c 'permission denied')" = 1
 psql -X -q -d postgres -c "DROP DATABASE $db"

@@ -12,8 +12,7 @@ STATE=/tmp/billing-demo.env
 ./scripts/bootstrap.sh
 
 echo "setup: building and installing the extension (release)"
-cargo pgrx install --release --pg-config /usr/lib/postgresql/15/bin/pg_config >/tmp/billing-install.log 2>&1 \
-  || { tail -50 /tmp/billing-install.log; exit 1; }
+./scripts/install-ext.sh --release
 
 source scripts/cluster.sh
 if [ -f "$STATE" ]; then   # a previous run's cluster

@@ -22,8 +22,7 @@ install -d -o postgres -g postgres /tmp/billing-pgrx-test
 USER=root cargo pgrx test pg15 --runas postgres --pgdata /tmp/billing-pgrx-test
 
 section "installing the extension for the cluster tests"
-cargo pgrx install --pg-config "$PG_CONFIG" >/tmp/billing-test-install.log 2>&1 \
-  || { tail -50 /tmp/billing-test-install.log; exit 1; }
+./scripts/install-ext.sh
 
 source scripts/cluster.sh
 trap cluster_stop EXIT

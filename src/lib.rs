@@ -5,10 +5,12 @@
 //! and function declarations in `sql/`.
 use pgrx::prelude::*;
 
+pub mod access;
 pub mod clock;
 pub mod error;
 pub mod ledger;
 pub mod spi;
+pub mod usage;
 pub mod webhook;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -18,7 +20,9 @@ extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"])
 // Same order as the upgrade path: 0.1.0's files, then what 0.2.0 added.
 extension_sql_file!("../sql/privileges.sql", name = "privileges", requires = ["ledger"]);
 extension_sql_file!("../sql/webhook.sql", name = "webhook", requires = ["privileges"]);
-extension_sql_file!("../sql/privileges_webhook.sql", name = "privileges_webhook", finalize);
+extension_sql_file!("../sql/privileges_webhook.sql", name = "privileges_webhook", requires = ["webhook"]);
+extension_sql_file!("../sql/access.sql", name = "access", requires = ["privileges_webhook"]);
+extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

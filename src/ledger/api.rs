@@ -185,7 +185,7 @@ fn debit(
 }
 crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper);
 
-fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>) -> Result<(pgrx::Uuid, i64, bool)> {
+pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>) -> Result<(pgrx::Uuid, i64, bool)> {
     let customer = customer_arg(customer)?;
     let amount = amount_arg(amount, "amount", customer)?;
     let key = key_arg(key, customer)?;
@@ -341,7 +341,7 @@ fn settle(reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) -> TableItera
 }
 crate::sql_entry!(pg_finfo_billing_settle, billing_settle, settle_wrapper);
 
-fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx::Uuid, i64, bool)> {
+pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx::Uuid, i64, bool)> {
     let rid = need(rid, "reservation_id")?;
     let actual = need(actual, "actual")?;
     if actual < 0 {
@@ -661,9 +661,10 @@ fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
     let customer = customer_arg(customer)?;
     let frozen = need(frozen, "frozen")?;
     connect(|c| {
-        drop(Op::lock_existing(c, customer, clock::now())?);
+        let now = clock::now();
+        drop(Op::lock_existing(c, customer, now)?);
         run(c, &SET_FROZEN, &[customer.into(), frozen.into()])?;
-        Ok(())
+        crate::access::api::note_access(c, customer, now)
     })
 }
 
@@ -700,6 +701,9 @@ fn maintenance_impl(batch: Option<i32>) -> Result<i64> {
             written += op.seq() - before;
             op.finish()?;
         }
+        // Access that only time changes (a grace period or a trial running out) reaches
+        // the outbox here.
+        crate::access::api::note_all(c, now)?;
         Ok(written)
     })
 }

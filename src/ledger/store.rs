@@ -40,15 +40,53 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
 }
 
 static LOCK: Stmt = Stmt {
-    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at
+    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
+                 low_balance, low_notified, topup_below, topup_notified
             FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE",
     args: &[TEXTOID],
 };
 static LOOKUP: Stmt = Stmt {
-    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at
+    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
+                 low_balance, low_notified, topup_below, topup_notified
             FROM billing.customers WHERE customer = $1",
     args: &[TEXTOID],
 };
+static LOW_BALANCE: Stmt = Stmt {
+    sql: "INSERT INTO billing.outbox (customer, kind, payload)
+          VALUES ($1, 'low_balance', jsonb_build_object('balance', $2::int8, 'threshold', $3::int8))",
+    args: &[TEXTOID, INT8OID, INT8OID],
+};
+static TOPUP_DUE: Stmt = Stmt {
+    sql: "WITH p AS (
+            UPDATE billing.auto_topups a
+               SET month = to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM'),
+                   this_month = CASE WHEN a.month = to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM') THEN a.this_month ELSE 0 END + 1
+             WHERE a.customer = $1 AND a.failures < a.max_failures
+               AND CASE WHEN a.month = to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM') THEN a.this_month ELSE 0 END < a.monthly_cap
+            RETURNING a.amount, a.month, a.this_month, a.failures)
+          INSERT INTO billing.outbox (customer, kind, payload, idempotency_key)
+          SELECT $1, 'topup_due', jsonb_build_object('amount', p.amount, 'month', p.month, 'n', p.this_month, 'failures', p.failures),
+                 'topup:' || $1 || ':' || p.month || ':' || p.this_month
+            FROM p",
+    args: &[TEXTOID, TIMESTAMPTZOID],
+};
+
+/// A `topup_due` outbox row for the customer's auto top-up policy, if the month's cap
+/// and the failure limit allow. Its idempotency key (customer, month, n-th top-up of the
+/// month) is deterministic: a consumer that retries the provider call never charges twice.
+pub fn emit_topup(c: &mut SpiClient<'_>, customer: &str, now: Ts) -> Result<()> {
+    crate::spi::run(c, &TOPUP_DUE, &[customer.into(), ts(now).into()])?;
+    Ok(())
+}
+
+/// Balance thresholds of one customer: each crossing below writes one outbox row.
+#[derive(Clone, Copy, Default)]
+struct Thresholds {
+    low: Option<i64>,
+    low_notified: bool,
+    topup: Option<i64>,
+    topup_notified: bool,
+}
 static CREATE: Stmt = Stmt {
     sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
     args: &[TEXTOID],
@@ -93,9 +131,10 @@ static INSERT_ENTRY: Stmt = Stmt {
     args: &[TEXTOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID],
 };
 static SAVE: Stmt = Stmt {
-    sql: "UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6
+    sql: "UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
+                 low_notified = $7, topup_notified = $8
            WHERE customer = $1",
-    args: &[TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID],
+    args: &[TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID],
 };
 static FINAL_BALANCE: Stmt = Stmt {
     sql: "SELECT balance_after FROM billing.journal
@@ -150,6 +189,7 @@ pub struct Op<'a, 'c> {
     ro: bool,
     grant_deltas: Vec<(Id, i64)>,
     lapsed: Vec<(Id, Id)>,
+    thresholds: Thresholds,
 }
 
 impl<'a, 'c> Op<'a, 'c> {
@@ -178,6 +218,12 @@ impl<'a, 'c> Op<'a, 'c> {
         let seq = get(5)?;
         let clock = r.get::<TimestampWithTimeZone>(6)?.map(micros).unwrap_or(i64::MIN);
         let next_event = r.get::<TimestampWithTimeZone>(7)?.map(micros).unwrap_or(NEVER);
+        let thresholds = Thresholds {
+            low: r.get::<i64>(8)?,
+            low_notified: r.get::<bool>(9)?.unwrap_or(false),
+            topup: r.get::<i64>(10)?,
+            topup_notified: r.get::<bool>(11)?.unwrap_or(false),
+        };
         Ok(Some(Op {
             c,
             customer: customer.to_string(),
@@ -193,6 +239,7 @@ impl<'a, 'c> Op<'a, 'c> {
             ro,
             grant_deltas: vec![],
             lapsed: vec![],
+            thresholds,
         }))
     }
 
@@ -437,13 +484,30 @@ impl<'a, 'c> Op<'a, 'c> {
         // With everything loaded the next expiry is known exactly; otherwise keep the
         // earlier bound, lowered by whatever this operation added.
         let next = if self.grants_loaded && self.holds_loaded { self.book.next_event() } else { self.next_event };
-        let args: [DatumWithOid; 6] = [
+        // Crossing below a threshold writes one outbox row; going back above re-arms it.
+        let mut th = self.thresholds;
+        let balance = self.book.balance;
+        if let Some(t) = th.low {
+            if balance < t && !th.low_notified {
+                self.run(&LOW_BALANCE, &[self.customer.as_str().into(), balance.into(), t.into()])?;
+            }
+            th.low_notified = balance < t;
+        }
+        if let Some(t) = th.topup {
+            if balance < t && !th.topup_notified {
+                emit_topup(self.c, &self.customer, self.now)?;
+            }
+            th.topup_notified = balance < t;
+        }
+        let args: [DatumWithOid; 8] = [
             self.customer.as_str().into(),
             self.book.balance.into(),
             self.book.od.into(),
             self.seq.into(),
             ts(self.clock).into(),
             ts(next).into(),
+            th.low_notified.into(),
+            th.topup_notified.into(),
         ];
         self.run(&SAVE, &args)?;
         Ok(())

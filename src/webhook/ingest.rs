@@ -243,15 +243,24 @@ fn apply_and_record(c: &mut SpiClient<'_>, e: &event::Event, cascade: bool) -> R
             customer.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into()),
         ],
     )?;
-    if cascade && status == "applied" {
-        if let Some(cust) = customer {
+    if status == "failed" && cascade {
+        run(c, &EVENT_FAILED, &[e.id.as_str().into(), e.kind.as_str().into(), detail.as_str().into()])?;
+    }
+    if let (Some(cust), "applied") = (&customer, status.as_str()) {
+        crate::access::api::note_access(c, cust, crate::clock::now())?;
+        if cascade {
             let pc = e.object.as_ref().and_then(|o| event::id_of(o, "customer"));
-            replay_waiting(c, Some(&cust), pc.as_deref())?;
+            replay_waiting(c, Some(cust), pc.as_deref())?;
         }
     }
     Ok((status, detail))
 }
 
+static EVENT_FAILED: Stmt = Stmt {
+    sql: "INSERT INTO billing.outbox (kind, payload) VALUES ('event_failed',
+              jsonb_build_object('provider', 'stripe', 'event_id', $1::text, 'type', $2::text, 'error', $3::text))",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
 static WAITING: Stmt = Stmt {
     sql: "SELECT event_id FROM billing.events
            WHERE status = 'failed' AND provider = 'stripe' AND (customer = $1 OR provider_customer = $2)

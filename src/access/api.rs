@@ -1,0 +1,238 @@
+//! `access`, `can_access`, `charge`, and the outbox row when a customer's access changes.
+use super::decide::{decide, Customer, Reason, Sub};
+use crate::clock;
+use crate::error::{deliver, BillingError, Result, RATE_LIMITED};
+use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
+use crate::ledger::store::Op;
+use crate::spi::{micros, run, run_ro, ts, Stmt};
+use crate::usage::bucket::{Bucket, Limit};
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use serde_json::json;
+
+static INPUTS: Stmt = Stmt {
+    sql: "SELECT c.frozen, c.balance, c.next_event_at,
+                 EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer),
+                 s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
+                 s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end
+            FROM billing.customers c
+            LEFT JOIN LATERAL (
+                  SELECT * FROM billing.subscriptions s WHERE s.customer = c.customer
+                   ORDER BY s.status IN ('canceled', 'incomplete_expired'),
+                            coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST
+                   LIMIT 1) s ON true
+            LEFT JOIN billing.plans p ON p.plan = s.plan
+           WHERE c.customer = $1",
+    args: &[TEXTOID],
+};
+
+/// What access needs to know about a customer, read in one statement.
+pub struct Inputs {
+    pub customer: Customer,
+    pub status: Option<String>,
+    pub period_end: Option<i64>,
+}
+
+pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs> {
+    let t = run_ro(c, &INPUTS, &[customer.into()])?;
+    if t.is_empty() {
+        return Ok(Inputs { customer: Customer::default(), status: None, period_end: None });
+    }
+    let r = t.first();
+    let t_of = |i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
+    let mut balance = r.get::<i64>(2)?.unwrap_or(0);
+    let next_event = t_of(3)?.unwrap_or(i64::MAX);
+    let status: Option<String> = r.get(5)?;
+    let sub = match &status {
+        Some(st) => Some(Sub {
+            status: st.clone(),
+            plan: r.get(6)?,
+            features: r.get::<Vec<Option<String>>>(7)?.unwrap_or_default().into_iter().flatten().collect(),
+            grace_us: r.get::<i64>(8)?.unwrap_or(0),
+            period_end: t_of(9)?,
+            paid_through: t_of(10)?,
+            cancel_at_period_end: r.get::<bool>(11)?.unwrap_or(false),
+            trial_end: t_of(12)?,
+        }),
+        None => None,
+    };
+    let frozen = r.get::<bool>(1)?.unwrap_or(false);
+    let ever_granted = r.get::<bool>(4)?.unwrap_or(false);
+    // The cached balance is exact until the customer's next expiry; past it, compute.
+    if now >= next_event {
+        balance = Op::read(c, customer, now)?.peek_balance()?;
+    }
+    let period_end = sub.as_ref().and_then(|s| s.period_end);
+    Ok(Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end })
+}
+
+type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Option<TimestampWithTimeZone>);
+
+#[pg_extern(sql = false)]
+fn access(customer: Option<&str>, feature: Option<&str>) -> TableIterator<'static, (name!(allowed, bool), name!(reason, String), name!(plan, Option<String>), name!(status, Option<String>), name!(balance, Option<i64>), name!(period_end, Option<TimestampWithTimeZone>))> {
+    deliver(access_impl(customer, feature).map(TableIterator::once), TableIterator::empty)
+}
+crate::sql_entry!(pg_finfo_billing_access, billing_access, access_wrapper);
+
+fn access_impl(customer: Option<&str>, feature: Option<&str>) -> Result<AccessRow> {
+    let customer = customer_arg(customer)?;
+    let now = clock::now();
+    Spi::connect_mut(|c| {
+        let i = inputs(c, customer, now)?;
+        let reason = decide(&i.customer, feature, now);
+        let known = i.customer.known;
+        let plan = i.customer.sub.as_ref().and_then(|s| s.plan.clone());
+        Ok((reason.allowed(), reason.as_str().to_string(), plan, i.status, known.then_some(i.customer.balance), i.period_end.map(ts)))
+    })
+}
+
+#[pg_extern(sql = false)]
+fn can_access(customer: Option<&str>, feature: Option<&str>) -> Option<bool> {
+    deliver(can_access_impl(customer, feature).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_can_access, billing_can_access, can_access_wrapper);
+
+fn can_access_impl(customer: Option<&str>, feature: Option<&str>) -> Result<bool> {
+    // NULL or an invalid id is simply not allowed: a policy must not error on odd rows.
+    let Some(customer) = customer.filter(|c| !c.is_empty() && c.len() <= crate::ledger::api::MAX_CUSTOMER) else {
+        return Ok(false);
+    };
+    let now = clock::now();
+    Spi::connect_mut(|c| Ok(decide(&inputs(c, customer, now)?.customer, feature, now).allowed()))
+}
+
+pub fn denied(customer: &str, reason: Reason, feature: Option<&str>) -> BillingError {
+    let what = feature.map_or(String::new(), |f| format!(" to feature \"{f}\""));
+    BillingError::new(reason.sqlstate(), format!("access{what} denied for customer \"{customer}\": {}", reason.as_str()))
+        .detail(format!("reason: {}", reason.as_str()))
+}
+
+static HAS_KEY: Stmt = Stmt {
+    sql: "SELECT 1 FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
+    args: &[TEXTOID, TEXTOID],
+};
+
+/// Checks access (and takes a rate-limit token) for an operation that needs it.
+pub fn admit(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64) -> Result<()> {
+    let i = inputs(c, customer, now)?;
+    if !i.customer.known {
+        return Err(crate::ledger::store::unknown_customer(customer));
+    }
+    let reason = decide(&i.customer, feature, now);
+    if !reason.allowed() {
+        return Err(denied(customer, reason, feature));
+    }
+    let plan = i.customer.sub.as_ref().and_then(|s| s.plan.clone());
+    take_token(c, customer, plan.as_deref(), feature.unwrap_or(""), now)
+}
+
+#[pg_extern(sql = false)]
+fn charge(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+    deliver(charge_impl(customer, feature, amount, idempotency_key).map(TableIterator::once), TableIterator::empty)
+}
+crate::sql_entry!(pg_finfo_billing_charge, billing_charge, charge_wrapper);
+
+fn charge_impl(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, key: Option<&str>) -> Result<(pgrx::Uuid, i64, bool)> {
+    let customer = customer_arg(customer)?;
+    amount_arg(amount, "amount", customer)?;
+    let k = key_arg(key, customer)?;
+    let metadata = pgrx::JsonB(json!({ "feature": feature }));
+    let now = clock::now();
+    let seen = Spi::connect_mut(|c| -> Result<bool> { Ok(!run(c, &HAS_KEY, &[customer.into(), k.into()])?.is_empty()) })?;
+    if !seen {
+        // A retry of a charge that went through replays whatever access says now.
+        Spi::connect_mut(|c| admit(c, customer, feature, now))?;
+    }
+    debit_impl(Some(customer), amount, key, Some(metadata))
+}
+
+// ---- rate limits ----
+
+static LIMIT: Stmt = Stmt {
+    sql: "SELECT l.requests, (extract(epoch FROM l.per) * 1000000)::int8, l.feature FROM billing.limits l
+           WHERE (l.subject = $1 OR l.subject = $2) AND l.feature IN ($3, '')
+           ORDER BY l.subject = $1 DESC, l.feature = $3 DESC LIMIT 1",
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
+static BUCKET_ENSURE: Stmt = Stmt {
+    sql: "INSERT INTO billing.buckets (customer, feature, tokens, at) VALUES ($1, $2, $3, $4)
+          ON CONFLICT (customer, feature) DO NOTHING",
+    args: &[TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID],
+};
+static BUCKET_LOCK: Stmt = Stmt {
+    sql: "SELECT tokens, at FROM billing.buckets WHERE customer = $1 AND feature = $2 FOR UPDATE",
+    args: &[TEXTOID, TEXTOID],
+};
+static BUCKET_SAVE: Stmt = Stmt {
+    sql: "UPDATE billing.buckets SET tokens = $3, at = $4 WHERE customer = $1 AND feature = $2",
+    args: &[TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID],
+};
+
+/// One request through the customer's token bucket (a customer's own limit first, then
+/// its plan's; a feature's limit first, then the one for every feature). The bucket row
+/// is locked, so concurrent requests never let an extra one through.
+pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, feature: &str, now: i64) -> Result<()> {
+    let t = run(c, &LIMIT, &[customer.into(), plan.unwrap_or("").into(), feature.into()])?;
+    if t.is_empty() {
+        return Ok(());
+    }
+    let r = t.first();
+    let limit = Limit { requests: r.get::<i32>(1)?.unwrap_or(1) as i64, per_us: r.get::<i64>(2)?.unwrap_or(1).max(1) };
+    let bucket_feature: String = r.get(3)?.unwrap_or_default();
+    let full = limit.full(now);
+    run(c, &BUCKET_ENSURE, &[customer.into(), bucket_feature.as_str().into(), (full.tokens as i64).into(), ts(now).into()])?;
+    let b = run(c, &BUCKET_LOCK, &[customer.into(), bucket_feature.as_str().into()])?;
+    let b = b.first();
+    let bucket = Bucket { tokens: b.get::<i64>(1)?.unwrap_or(0) as i128, at: b.get::<TimestampWithTimeZone>(2)?.map(micros).unwrap_or(now) };
+    match limit.take(bucket, now) {
+        Ok(n) => {
+            run(c, &BUCKET_SAVE, &[customer.into(), bucket_feature.as_str().into(), (n.tokens as i64).into(), ts(n.at).into()])?;
+            Ok(())
+        }
+        Err(wait_us) => {
+            let ms = (wait_us + 999) / 1000;
+            Err(BillingError::new(RATE_LIMITED, format!("rate limit reached for customer \"{customer}\"{}", if feature.is_empty() { String::new() } else { format!(" on \"{feature}\"") }))
+                .detail(format!("retry after {ms} ms"))
+                .hint(format!("{} requests per {} s", limit.requests, limit.per_us / 1_000_000)))
+        }
+    }
+}
+
+// ---- access changes, for the outbox ----
+
+static ACCESS_NOTE: Stmt = Stmt {
+    sql: "WITH c AS (UPDATE billing.customers c SET access_reason = $2
+                      WHERE c.customer = $1 AND c.access_reason IS DISTINCT FROM $2
+                      RETURNING (SELECT o.access_reason FROM billing.customers o WHERE o.customer = $1) AS before)
+          INSERT INTO billing.outbox (customer, kind, payload)
+          SELECT $1, 'access_changed', jsonb_build_object('from', c.before, 'to', $2, 'allowed', $3) FROM c",
+    args: &[TEXTOID, TEXTOID, BOOLOID],
+};
+
+/// Writes an `access_changed` outbox row if the customer's access reason differs from the
+/// last one noted. Called where access can change: applied webhook events, freezes, and
+/// `maintenance()` for changes that only time brings (a grace period ending).
+pub fn note_access(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<()> {
+    let i = inputs(c, customer, now)?;
+    if !i.customer.known {
+        return Ok(());
+    }
+    let r = decide(&i.customer, None, now);
+    run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
+    Ok(())
+}
+
+static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions", args: &[] };
+
+/// `note_access` for every customer with a subscription (for `maintenance()`).
+pub fn note_all(c: &mut SpiClient<'_>, now: i64) -> Result<i64> {
+    let mut all = vec![];
+    for r in run(c, &ALL_SUBSCRIBED, &[])? {
+        all.push(r.get::<String>(1)?.unwrap_or_default());
+    }
+    for cust in &all {
+        note_access(c, cust, now)?;
+    }
+    Ok(all.len() as i64)
+}

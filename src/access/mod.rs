@@ -1,0 +1,3 @@
+//! Access checks (SPEC section 3): the pure decision and its SQL functions.
+pub mod api;
+pub mod decide;

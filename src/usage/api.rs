@@ -1,0 +1,274 @@
+//! `define_meter`, `record_usage`, and the balance thresholds that feed the outbox
+//! (`set_low_balance`, `set_auto_topup`, `report_topup`).
+use super::rating::{rate, Carry, Price};
+use crate::access::api::admit;
+use crate::clock;
+use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
+use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg, need, settle_impl};
+use crate::ledger::store::Op;
+use crate::spi::{micros, run, ts, Stmt};
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::BuiltinOid::*;
+use pgrx::prelude::*;
+use serde_json::json;
+
+static METER_ENSURE: Stmt = Stmt { sql: "INSERT INTO billing.meters (meter) VALUES ($1) ON CONFLICT DO NOTHING", args: &[TEXTOID] };
+static PRICE_SET: Stmt = Stmt {
+    sql: "INSERT INTO billing.meter_prices (meter, effective_from, credits, per_units) VALUES ($1, $2, $3, $4)
+          ON CONFLICT (meter, effective_from) DO UPDATE SET credits = EXCLUDED.credits, per_units = EXCLUDED.per_units",
+    args: &[TEXTOID, TIMESTAMPTZOID, INT8OID, INT8OID],
+};
+
+#[pg_extern(sql = false)]
+fn define_meter(meter: Option<&str>, credits: Option<i64>, per_units: Option<i64>, effective_from: Option<TimestampWithTimeZone>) {
+    deliver(define_meter_impl(meter, credits, per_units, effective_from), || ())
+}
+crate::sql_entry!(pg_finfo_billing_define_meter, billing_define_meter, define_meter_wrapper);
+
+fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Option<i64>, from: Option<TimestampWithTimeZone>) -> Result<()> {
+    let meter = need(meter, "meter")?;
+    if meter.is_empty() {
+        return Err(BillingError::invalid("meter name must not be empty"));
+    }
+    let credits = need(credits, "credits")?;
+    let per = need(per_units, "per_units")?;
+    if credits < 0 || per <= 0 {
+        return Err(BillingError::invalid(format!("meter \"{meter}\": credits must be >= 0 and per_units > 0, got {credits} per {per}")));
+    }
+    let from = from.map(micros).unwrap_or_else(clock::now);
+    Spi::connect_mut(|c| {
+        run(c, &METER_ENSURE, &[meter.into()])?;
+        run(c, &PRICE_SET, &[meter.into(), ts(from).into(), credits.into(), per.into()])?;
+        Ok(())
+    })
+}
+
+static USAGE_KEY: Stmt = Stmt {
+    sql: "SELECT meter, quantity, occurred_at, reservation_id, credits, entry_id FROM billing.usage_events
+           WHERE customer = $1 AND idempotency_key = $2",
+    args: &[TEXTOID, TEXTOID],
+};
+static JOURNAL_KEY: Stmt = Stmt { sql: "SELECT kind FROM billing.journal WHERE customer = $1 AND idempotency_key = $2", args: &[TEXTOID, TEXTOID] };
+static PRICE_AT: Stmt = Stmt {
+    sql: "SELECT credits, per_units FROM billing.meter_prices WHERE meter = $1 AND effective_from <= $2
+           ORDER BY effective_from DESC LIMIT 1",
+    args: &[TEXTOID, TIMESTAMPTZOID],
+};
+static CARRY: Stmt = Stmt {
+    sql: "SELECT num, den FROM billing.usage_carry WHERE customer = $1 AND meter = $2 FOR UPDATE",
+    args: &[TEXTOID, TEXTOID],
+};
+static CARRY_SAVE: Stmt = Stmt {
+    sql: "INSERT INTO billing.usage_carry AS u (customer, meter, num, den) VALUES ($1, $2, $3, $4)
+          ON CONFLICT (customer, meter) DO UPDATE SET num = EXCLUDED.num, den = EXCLUDED.den",
+    args: &[TEXTOID, TEXTOID, INT8OID, INT8OID],
+};
+static USAGE_INSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.usage_events (customer, idempotency_key, meter, quantity, occurred_at, credits, entry_id, reservation_id, recorded_at)
+          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT8OID, UUIDOID, UUIDOID, TIMESTAMPTZOID],
+};
+static RES_OWNER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
+
+type UsageRow = (Option<pgrx::Uuid>, i64, i64, bool);
+
+#[pg_extern(sql = false)]
+fn record_usage(
+    customer: Option<&str>,
+    meter: Option<&str>,
+    quantity: Option<i64>,
+    idempotency_key: Option<&str>,
+    occurred_at: Option<TimestampWithTimeZone>,
+    reservation_id: Option<pgrx::Uuid>,
+) -> TableIterator<'static, (name!(entry_id, Option<pgrx::Uuid>), name!(credits, i64), name!(balance_after, i64), name!(replayed, bool))> {
+    deliver(record_usage_impl(customer, meter, quantity, idempotency_key, occurred_at, reservation_id).map(TableIterator::once), TableIterator::empty)
+}
+crate::sql_entry!(pg_finfo_billing_record_usage, billing_record_usage, record_usage_wrapper);
+
+fn record_usage_impl(
+    customer: Option<&str>,
+    meter: Option<&str>,
+    quantity: Option<i64>,
+    key: Option<&str>,
+    occurred_at: Option<TimestampWithTimeZone>,
+    rid: Option<pgrx::Uuid>,
+) -> Result<UsageRow> {
+    let customer = customer_arg(customer)?;
+    let meter = need(meter, "meter")?;
+    let quantity = amount_arg(quantity, "quantity", customer)?;
+    let key = key_arg(key, customer)?;
+    let now = clock::now();
+    let occurred = occurred_at.map(micros).unwrap_or(now);
+    Spi::connect_mut(|c| {
+        // The customer's lock serialises this customer's usage: the carry and the key.
+        let mut op = Op::lock_existing(c, customer, now)?;
+        let t = op.run(&USAGE_KEY, &[customer.into(), key.into()])?;
+        if !t.is_empty() {
+            let r = t.first();
+            let same = r.get::<String>(1)?.as_deref() == Some(meter)
+                && r.get::<i64>(2)? == Some(quantity)
+                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(3)?.map(micros) == Some(occurred))
+                && r.get::<pgrx::Uuid>(4)? == rid;
+            if !same {
+                return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage")));
+            }
+            let (credits, entry) = (r.get::<i64>(5)?.unwrap_or(0), r.get::<pgrx::Uuid>(6)?);
+            let balance = match &entry {
+                Some(e) => op.final_balance(e)?,
+                None => op.peek_balance()?,
+            };
+            return Ok((entry, credits, balance, true));
+        }
+        if !op.run(&JOURNAL_KEY, &[customer.into(), key.into()])?.is_empty() {
+            return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation")));
+        }
+        drop(op);
+        if rid.is_none() {
+            admit(c, customer, None, now)?;
+            crate::access::api::take_token(c, customer, None, meter, now)?;
+        }
+        let p = run(c, &PRICE_AT, &[meter.into(), ts(occurred).into()])?;
+        if p.is_empty() {
+            return Err(BillingError::new(UNKNOWN, format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")")));
+        }
+        let p = p.first();
+        let price = Price { credits: p.get::<i64>(1)?.unwrap_or(0), per_units: p.get::<i64>(2)?.unwrap_or(1) };
+        let carry = {
+            let t = run(c, &CARRY, &[customer.into(), meter.into()])?;
+            if t.is_empty() {
+                Carry::default()
+            } else {
+                let r = t.first();
+                Carry { num: r.get::<i64>(1)?.unwrap_or(0), den: r.get::<i64>(2)?.unwrap_or(1) }
+            }
+        };
+        let (credits, carry) = rate(carry, price, quantity)
+            .ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
+        let metadata = pgrx::JsonB(json!({ "meter": meter, "quantity": quantity }));
+        let (entry, balance) = match rid {
+            Some(r) => {
+                let owner = run(c, &RES_OWNER, &[r.into()])?;
+                if owner.is_empty() || owner.first().get::<String>(1)?.as_deref() != Some(customer) {
+                    return Err(BillingError::new(UNKNOWN, format!("unknown reservation {r} of customer \"{customer}\"")));
+                }
+                let (e, b, _) = settle_impl(Some(r), Some(credits))?;
+                (Some(e), b)
+            }
+            None if credits > 0 => {
+                let (e, b, _) = debit_impl(Some(customer), Some(credits), Some(key), Some(metadata))?;
+                (Some(e), b)
+            }
+            None => (None, Op::read(c, customer, now)?.peek_balance()?),
+        };
+        run(c, &CARRY_SAVE, &[customer.into(), meter.into(), carry.num.into(), carry.den.into()])?;
+        run(
+            c,
+            &USAGE_INSERT,
+            &[
+                customer.into(),
+                key.into(),
+                meter.into(),
+                quantity.into(),
+                ts(occurred).into(),
+                credits.into(),
+                entry.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |e| e.into()),
+                rid.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |e| e.into()),
+                ts(now).into(),
+            ],
+        )?;
+        Ok((entry, credits, balance, false))
+    })
+}
+
+// ---- thresholds ----
+
+static SET_LOW: Stmt = Stmt {
+    sql: "UPDATE billing.customers SET low_balance = $2, low_notified = coalesce(balance < $2, false) WHERE customer = $1",
+    args: &[TEXTOID, INT8OID],
+};
+
+#[pg_extern(sql = false)]
+fn set_low_balance(customer: Option<&str>, threshold: Option<i64>) {
+    deliver(set_low_impl(customer, threshold), || ())
+}
+crate::sql_entry!(pg_finfo_billing_set_low_balance, billing_set_low_balance, set_low_balance_wrapper);
+
+fn set_low_impl(customer: Option<&str>, threshold: Option<i64>) -> Result<()> {
+    let customer = customer_arg(customer)?;
+    Spi::connect_mut(|c| {
+        drop(Op::lock_existing(c, customer, clock::now())?);
+        run(c, &SET_LOW, &[customer.into(), threshold.map_or_else(DatumWithOid::null::<i64>, |t| t.into())])?;
+        Ok(())
+    })
+}
+
+static TOPUP_SET: Stmt = Stmt {
+    sql: "INSERT INTO billing.auto_topups AS a (customer, threshold, amount, monthly_cap, max_failures) VALUES ($1, $2, $3, $4, $5)
+          ON CONFLICT (customer) DO UPDATE SET threshold = EXCLUDED.threshold, amount = EXCLUDED.amount,
+              monthly_cap = EXCLUDED.monthly_cap, max_failures = EXCLUDED.max_failures, failures = 0",
+    args: &[TEXTOID, INT8OID, INT8OID, INT4OID, INT4OID],
+};
+static TOPUP_ARM: Stmt = Stmt {
+    sql: "UPDATE billing.customers SET topup_below = $2, topup_notified = coalesce(balance < $2, false) WHERE customer = $1",
+    args: &[TEXTOID, INT8OID],
+};
+static TOPUP_OFF: Stmt = Stmt { sql: "DELETE FROM billing.auto_topups WHERE customer = $1", args: &[TEXTOID] };
+
+#[pg_extern(sql = false)]
+fn set_auto_topup(customer: Option<&str>, threshold: Option<i64>, amount: Option<i64>, monthly_cap: Option<i32>, max_failures: Option<i32>) {
+    deliver(set_auto_topup_impl(customer, threshold, amount, monthly_cap, max_failures), || ())
+}
+crate::sql_entry!(pg_finfo_billing_set_auto_topup, billing_set_auto_topup, set_auto_topup_wrapper);
+
+fn set_auto_topup_impl(customer: Option<&str>, threshold: Option<i64>, amount: Option<i64>, cap: Option<i32>, max_failures: Option<i32>) -> Result<()> {
+    let customer = customer_arg(customer)?;
+    Spi::connect_mut(|c| {
+        drop(Op::lock_existing(c, customer, clock::now())?);
+        let Some(threshold) = threshold else {
+            run(c, &TOPUP_OFF, &[customer.into()])?;
+            run(c, &TOPUP_ARM, &[customer.into(), DatumWithOid::null::<i64>()])?;
+            return Ok(());
+        };
+        let amount = amount_arg(amount, "amount", customer)?;
+        let cap = need(cap, "monthly_cap")?;
+        let max_failures = need(max_failures, "max_failures")?;
+        if cap < 0 || max_failures < 0 {
+            return Err(BillingError::invalid(format!("monthly_cap and max_failures must not be negative (customer \"{customer}\")")));
+        }
+        run(c, &TOPUP_SET, &[customer.into(), threshold.into(), amount.into(), cap.into(), max_failures.into()])?;
+        run(c, &TOPUP_ARM, &[customer.into(), threshold.into()])?;
+        Ok(())
+    })
+}
+
+static TOPUP_REPORT: Stmt = Stmt {
+    sql: "UPDATE billing.auto_topups SET failures = CASE WHEN $3 THEN 0 ELSE failures + 1 END
+           WHERE customer = $1 RETURNING failures",
+    args: &[TEXTOID, TEXTOID, BOOLOID],
+};
+
+#[pg_extern(sql = false)]
+fn report_topup(customer: Option<&str>, idempotency_key: Option<&str>, succeeded: Option<bool>) {
+    deliver(report_topup_impl(customer, idempotency_key, succeeded), || ())
+}
+crate::sql_entry!(pg_finfo_billing_report_topup, billing_report_topup, report_topup_wrapper);
+
+/// A failed top-up asks again at once (a new `topup_due` with the next key) until the
+/// policy's `max_failures` or `monthly_cap`; a success clears the failures.
+fn report_topup_impl(customer: Option<&str>, key: Option<&str>, succeeded: Option<bool>) -> Result<()> {
+    let customer = customer_arg(customer)?;
+    let _key = key_arg(key, customer)?;
+    let ok = need(succeeded, "succeeded")?;
+    let now = clock::now();
+    Spi::connect_mut(|c| {
+        drop(Op::lock_existing(c, customer, now)?);
+        let t = run(c, &TOPUP_REPORT, &[customer.into(), _key.into(), ok.into()])?;
+        if t.is_empty() {
+            return Err(BillingError::new(UNKNOWN, format!("customer \"{customer}\" has no auto top-up policy")));
+        }
+        if !ok {
+            crate::ledger::store::emit_topup(c, customer, now)?;
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,5 @@
+//! Usage metering and rate limits (SPEC section 4): exact rating and token buckets as
+//! pure functions, and their SQL functions.
+pub mod api;
+pub mod bucket;
+pub mod rating;

@@ -150,7 +150,7 @@ fn charge_impl(customer: Option<&str>, feature: Option<&str>, amount: Option<i64
 // ---- rate limits ----
 
 static LIMIT: Stmt = Stmt {
-    sql: "SELECT l.requests, (extract(epoch FROM l.per) * 1000000)::int8, l.feature FROM billing.limits l
+    sql: "SELECT l.requests, (extract(epoch FROM l.per) * 1000000)::int8, l.subject || ':' || l.feature FROM billing.limits l
            WHERE (l.subject = $1 OR l.subject = $2) AND l.feature IN ($3, '')
            ORDER BY l.subject = $1 DESC, l.feature = $3 DESC LIMIT 1",
     args: &[TEXTOID, TEXTOID, TEXTOID],
@@ -170,8 +170,9 @@ static BUCKET_SAVE: Stmt = Stmt {
 };
 
 /// One request through the customer's token bucket (a customer's own limit first, then
-/// its plan's; a feature's limit first, then the one for every feature). The bucket row
-/// is locked, so concurrent requests never let an extra one through.
+/// its plan's; a feature's limit first, then the one for every feature). Each limit has
+/// its own bucket per customer (keyed `subject:feature`), locked while it is used, so
+/// concurrent requests never let an extra one through.
 pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, feature: &str, now: i64) -> Result<()> {
     let t = run(c, &LIMIT, &[customer.into(), plan.unwrap_or("").into(), feature.into()])?;
     if t.is_empty() {

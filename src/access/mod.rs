@@ -1,3 +1,4 @@
 //! Access checks (SPEC section 3): the pure decision and its SQL functions.
 pub mod api;
 pub mod decide;
+mod tests;

@@ -71,13 +71,14 @@ mod tests {
 
     #[test]
     fn carry_survives_price_changes_exactly() {
-        // 1/3 credit carried, then a meter per 1000: 1/3 + 2/1000 = 1006/3000
+        // 1/3 credit carried, then a meter per 1000: 1/3 + 2/1000 = 1006/3000 = 503/1500
         let (ch, c) = rate(Carry::default(), Price { credits: 1, per_units: 3 }, 1).unwrap();
         assert_eq!((ch, c), (0, Carry { num: 1, den: 3 }));
         let (ch, c) = rate(c, Price { credits: 2, per_units: 1000 }, 1).unwrap();
-        assert_eq!((ch, c), (0, Carry { num: 1003, den: 3000 }));
+        assert_eq!((ch, c), (0, Carry { num: 503, den: 1500 }));
+        // + 2/3 = 1503/1500: one credit now, 3/1500 = 1/500 carried
         let (ch, c) = rate(c, Price { credits: 2, per_units: 3 }, 1).unwrap();
-        assert_eq!((ch, c), (1, Carry { num: 3, den: 3000 }.reduced()));
+        assert_eq!((ch, c), (1, Carry { num: 3, den: 1500 }.reduced()));
     }
 
     impl Carry {

@@ -1,0 +1,257 @@
+//! `#[pg_test]`s of access, charge, metering, limits and the outbox.
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .unwrap();
+        clock("2030-01-01 00:00:00+00");
+        Spi::run("SELECT billing.define_plan('pro', '{chat,images}', 0, '3 days', 'price_pro')").unwrap();
+    }
+
+    fn clock(t: &str) {
+        Spi::run(&format!("SET billing.clock = '{t}'")).unwrap();
+    }
+
+    fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    fn state(sql: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
+    }
+
+    /// (allowed, reason) of billing.access at the current clock.
+    fn access(c: &str, feature: Option<&str>) -> (bool, String) {
+        let f = feature.map_or("NULL".to_string(), |f| format!("'{f}'"));
+        let (a, r) = Spi::get_two::<bool, String>(&format!("SELECT allowed, reason FROM billing.access('{c}', {f})")).unwrap();
+        let a = a.unwrap();
+        assert_eq!(q::<bool>(&format!("SELECT billing.can_access('{c}', {f})")), a, "can_access agrees with access");
+        (a, r.unwrap())
+    }
+
+    fn at(t: &str, c: &str) -> (bool, String) {
+        clock(t);
+        access(c, None)
+    }
+
+    /// A subscription row as the webhook path writes it.
+    fn sub(c: &str, status: &str, period_end: &str, paid_through: Option<&str>, cancel: bool, trial_end: Option<&str>) {
+        Spi::run(&format!("INSERT INTO billing.customers (customer) VALUES ('{c}') ON CONFLICT DO NOTHING")).unwrap();
+        let opt = |x: Option<&str>| x.map_or("NULL".to_string(), |x| format!("'{x}'"));
+        Spi::run(&format!(
+            "INSERT INTO billing.subscriptions (customer, provider, subscription_id, status, plan, current_period_end,
+                 cancel_at_period_end, trial_end, paid_through, status_created, status_event, updated_at)
+             VALUES ('{c}', 'stripe', 'sub_{c}', '{status}', 'pro', '{period_end}', {cancel}, {}, {}, 0, '', now())",
+            opt(trial_end),
+            opt(paid_through)
+        ))
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn unknown_prepaid_and_credits() {
+        setup();
+        assert_eq!(access("nobody", None), (false, "no_plan".into()));
+        Spi::run("SELECT billing.grant('p', 10, 'g')").unwrap();
+        assert_eq!(access("p", Some("anything")), (true, "active".into()));
+        Spi::run("SELECT billing.debit('p', 10, 'd')").unwrap();
+        assert_eq!(access("p", None), (false, "no_credits".into()));
+        // the balance reported is the spendable one, past expiries included
+        Spi::run("SELECT billing.grant('p', 5, 'g2', 'promo', '2030-01-02')").unwrap();
+        assert_eq!(at("2030-01-01 23:59:59.999999+00", "p"), (true, "active".into()));
+        assert_eq!(at("2030-01-02 00:00:00+00", "p"), (false, "no_credits".into()));
+        assert!(!q::<bool>("SELECT billing.can_access(NULL)"));
+    }
+
+    #[pg_test]
+    fn active_then_grace_then_past_due_at_the_exact_instants() {
+        setup();
+        sub("a", "active", "2030-02-01 00:00:00+00", Some("2030-02-01 00:00:00+00"), false, None);
+        assert_eq!(access("a", Some("chat")), (true, "active".into()));
+        assert_eq!(access("a", Some("video")), (false, "no_feature".into()));
+        assert_eq!(at("2030-01-31 23:59:59.999999+00", "a"), (true, "active".into()));
+        assert_eq!(at("2030-02-01 00:00:00+00", "a"), (true, "grace".into()));
+        assert_eq!(at("2030-02-03 23:59:59.999999+00", "a"), (true, "grace".into()));
+        assert_eq!(at("2030-02-04 00:00:00+00", "a"), (false, "past_due".into()));
+    }
+
+    #[pg_test]
+    fn paid_through_wins_over_dunning() {
+        setup();
+        // the renewal failed (past_due, period moved on) but January is paid
+        sub("d", "past_due", "2030-03-01", Some("2030-02-01 00:00:00+00"), false, None);
+        assert_eq!(at("2030-01-15", "d"), (true, "active".into()));
+        assert_eq!(at("2030-02-01 00:00:00+00", "d"), (true, "grace".into()));
+        assert_eq!(at("2030-02-04 00:00:00+00", "d"), (false, "past_due".into()));
+    }
+
+    #[pg_test]
+    fn cancel_at_period_end_trials_canceled_frozen() {
+        setup();
+        sub("c", "active", "2030-02-01 00:00:00+00", None, true, None);
+        assert_eq!(at("2030-01-31 23:59:59.999999+00", "c"), (true, "active".into()));
+        assert_eq!(at("2030-02-01 00:00:00+00", "c"), (false, "canceled".into()));
+        clock("2030-01-01");
+        sub("t", "trialing", "2030-01-15", None, false, Some("2030-01-15 00:00:00+00"));
+        assert_eq!(at("2030-01-14 23:59:59.999999+00", "t"), (true, "trialing".into()));
+        assert_eq!(at("2030-01-15 00:00:00+00", "t"), (true, "grace".into()));
+        assert_eq!(at("2030-01-18 00:00:00+00", "t"), (false, "past_due".into()));
+        sub("x", "canceled", "2030-01-10", None, false, None);
+        assert_eq!(access("x", None), (false, "canceled".into()));
+        sub("f", "active", "2031-01-01", None, false, None);
+        Spi::run("SELECT billing.set_frozen('f')").unwrap();
+        assert_eq!(access("f", None), (false, "frozen".into()));
+    }
+
+    #[pg_test]
+    fn access_follows_webhook_events() {
+        setup();
+        Spi::run("SELECT billing.add_endpoint('s', 'stripe'); SELECT billing.add_secret('s', 'whsec_a')").unwrap();
+        Spi::run("SELECT billing.link_customer('w', 'cus_w')").unwrap();
+        let deliver = |id: &str, kind: &str, created: i64, obj: serde_json::Value| {
+            let body = serde_json::json!({"id": id, "object": "event", "type": kind, "created": created, "data": {"object": obj}}).to_string();
+            let h = serde_json::json!({"Stripe-Signature": crate::webhook::signature::sign_stripe("whsec_a", 1893456000, body.as_bytes())}).to_string();
+            Spi::get_one_with_args::<String>("SELECT status FROM billing.ingest('s', $1::jsonb, $2)", &[h.into(), body.into()]).unwrap().unwrap()
+        };
+        let trial_end = 1893456000i64 + 14 * 86400;
+        let s = |status: &str| serde_json::json!({"id": "sub_w", "customer": "cus_w", "status": status, "trial_end": trial_end,
+            "items": {"data": [{"price": {"id": "price_pro"}, "current_period_end": trial_end}]}});
+        assert_eq!(deliver("e1", "customer.subscription.created", 1893456000, s("trialing")), "applied");
+        assert_eq!(access("w", None), (true, "trialing".into()));
+        let paid = serde_json::json!({"id": "in_1", "customer": "cus_w", "parent": {"subscription_details": {"subscription": "sub_w"}},
+            "lines": {"data": [{"period": {"end": trial_end + 30 * 86400}, "price": {"id": "price_pro"}}]}});
+        assert_eq!(deliver("e2", "invoice.paid", 1893456001, paid), "applied");
+        assert_eq!(access("w", None), (true, "active".into()));
+        let failed = serde_json::json!({"id": "in_2", "customer": "cus_w", "parent": {"subscription_details": {"subscription": "sub_w"}}, "lines": {"data": []}});
+        assert_eq!(deliver("e3", "invoice.payment_failed", 1893456002, failed), "applied");
+        assert_eq!(access("w", None), (true, "active".into()), "paid through the period");
+        let kinds: i64 = q("SELECT count(*) FROM billing.outbox WHERE customer = 'w' AND kind = 'subscription_status'");
+        assert!(kinds >= 3, "{kinds}");
+        assert!(q::<i64>("SELECT count(*) FROM billing.outbox WHERE customer = 'w' AND kind = 'access_changed'") >= 2);
+    }
+
+    #[pg_test]
+    fn rls_policy_hides_rows_of_customers_without_access() {
+        setup();
+        Spi::run("SELECT billing.grant('has', 10, 'g')").unwrap();
+        Spi::run("INSERT INTO billing.customers (customer) VALUES ('hasnt')").unwrap();
+        Spi::run(
+            "CREATE TABLE public.docs (customer text, body text);
+             INSERT INTO public.docs VALUES ('has', 'a'), ('hasnt', 'b'), ('nobody', 'c');
+             ALTER TABLE public.docs ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY docs_paid ON public.docs USING (billing.can_access(customer));
+             CREATE ROLE rls_reader;
+             GRANT billing_app TO rls_reader;
+             GRANT SELECT ON public.docs TO rls_reader;
+             SET ROLE rls_reader",
+        )
+        .unwrap();
+        assert_eq!(q::<String>("SELECT string_agg(body, ',' ORDER BY body) FROM public.docs"), "a");
+        Spi::run("RESET ROLE").unwrap();
+    }
+
+    #[pg_test]
+    fn charge_checks_access_then_debits() {
+        setup();
+        assert_eq!(state("SELECT billing.charge('nobody', 'chat', 1, 'k')"), "BL003");
+        sub("a", "active", "2031-01-01", None, false, None);
+        Spi::run("SELECT billing.grant('a', 10, 'g')").unwrap();
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.charge('a', 'chat', 4, 'k1')"), 6);
+        assert_eq!(state("SELECT billing.charge('a', 'video', 1, 'k2')"), "BL004");
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 7, 'k3')"), "BL001");
+        Spi::run("SELECT billing.set_frozen('a')").unwrap();
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k4')"), "BL004");
+        // a retry of a charge that went through replays, whatever access says now
+        assert!(q::<bool>("SELECT replayed FROM billing.charge('a', 'chat', 4, 'k1')"));
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 0, 'k5')"), "22023");
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, NULL)"), "22023");
+    }
+
+    #[pg_test]
+    fn rate_limits_per_customer_then_plan() {
+        setup();
+        sub("a", "active", "2031-01-01", None, false, None);
+        Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
+        Spi::run("SELECT billing.define_limit('pro', 'chat', 2, '1 minute')").unwrap();
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k1')"), "ok");
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k2')"), "ok");
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k3')"), "BL006");
+        assert_eq!(state("SELECT billing.charge('a', 'images', 1, 'k4')"), "ok"); // no limit on images
+        clock("2030-01-01 00:00:29.999999+00");
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k5')"), "BL006");
+        clock("2030-01-01 00:00:30+00"); // one request every 30 s
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k6')"), "ok");
+        // a customer's own limit overrides the plan's, with a bucket of its own
+        Spi::run("SELECT billing.define_limit('a', 'chat', 100, '1 minute')").unwrap();
+        assert_eq!(state("SELECT billing.charge('a', 'chat', 1, 'k7')"), "ok");
+        assert_eq!(state("SELECT billing.define_limit('a', 'chat', 0, '1 minute')"), "22023");
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.journal WHERE kind = 'debit'"), 5);
+    }
+
+    #[pg_test]
+    fn metering_is_exact_and_rated_at_the_price_in_force() {
+        setup();
+        Spi::run("SELECT billing.grant('m', 100000, 'g')").unwrap();
+        Spi::run("SELECT billing.define_meter('tok', 3, 1000, '2029-01-01')").unwrap();
+        Spi::run("SELECT billing.define_meter('tok', 5, 1000, '2030-06-01')").unwrap();
+        for i in 0..2000 {
+            Spi::run(&format!("SELECT billing.record_usage('m', 'tok', 1, 'u{i}')")).unwrap();
+        }
+        assert_eq!(q::<i64>("SELECT billing.balance('m')"), 100000 - 6);
+        // usage that occurred after the price change is rated at the new price
+        assert_eq!(q::<i64>("SELECT credits FROM billing.record_usage('m', 'tok', 1000, 'late', '2030-07-01')"), 5);
+        assert_eq!(q::<i64>("SELECT credits FROM billing.usage('m', '2029-01-01', '2031-01-01')"), 11);
+        assert_eq!(q::<i64>("SELECT quantity FROM billing.usage('m', '2029-01-01', '2031-01-01')"), 3000);
+        // idempotent; the same key with other usage is refused
+        assert!(q::<bool>("SELECT replayed FROM billing.record_usage('m', 'tok', 1000, 'late', '2030-07-01')"));
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 999, 'late')"), "BL002");
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1, 'g')"), "BL002"); // a grant's key
+        assert_eq!(state("SELECT billing.record_usage('m', 'nope', 1, 'x')"), "BL003");
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1, 'y', '2028-01-01')"), "BL003"); // no price then
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 0, 'z')"), "22023");
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 100000000, 'big')"), "BL001");
+        assert_eq!(state("SELECT billing.define_meter('bad', 1, 0)"), "22023");
+    }
+
+    #[pg_test]
+    fn usage_settles_a_hold() {
+        setup();
+        Spi::run("SELECT billing.grant('m', 100, 'g')").unwrap();
+        Spi::run("SELECT billing.define_meter('tok', 1, 10)").unwrap();
+        let r: pgrx::Uuid = q("SELECT billing.reserve('m', 50, 'h')");
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.record_usage('m', 'tok', 205, 'stream', reservation_id => '{r}')")), 80);
+        assert_eq!(q::<String>(&format!("SELECT status FROM billing.reservations WHERE id = '{r}'")), "settled");
+        assert_eq!(state(&format!("SELECT billing.record_usage('other', 'tok', 5, 's2', reservation_id => '{r}')")), "BL003");
+    }
+
+    #[pg_test]
+    fn outbox_rows_once_per_crossing() {
+        setup();
+        Spi::run("SELECT billing.grant('o', 100, 'g')").unwrap();
+        Spi::run("SELECT billing.set_low_balance('o', 50)").unwrap();
+        Spi::run("SELECT billing.set_auto_topup('o', 30, 500, 2, 1)").unwrap();
+        for i in 0..6 {
+            Spi::run(&format!("SELECT billing.debit('o', 10, 'd{i}')")).unwrap(); // 90 .. 40
+        }
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.outbox WHERE kind = 'low_balance'"), 1);
+        Spi::run("SELECT billing.grant('o', 100, 'g2')").unwrap(); // back above: re-armed
+        Spi::run("SELECT billing.debit('o', 115, 'd9')").unwrap(); // 140 -> 25: below 50 and 30
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.outbox WHERE kind = 'low_balance'"), 2);
+        assert_eq!(q::<String>("SELECT idempotency_key FROM billing.outbox WHERE kind = 'topup_due'"), "topup:o:2030-01:1");
+        // one failure is allowed before it stops asking
+        Spi::run("SELECT billing.report_topup('o', 'topup:o:2030-01:1', false)").unwrap();
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.outbox WHERE kind = 'topup_due'"), 1);
+        // claim and ack
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10)"), 3);
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10)"), 0); // leased
+        let first: i64 = q("SELECT min(id) FROM billing.outbox");
+        assert!(q::<bool>(&format!("SELECT billing.ack_outbox({first})")));
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT billing.ack_outbox({first})")).unwrap(), None);
+    }
+}

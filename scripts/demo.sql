@@ -48,3 +48,79 @@ SELECT seq, to_char(at, 'MM-DD HH24:MI') AS at, kind, amount, balance_after, ide
 \set ON_ERROR_STOP 0
 DELETE FROM billing.journal;
 \set ON_ERROR_STOP 1
+
+\echo '\n================ Part 2: a subscriber, as Stripe webhooks arrive ================'
+SET client_min_messages = warning;
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+DO $$ BEGIN
+  PERFORM billing.add_endpoint('stripe-main', 'stripe');
+  PERFORM billing.add_secret('stripe-main', 'whsec_demo');
+  PERFORM billing.define_plan('pro', '{chat,images}', 5000, '3 days', 'price_pro');
+  PERFORM billing.define_meter('llm_tokens', 3, 1000);
+  PERFORM billing.link_customer('bea', 'cus_bea');
+END $$;
+-- What a receiver does with each delivery; the signature is Stripe's scheme, computed here.
+CREATE FUNCTION pg_temp.deliver(id text, type text, created timestamptz, obj jsonb) RETURNS text LANGUAGE sql AS $$
+  WITH b AS (SELECT jsonb_build_object('id', id, 'object', 'event', 'type', type,
+                 'created', extract(epoch FROM created)::int8, 'data', jsonb_build_object('object', obj))::text AS body,
+                    -- signed at delivery: now, as the ledger sees it
+                    extract(epoch FROM current_setting('billing.clock')::timestamptz)::int8 AS t)
+  SELECT r.status || ': ' || coalesce(r.detail, '') FROM b, billing.ingest('stripe-main',
+    jsonb_build_object('Stripe-Signature', 't=' || b.t || ',v1=' || encode(hmac(b.t || '.' || b.body, 'whsec_demo', 'sha256'), 'hex')), b.body) r
+$$;
+CREATE FUNCTION pg_temp.show(label text) RETURNS TABLE (moment text, allowed boolean, reason text, plan text, balance bigint) LANGUAGE sql AS $$
+  SELECT label, a.allowed, a.reason, a.plan, a.balance FROM billing.access('bea') a
+$$;
+CREATE FUNCTION pg_temp.sub(status text, period_end timestamptz) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('id', 'sub_bea', 'customer', 'cus_bea', 'status', status,
+     'trial_end', extract(epoch FROM timestamptz '2026-11-15')::int8,
+     'items', jsonb_build_object('data', jsonb_build_array(jsonb_build_object(
+        'price', jsonb_build_object('id', 'price_pro'), 'current_period_end', extract(epoch FROM period_end)::int8))))
+$$;
+CREATE FUNCTION pg_temp.invoice(id text, period_end timestamptz) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('id', id, 'customer', 'cus_bea',
+     'parent', jsonb_build_object('subscription_details', jsonb_build_object('subscription', 'sub_bea')),
+     'lines', jsonb_build_object('data', jsonb_build_array(jsonb_build_object('price', jsonb_build_object('id', 'price_pro'),
+        'period', jsonb_build_object('end', extract(epoch FROM period_end)::int8)))))
+$$;
+
+\echo '\n== 9. Bea starts a 14-day trial'
+SET billing.clock = '2026-11-01 09:00:00+00';
+SELECT pg_temp.deliver('evt_b1', 'customer.subscription.created', '2026-11-01 09:00+00', pg_temp.sub('trialing', '2026-11-15'));
+SELECT * FROM pg_temp.show('in the trial');
+
+\echo '\n== 10. The trial converts: the first invoice is paid (the plan grants 5000 credits for the month)'
+SET billing.clock = '2026-11-15 00:00:00+00';
+SELECT pg_temp.deliver('evt_b2', 'invoice.paid', '2026-11-15 00:00+00', pg_temp.invoice('in_1', '2026-12-15'));
+SELECT pg_temp.deliver('evt_b3', 'customer.subscription.updated', '2026-11-15 00:00:01+00', pg_temp.sub('active', '2026-12-15'));
+SELECT pg_temp.deliver('evt_b3', 'customer.subscription.updated', '2026-11-15 00:00:01+00', pg_temp.sub('active', '2026-12-15'));
+SELECT * FROM pg_temp.show('paid');
+\echo 'an LLM call is charged through the meter: 2,500 tokens at 3 credits per 1,000 (the half credit carries over)'
+SELECT credits, balance_after FROM billing.record_usage('bea', 'llm_tokens', 2500, 'req:b1');
+
+\echo '\n== 11. The renewal fails on Dec 15: paid through the period, then a grace period of 3 days'
+SET billing.clock = '2026-12-15 00:00:00+00';
+SELECT pg_temp.deliver('evt_b4', 'invoice.payment_failed', '2026-12-15 00:00+00', pg_temp.invoice('in_2', '2027-01-15'));
+SELECT pg_temp.deliver('evt_b5', 'customer.subscription.updated', '2026-12-15 00:00:01+00', pg_temp.sub('past_due', '2027-01-15'));
+SELECT * FROM pg_temp.show('payment failed');
+SET billing.clock = '2026-12-18 00:00:00+00';
+SELECT * FROM pg_temp.show('grace over');
+\echo 'time alone changed that; maintenance() (pg_cron) notes it for the outbox:'
+SELECT billing.maintenance() AS expiry_rows_written;
+\echo 'a charge is refused with the reason''s SQLSTATE (BL004):'
+\set ON_ERROR_STOP 0
+SELECT * FROM billing.charge('bea', 'chat', 10, 'req:b2');
+\set ON_ERROR_STOP 1
+
+\echo '\n== 12. Bea updates her card: the retried invoice is paid; access is back'
+SET billing.clock = '2026-12-19 00:00:00+00';
+SELECT pg_temp.deliver('evt_b6', 'invoice.paid', '2026-12-19 00:00+00', pg_temp.invoice('in_2', '2027-01-15'));
+SELECT * FROM pg_temp.show('recovered');
+\echo 'a late, older event (the past_due update, delivered again with another id) is stale and changes nothing:'
+SELECT pg_temp.deliver('evt_b5_late', 'customer.subscription.updated', '2026-12-15 00:00:00+00', pg_temp.sub('past_due', '2027-01-15'));
+SELECT * FROM pg_temp.show('after the stale event');
+
+\echo '\n== 13. What the application hears, through the outbox (exactly once, claimed with SKIP LOCKED)'
+SELECT id, kind, payload FROM billing.claim_outbox(20) ORDER BY id;
+SELECT event_id, type, status FROM billing.events ORDER BY received_at, event_id;
+SELECT count(*) AS inconsistencies FROM billing.verify();

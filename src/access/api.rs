@@ -142,7 +142,12 @@ fn charge_impl(customer: Option<&str>, feature: Option<&str>, amount: Option<i64
     let seen = Spi::connect_mut(|c| -> Result<bool> { Ok(!run(c, &HAS_KEY, &[customer.into(), k.into()])?.is_empty()) })?;
     if !seen {
         // A retry of a charge that went through replays whatever access says now.
-        Spi::connect_mut(|c| admit(c, customer, feature, now))?;
+        Spi::connect_mut(|c| {
+            // The customer's row first, then the bucket: the same lock order as
+            // record_usage, so the two never deadlock over one customer.
+            drop(Op::lock_existing(c, customer, now)?);
+            admit(c, customer, feature, now)
+        })?;
     }
     debit_impl(Some(customer), amount, key, Some(metadata))
 }

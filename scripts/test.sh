@@ -33,10 +33,14 @@ section "layer 3: isolation specs"
 
 section "layer 3: client-side integration tests (pgrx-tests/)"
 export DATABASE_URL="host=$PGHOST port=$PGPORT user=postgres dbname=postgres"
-cargo test -p billing-it -- --test-threads=4
+# (the fault test restarts the server: it runs alone, below)
+cargo test -p billing-it -- --test-threads=4 --skip under_faults
 
 section "layer 3: the example webhook receiver over HTTP"
 ./scripts/receiver-test.sh
+
+section "layer 4: faults (kills and crashes under load)"
+export CLUSTER_DIR; cargo test -p billing-it --test faults -- --nocapture
 
 section "upgrade scripts"
 ./scripts/check-upgrade.sh

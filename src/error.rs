@@ -126,12 +126,38 @@ pub unsafe fn raise_pending() {
     }
 }
 
+/// Refuses (22023) a jsonb argument that Rust cannot represent (nested deeper than
+/// serde_json's limit of 128), before pgrx's conversion of it would panic into XX000.
+///
+/// # Safety
+/// `fcinfo` must be the call's; `args` indexes of jsonb arguments.
+pub unsafe fn check_jsonb_args(fcinfo: pgrx::pg_sys::FunctionCallInfo, args: &[usize]) {
+    use pgrx::pg_sys;
+    let n = (*fcinfo).nargs as usize;
+    let all = (*fcinfo).args.as_slice(n);
+    for &i in args {
+        let Some(a) = all.get(i) else { continue };
+        if a.isnull {
+            continue;
+        }
+        let Some(text) = pgrx::fcinfo::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(a.value)]) else { continue };
+        let s = std::ffi::CStr::from_ptr(text.cast_mut_ptr::<std::ffi::c_char>()).to_string_lossy();
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&s) {
+            PENDING.with(|p| *p.borrow_mut() = Some(BillingError::invalid(format!("jsonb argument {} cannot be used: {e}", i + 1))));
+            return;
+        }
+    }
+}
+
 /// Declares the C entry point `$entry` that SQL functions name in `AS 'MODULE_PATHNAME', '$entry'`.
 /// It runs pgrx's generated `$wrapper` (argument and result conversion, panic guard) and
 /// then raises whatever error the Rust function deferred with [`deliver`].
 #[macro_export]
 macro_rules! sql_entry {
     ($finfo:ident, $entry:ident, $wrapper:path) => {
+        $crate::sql_entry!($finfo, $entry, $wrapper, jsonb = []);
+    };
+    ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*]) => {
         #[no_mangle]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -142,6 +168,8 @@ macro_rules! sql_entry {
         #[doc(hidden)]
         pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
             $crate::error::clear_pending();
+            $crate::error::check_jsonb_args(fcinfo, &[$($j),*]);
+            $crate::error::raise_pending();
             let d = $wrapper(fcinfo);
             $crate::error::raise_pending();
             d

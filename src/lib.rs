@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod spi;
 pub mod usage;
 pub mod webhook;
+#[cfg(test)] mod proptests;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -22,6 +23,7 @@ extension_sql_file!("../sql/privileges.sql", name = "privileges", requires = ["l
 extension_sql_file!("../sql/webhook.sql", name = "webhook", requires = ["privileges"]);
 extension_sql_file!("../sql/privileges_webhook.sql", name = "privileges_webhook", requires = ["webhook"]);
 extension_sql_file!("../sql/access.sql", name = "access", requires = ["privileges_webhook"]);
+extension_sql_file!("../sql/fixes_0_3_0.sql", name = "fixes_0_3_0", requires = ["access"]);
 extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", finalize);
 
 #[pg_guard]

@@ -107,7 +107,7 @@ fn grant(
 ) -> Option<pgrx::Uuid> {
     deliver(grant_impl(customer, amount, idempotency_key, source, expires_at, priority, metadata).map(Some), || None)
 }
-crate::sql_entry!(pg_finfo_billing_grant, billing_grant, grant_wrapper);
+crate::sql_entry!(pg_finfo_billing_grant, billing_grant, grant_wrapper, jsonb = [6]);
 
 pub fn grant_impl(
     customer: Option<&str>,
@@ -183,7 +183,7 @@ fn debit(
 ) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
     row(debit_impl(customer, amount, idempotency_key, metadata))
 }
-crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper);
+crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper, jsonb = [3]);
 
 pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>) -> Result<(pgrx::Uuid, i64, bool)> {
     let customer = customer_arg(customer)?;

@@ -67,7 +67,7 @@ fn sig_error(e: SigError, endpoint: &str) -> BillingError {
 fn verify_signature(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<JsonB>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Option<bool> {
     deliver(verify_signature_impl(provider, secrets, headers, body, at).map(Some), || None)
 }
-crate::sql_entry!(pg_finfo_billing_verify_signature, billing_verify_signature, verify_signature_wrapper);
+crate::sql_entry!(pg_finfo_billing_verify_signature, billing_verify_signature, verify_signature_wrapper, jsonb = [2]);
 
 fn verify_signature_impl(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<JsonB>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Result<bool> {
     let p = need(provider, "provider")?;
@@ -161,7 +161,7 @@ fn parse_delivery(provider: Provider, endpoint: &str, body: &str, webhook_id: Op
 fn ingest(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
     deliver(ingest_impl(endpoint, headers, body).map(TableIterator::once), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper);
+crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper, jsonb = [1]);
 
 fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> Result<EventRow> {
     let endpoint = need(endpoint, "endpoint")?;

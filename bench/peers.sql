@@ -1,0 +1,329 @@
+-- The peers billing is compared with, on the same data in the same cluster (bench/run.sh).
+--
+--  floor_*   the floor: the same writes as plain SQL with no logic (a conditional UPDATE of
+--            one balance row + a journal INSERT + a key INSERT in one transaction). The
+--            pgbench scripts send it as one statement with data-modifying CTEs (one round
+--            trip, like a call to the extension). No idempotency check, no provenance, no
+--            error paths: a lower bound, not a usable ledger.
+--  pl_*      what a user would write instead: straightforward PL/pgSQL with an idempotency
+--            key and a journal on a single balance row per customer, locked first
+--            (SELECT ... FOR UPDATE), so it is correct under concurrency; ids from
+--            gen_random_uuid() (PostgreSQL 15 has no uuidv7). A PL/pgSQL webhook ingest
+--            that checks the Stripe HMAC with pgcrypto, dedupes with ON CONFLICT and applies
+--            top-ups and subscription snapshots with a high-water mark.
+CREATE EXTENSION IF NOT EXISTS pgcrypto;
+CREATE SCHEMA peer;
+
+-- ---- the floor ----
+CREATE TABLE peer.floor_accounts (
+    id      text   PRIMARY KEY,
+    balance bigint NOT NULL,
+    seq     bigint NOT NULL DEFAULT 0
+) WITH (fillfactor = 50);
+CREATE TABLE peer.floor_journal (
+    customer      text        NOT NULL,
+    seq           bigint      NOT NULL,
+    at            timestamptz NOT NULL DEFAULT now(),
+    kind          text        NOT NULL,
+    amount        bigint      NOT NULL,
+    balance_after bigint      NOT NULL,
+    PRIMARY KEY (customer, seq)
+);
+CREATE TABLE peer.floor_keys (
+    customer text   NOT NULL,
+    key      text   NOT NULL,
+    seq      bigint NOT NULL,
+    PRIMARY KEY (customer, key)
+);
+CREATE TABLE peer.floor_holds (
+    id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer text   NOT NULL,
+    amount   bigint NOT NULL,
+    settled  bigint
+) WITH (fillfactor = 70);
+CREATE TABLE peer.floor_usage (
+    customer text   NOT NULL,
+    key      text   NOT NULL,
+    meter    text   NOT NULL,
+    quantity bigint NOT NULL,
+    credits  bigint NOT NULL,
+    seq      bigint NOT NULL,
+    PRIMARY KEY (customer, key)
+);
+CREATE TABLE peer.floor_events (
+    event_id    text        PRIMARY KEY,
+    headers     jsonb       NOT NULL,
+    body        text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---- PL/pgSQL: the ledger ----
+CREATE TABLE peer.pl_accounts (
+    id      text    PRIMARY KEY,
+    balance bigint  NOT NULL DEFAULT 0,
+    seq     bigint  NOT NULL DEFAULT 0,
+    frozen  boolean NOT NULL DEFAULT false
+) WITH (fillfactor = 50);
+CREATE TABLE peer.pl_journal (
+    customer        text        NOT NULL,
+    seq             bigint      NOT NULL,
+    entry_id        uuid        NOT NULL UNIQUE,
+    at              timestamptz NOT NULL DEFAULT clock_timestamp(),
+    kind            text        NOT NULL,
+    amount          bigint      NOT NULL,
+    balance_after   bigint      NOT NULL,
+    idempotency_key text,
+    hold_id         uuid,
+    PRIMARY KEY (customer, seq),
+    UNIQUE (customer, idempotency_key)
+);
+CREATE TABLE peer.pl_holds (
+    id         uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    customer   text        NOT NULL,
+    amount     bigint      NOT NULL,
+    status     text        NOT NULL DEFAULT 'active',
+    settled    bigint,
+    expires_at timestamptz NOT NULL
+) WITH (fillfactor = 70);
+CREATE TABLE peer.pl_meter_prices (
+    meter          text        NOT NULL,
+    effective_from timestamptz NOT NULL,
+    credits        bigint      NOT NULL,
+    per_units      bigint      NOT NULL,
+    PRIMARY KEY (meter, effective_from)
+);
+CREATE TABLE peer.pl_usage_carry (
+    customer text   NOT NULL,
+    meter    text   NOT NULL,
+    num      bigint NOT NULL,
+    PRIMARY KEY (customer, meter)
+);
+CREATE TABLE peer.pl_usage_events (
+    customer        text        NOT NULL,
+    idempotency_key text        NOT NULL,
+    meter           text        NOT NULL,
+    quantity        bigint      NOT NULL,
+    credits         bigint      NOT NULL,
+    entry_id        uuid,
+    recorded_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (customer, idempotency_key)
+);
+
+-- Journal entry of a balance change on a row the caller has locked.
+CREATE FUNCTION peer.pl_post(p_customer text, p_kind text, p_amount bigint, p_key text, p_hold uuid,
+                             OUT entry_id uuid, OUT balance_after bigint)
+LANGUAGE plpgsql AS $$
+DECLARE v_seq bigint;
+BEGIN
+    UPDATE peer.pl_accounts a SET balance = a.balance + p_amount, seq = a.seq + 1
+     WHERE a.id = p_customer RETURNING a.balance, a.seq INTO balance_after, v_seq;
+    entry_id := gen_random_uuid();
+    INSERT INTO peer.pl_journal (customer, seq, entry_id, kind, amount, balance_after, idempotency_key, hold_id)
+    VALUES (p_customer, v_seq, entry_id, p_kind, p_amount, balance_after, p_key, p_hold);
+END $$;
+
+CREATE FUNCTION peer.pl_debit(p_customer text, p_amount bigint, p_key text,
+                              OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE v_balance bigint; v_frozen boolean; v_amount bigint; v_seq bigint;
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 OR p_key IS NULL OR p_key = '' THEN
+        RAISE EXCEPTION 'invalid argument' USING ERRCODE = '22023';
+    END IF;
+    SELECT a.balance, a.frozen INTO v_balance, v_frozen FROM peer.pl_accounts a WHERE a.id = p_customer FOR UPDATE;
+    IF NOT FOUND THEN RAISE EXCEPTION 'unknown customer %', p_customer USING ERRCODE = 'P0003'; END IF;
+    SELECT j.entry_id, j.balance_after, -j.amount INTO entry_id, balance_after, v_amount
+      FROM peer.pl_journal j WHERE j.customer = p_customer AND j.idempotency_key = p_key;
+    IF FOUND THEN
+        IF v_amount <> p_amount OR v_amount IS NULL THEN
+            RAISE EXCEPTION 'key % reused with different arguments', p_key USING ERRCODE = 'P0002';
+        END IF;
+        replayed := true;
+        RETURN;
+    END IF;
+    IF v_frozen THEN RAISE EXCEPTION 'customer % frozen', p_customer USING ERRCODE = 'P0004'; END IF;
+    IF v_balance < p_amount THEN RAISE EXCEPTION 'insufficient credits' USING ERRCODE = 'P0001'; END IF;
+    UPDATE peer.pl_accounts a SET balance = a.balance - p_amount, seq = a.seq + 1
+     WHERE a.id = p_customer RETURNING a.balance, a.seq INTO balance_after, v_seq;
+    entry_id := gen_random_uuid();
+    INSERT INTO peer.pl_journal (customer, seq, entry_id, kind, amount, balance_after, idempotency_key)
+    VALUES (p_customer, v_seq, entry_id, 'debit', -p_amount, balance_after, p_key);
+    replayed := false;
+END $$;
+
+CREATE FUNCTION peer.pl_reserve(p_customer text, p_amount bigint, p_key text, p_ttl interval DEFAULT '15 minutes')
+RETURNS uuid LANGUAGE plpgsql AS $$
+DECLARE v_balance bigint; v_frozen boolean; v_hold uuid;
+BEGIN
+    IF p_amount IS NULL OR p_amount <= 0 OR p_key IS NULL OR p_key = '' THEN
+        RAISE EXCEPTION 'invalid argument' USING ERRCODE = '22023';
+    END IF;
+    SELECT a.balance, a.frozen INTO v_balance, v_frozen FROM peer.pl_accounts a WHERE a.id = p_customer FOR UPDATE;
+    IF NOT FOUND THEN RAISE EXCEPTION 'unknown customer %', p_customer USING ERRCODE = 'P0003'; END IF;
+    SELECT j.hold_id INTO v_hold FROM peer.pl_journal j WHERE j.customer = p_customer AND j.idempotency_key = p_key;
+    IF FOUND THEN RETURN v_hold; END IF;
+    IF v_frozen THEN RAISE EXCEPTION 'customer % frozen', p_customer USING ERRCODE = 'P0004'; END IF;
+    IF v_balance < p_amount THEN RAISE EXCEPTION 'insufficient credits' USING ERRCODE = 'P0001'; END IF;
+    INSERT INTO peer.pl_holds (customer, amount, expires_at) VALUES (p_customer, p_amount, clock_timestamp() + p_ttl)
+    RETURNING id INTO v_hold;
+    PERFORM peer.pl_post(p_customer, 'hold', -p_amount, p_key, v_hold);
+    RETURN v_hold;
+END $$;
+
+CREATE FUNCTION peer.pl_settle(p_hold uuid, p_actual bigint,
+                               OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE h peer.pl_holds; v_balance bigint;
+BEGIN
+    SELECT * INTO h FROM peer.pl_holds WHERE id = p_hold;
+    IF NOT FOUND THEN RAISE EXCEPTION 'unknown hold %', p_hold USING ERRCODE = 'P0003'; END IF;
+    SELECT a.balance INTO v_balance FROM peer.pl_accounts a WHERE a.id = h.customer FOR UPDATE;
+    SELECT * INTO h FROM peer.pl_holds WHERE id = p_hold FOR UPDATE;
+    IF h.status = 'settled' AND h.settled = p_actual THEN
+        SELECT j.entry_id, j.balance_after INTO entry_id, balance_after
+          FROM peer.pl_journal j WHERE j.customer = h.customer AND j.idempotency_key = 'settle:' || p_hold;
+        replayed := true;
+        RETURN;
+    END IF;
+    IF h.status <> 'active' OR h.expires_at <= clock_timestamp() THEN
+        RAISE EXCEPTION 'hold % is not active', p_hold USING ERRCODE = 'P0005';
+    END IF;
+    IF p_actual IS NULL OR p_actual < 0 OR p_actual - h.amount > v_balance THEN
+        RAISE EXCEPTION 'invalid or insufficient' USING ERRCODE = 'P0001';
+    END IF;
+    UPDATE peer.pl_holds SET status = 'settled', settled = p_actual WHERE id = p_hold;
+    SELECT p.entry_id, p.balance_after INTO entry_id, balance_after
+      FROM peer.pl_post(h.customer, 'settle', h.amount - p_actual, 'settle:' || p_hold, p_hold) p;
+    replayed := false;
+END $$;
+
+-- Exact rating with a carried remainder (credits per per_units), then a debit.
+CREATE FUNCTION peer.pl_record_usage(p_customer text, p_meter text, p_quantity bigint, p_key text,
+                                     OUT entry_id uuid, OUT credits bigint, OUT balance_after bigint, OUT replayed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE v_balance bigint; v_frozen boolean; v_credits bigint; v_per bigint; v_num bigint; v_total bigint;
+BEGIN
+    IF p_quantity IS NULL OR p_quantity <= 0 OR p_key IS NULL OR p_key = '' THEN
+        RAISE EXCEPTION 'invalid argument' USING ERRCODE = '22023';
+    END IF;
+    SELECT a.balance, a.frozen INTO v_balance, v_frozen FROM peer.pl_accounts a WHERE a.id = p_customer FOR UPDATE;
+    IF NOT FOUND THEN RAISE EXCEPTION 'unknown customer %', p_customer USING ERRCODE = 'P0003'; END IF;
+    SELECT u.entry_id, u.credits INTO entry_id, credits FROM peer.pl_usage_events u
+     WHERE u.customer = p_customer AND u.idempotency_key = p_key;
+    IF FOUND THEN replayed := true; RETURN; END IF;
+    IF v_frozen THEN RAISE EXCEPTION 'customer % frozen', p_customer USING ERRCODE = 'P0004'; END IF;
+    SELECT m.credits, m.per_units INTO v_credits, v_per FROM peer.pl_meter_prices m
+     WHERE m.meter = p_meter AND m.effective_from <= clock_timestamp() ORDER BY m.effective_from DESC LIMIT 1;
+    IF NOT FOUND THEN RAISE EXCEPTION 'unknown meter %', p_meter USING ERRCODE = 'P0003'; END IF;
+    SELECT c.num INTO v_num FROM peer.pl_usage_carry c WHERE c.customer = p_customer AND c.meter = p_meter;
+    v_total := coalesce(v_num, 0) + p_quantity * v_credits;
+    credits := v_total / v_per;
+    IF credits > v_balance THEN RAISE EXCEPTION 'insufficient credits' USING ERRCODE = 'P0001'; END IF;
+    INSERT INTO peer.pl_usage_carry AS c (customer, meter, num) VALUES (p_customer, p_meter, v_total % v_per)
+        ON CONFLICT (customer, meter) DO UPDATE SET num = excluded.num;
+    IF credits > 0 THEN
+        SELECT p.entry_id, p.balance_after INTO entry_id, balance_after
+          FROM peer.pl_post(p_customer, 'debit', -credits, 'usage:' || p_key, NULL) p;
+    ELSE
+        balance_after := v_balance;
+    END IF;
+    INSERT INTO peer.pl_usage_events (customer, idempotency_key, meter, quantity, credits, entry_id)
+    VALUES (p_customer, p_key, p_meter, p_quantity, credits, entry_id);
+    replayed := false;
+END $$;
+
+-- ---- PL/pgSQL: access ----
+CREATE TABLE peer.pl_subscriptions (
+    id         text        PRIMARY KEY,
+    customer   text        NOT NULL,
+    status     text        NOT NULL,
+    price_id   text,
+    period_end timestamptz,
+    created    bigint      NOT NULL,
+    event_id   text        NOT NULL
+);
+CREATE INDEX ON peer.pl_subscriptions (customer);
+
+CREATE FUNCTION peer.pl_can_access(p_customer text) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE v_balance bigint; v_frozen boolean; v_status text; v_end timestamptz;
+BEGIN
+    SELECT a.balance, a.frozen INTO v_balance, v_frozen FROM peer.pl_accounts a WHERE a.id = p_customer;
+    IF NOT FOUND OR v_frozen THEN RETURN false; END IF;
+    SELECT s.status, s.period_end INTO v_status, v_end FROM peer.pl_subscriptions s
+     WHERE s.customer = p_customer ORDER BY s.period_end DESC NULLS LAST LIMIT 1;
+    IF v_status IN ('active', 'trialing') AND v_end > now() THEN RETURN true; END IF;
+    RETURN v_balance > 0;
+END $$;
+
+-- ---- PL/pgSQL: webhook ingest ----
+CREATE TABLE peer.pl_secrets (endpoint text NOT NULL, secret text NOT NULL, PRIMARY KEY (endpoint, secret));
+CREATE TABLE peer.pl_events (
+    event_id    text        PRIMARY KEY,
+    type        text        NOT NULL,
+    created     bigint      NOT NULL,
+    body        text        NOT NULL,
+    headers     jsonb       NOT NULL,
+    status      text        NOT NULL DEFAULT 'applied',
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE peer.pl_purchases (
+    purchase_id text   PRIMARY KEY,
+    customer    text   NOT NULL,
+    credits     bigint NOT NULL
+);
+
+CREATE FUNCTION peer.pl_ingest(p_endpoint text, p_headers jsonb, p_body text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_sig text := p_headers->>'Stripe-Signature';
+    v_t bigint; v_ok boolean := false; v_secret text; v_ev jsonb; v_obj jsonb; v_cust text;
+    v_credits bigint; v_type text; v_created bigint;
+BEGIN
+    v_t := substring(v_sig FROM 't=(\d+)')::bigint;
+    IF v_t IS NULL OR abs(extract(epoch FROM now())::bigint - v_t) > 300 THEN
+        RAISE EXCEPTION 'timestamp outside the tolerance' USING ERRCODE = 'P0011';
+    END IF;
+    FOR v_secret IN SELECT s.secret FROM peer.pl_secrets s WHERE s.endpoint = p_endpoint LOOP
+        IF encode(hmac(v_t || '.' || p_body, v_secret, 'sha256'), 'hex')
+           IN (SELECT m[1] FROM regexp_matches(v_sig, 'v1=([0-9a-f]{64})', 'g') m) THEN
+            v_ok := true;
+            EXIT;
+        END IF;
+    END LOOP;
+    IF NOT v_ok THEN RAISE EXCEPTION 'bad signature' USING ERRCODE = 'P0010'; END IF;
+    v_ev := p_body::jsonb;
+    v_type := v_ev->>'type';
+    v_created := (v_ev->>'created')::bigint;
+    INSERT INTO peer.pl_events (event_id, type, created, body, headers)
+    VALUES (v_ev->>'id', v_type, v_created, p_body, p_headers) ON CONFLICT (event_id) DO NOTHING;
+    IF NOT FOUND THEN RETURN 'duplicate'; END IF;
+    v_obj := v_ev->'data'->'object';
+    v_cust := coalesce(v_obj->'metadata'->>'customer', v_obj->>'client_reference_id');
+    IF v_type = 'checkout.session.completed' AND v_obj->>'payment_status' = 'paid' THEN
+        v_credits := (v_obj->'metadata'->>'credits')::bigint;
+        INSERT INTO peer.pl_purchases (purchase_id, customer, credits)
+        VALUES (coalesce(v_obj->>'payment_intent', v_obj->>'id'), v_cust, v_credits) ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO peer.pl_accounts (id) VALUES (v_cust) ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM peer.pl_accounts WHERE id = v_cust FOR UPDATE;
+            PERFORM peer.pl_post(v_cust, 'grant', v_credits, 'stripe:' || coalesce(v_obj->>'payment_intent', v_obj->>'id'), NULL);
+        END IF;
+        RETURN 'applied';
+    ELSIF v_type LIKE 'customer.subscription.%' THEN
+        INSERT INTO peer.pl_accounts (id) VALUES (v_cust) ON CONFLICT DO NOTHING;
+        INSERT INTO peer.pl_subscriptions AS s (id, customer, status, price_id, period_end, created, event_id)
+        VALUES (v_obj->>'id', v_cust, v_obj->>'status', v_obj->'items'->'data'->0->'price'->>'id',
+                to_timestamp((v_obj->'items'->'data'->0->>'current_period_end')::bigint), v_created, v_ev->>'id')
+        ON CONFLICT (id) DO UPDATE SET status = excluded.status, price_id = excluded.price_id,
+            period_end = excluded.period_end, created = excluded.created, event_id = excluded.event_id
+         WHERE (s.created, s.event_id) < (excluded.created, excluded.event_id);
+        IF NOT FOUND THEN
+            UPDATE peer.pl_events SET status = 'stale' WHERE event_id = v_ev->>'id';
+            RETURN 'stale';
+        END IF;
+        RETURN 'applied';
+    END IF;
+    UPDATE peer.pl_events SET status = 'ignored' WHERE event_id = v_ev->>'id';
+    RETURN 'ignored';
+END $$;

@@ -1,0 +1,6 @@
+-- RLS-filtered SELECT (3 rows per customer), as bench_app: policy ext
+-- -D run=<n> -D k=0 -D ncust=<customers to pick from> (1 = the hot customer c1)
+\set cid random(1, :ncust)
+\set k :k + 1
+\set key :run * 100000000000 + :client_id * 1000000000 + :k
+SELECT count(*) FROM bench.docs_ext WHERE customer = 'c' || :cid::text;

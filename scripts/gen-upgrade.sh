@@ -14,4 +14,5 @@ gen() {  # gen <from> <to> <files...>
   } > "sql/billing--$from--$to.sql"
 }
 [ -f sql/archive/billing--0.2.0.sql ] && [ -f sql/billing--0.1.0--0.2.0.sql ] || gen 0.1.0 0.2.0 sql/webhook.sql sql/privileges_webhook.sql
-gen 0.2.0 0.3.0 sql/access.sql sql/fixes_0_3_0.sql sql/privileges_access.sql
+[ -f sql/archive/billing--0.3.0.sql ] && [ -f sql/billing--0.2.0--0.3.0.sql ] || gen 0.2.0 0.3.0 sql/access.sql sql/fixes_0_3_0.sql sql/privileges_access.sql
+gen 0.3.0 0.4.0 sql/hot_path.sql

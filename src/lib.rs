@@ -24,7 +24,9 @@ extension_sql_file!("../sql/webhook.sql", name = "webhook", requires = ["privile
 extension_sql_file!("../sql/privileges_webhook.sql", name = "privileges_webhook", requires = ["webhook"]);
 extension_sql_file!("../sql/access.sql", name = "access", requires = ["privileges_webhook"]);
 extension_sql_file!("../sql/fixes_0_3_0.sql", name = "fixes_0_3_0", requires = ["access"]);
-extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", finalize);
+extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", requires = ["fixes_0_3_0"]);
+// 0.4.0
+extension_sql_file!("../sql/hot_path.sql", name = "hot_path", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -193,7 +193,7 @@ pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>
     let now = clock::now();
     connect(|c| {
         let mut op = Op::lock_existing(c, customer, now)?;
-        if let Some(k) = op.find_key(key)? {
+        if let Some(k) = op.find_key_and_live_grants(key)? {
             return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
                 Ok((k.entry_id, k.balance_after, true))
             } else {
@@ -252,7 +252,7 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
     connect(|c| {
         let mut op = Op::lock_existing(c, customer, now)?;
         let metadata = json!({ "ttl_us": ttl_us });
-        if let Some(k) = op.find_key(key)? {
+        if let Some(k) = op.find_key_and_live_grants(key)? {
             return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
                 Ok(k.reservation_id.unwrap_or_else(crate::spi::nil))
             } else {

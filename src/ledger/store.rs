@@ -118,23 +118,32 @@ static HOLDS_LAPSED: Stmt = Stmt {
            WHERE r.customer = $1 AND r.id = u.id",
     args: &[TEXTOID, UUIDARRAYOID, UUIDARRAYOID],
 };
-static APPLY_GRANTS: Stmt = Stmt {
-    sql: "UPDATE billing.grants g SET remaining = g.remaining + u.d, open = g.remaining + u.d > 0
-            FROM unnest($2::uuid[], $3::int8[]) AS u(id, d)
-           WHERE g.customer = $1 AND g.id = u.id",
-    args: &[TEXTOID, UUIDARRAYOID, INT8ARRAYOID],
-};
 static INSERT_ENTRY: Stmt = Stmt {
     sql: "INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
             idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     args: &[TEXTOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID],
 };
-static SAVE: Stmt = Stmt {
-    sql: "UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
+/// The end of every operation, in one statement: its last journal entry (if any: the
+/// entry columns are NULL otherwise), the grants' new remainders and the customer row.
+/// One executor run instead of three, on the path every debit takes.
+static FINISH: Stmt = Stmt {
+    sql: "WITH j AS (
+            INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
+                idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
+            SELECT $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE $10 IS NOT NULL),
+          g AS (
+            UPDATE billing.grants g SET remaining = g.remaining + $23[array_position($22, g.id)],
+                                        open = g.remaining + $23[array_position($22, g.id)] > 0
+             WHERE g.customer = $1 AND g.id = ANY ($22))
+          UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
                  low_notified = $7, topup_notified = $8
            WHERE customer = $1",
-    args: &[TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID],
+    args: &[
+        TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID,
+        INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID,
+        UUIDARRAYOID, INT8ARRAYOID,
+    ],
 };
 static FINAL_BALANCE: Stmt = Stmt {
     sql: "SELECT balance_after FROM billing.journal
@@ -146,6 +155,18 @@ static KEY: Stmt = Stmt {
     sql: "SELECT entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry
             FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
     args: &[TEXTOID, TEXTOID],
+};
+/// The key lookup and the live grants in one statement, for spending operations when
+/// nothing is due to expire (so the live grants are all the book needs). The first
+/// column tells the rows apart.
+static KEY_AND_LIVE: Stmt = Stmt {
+    sql: "SELECT true, entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry,
+                 NULL::int8, NULL::timestamptz, NULL::int4, NULL::int8
+            FROM billing.journal WHERE customer = $1 AND idempotency_key = $2
+          UNION ALL
+          SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, remaining, expires_at, priority, seq
+            FROM billing.grants WHERE customer = $1 AND open AND expires_at > $3",
+    args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 
 /// A journal entry found under an idempotency key.
@@ -190,6 +211,56 @@ pub struct Op<'a, 'c> {
     grant_deltas: Vec<(Id, i64)>,
     lapsed: Vec<(Id, Id)>,
     thresholds: Thresholds,
+    /// The last entry written, held back so `finish` can write it in its one statement;
+    /// any other statement run first writes it out (so reads always see it).
+    pending: Option<Pending>,
+}
+
+/// A journal row not yet inserted.
+struct Pending {
+    seq: i64,
+    entry_id: pgrx::Uuid,
+    at: Ts,
+    kind: &'static str,
+    amount: i64,
+    balance_after: i64,
+    key: Option<String>,
+    grant: Option<pgrx::Uuid>,
+    hold: Option<pgrx::Uuid>,
+    ref_entry: Option<pgrx::Uuid>,
+    accts: Vec<pgrx::Uuid>,
+    deltas: Vec<i64>,
+    metadata: serde_json::Value,
+}
+
+impl Pending {
+    /// Its 13 columns after `customer`, in the journal's order (NULLs for no entry).
+    fn args(p: Option<&Pending>) -> [DatumWithOid<'_>; 13] {
+        use DatumWithOid as D;
+        let Some(p) = p else {
+            return [
+                D::null::<i64>(), D::null::<pgrx::Uuid>(), D::null::<TimestampWithTimeZone>(), D::null::<&str>(),
+                D::null::<i64>(), D::null::<i64>(), D::null::<&str>(), D::null::<pgrx::Uuid>(), D::null::<pgrx::Uuid>(),
+                D::null::<pgrx::Uuid>(), D::null::<Vec<pgrx::Uuid>>(), D::null::<Vec<i64>>(), D::null::<JsonB>(),
+            ];
+        };
+        let opt = |u: Option<pgrx::Uuid>| u.map_or_else(D::null::<pgrx::Uuid>, |u| u.into());
+        [
+            p.seq.into(),
+            p.entry_id.into(),
+            ts(p.at).into(),
+            p.kind.into(),
+            p.amount.into(),
+            p.balance_after.into(),
+            p.key.as_deref().map_or_else(D::null::<&str>, |k| k.into()),
+            opt(p.grant),
+            opt(p.hold),
+            opt(p.ref_entry),
+            p.accts.clone().into(),
+            p.deltas.clone().into(),
+            JsonB(p.metadata.clone()).into(),
+        ]
+    }
 }
 
 impl<'a, 'c> Op<'a, 'c> {
@@ -240,6 +311,7 @@ impl<'a, 'c> Op<'a, 'c> {
             grant_deltas: vec![],
             lapsed: vec![],
             thresholds,
+            pending: None,
         }))
     }
 
@@ -247,11 +319,8 @@ impl<'a, 'c> Op<'a, 'c> {
         Self::lock(c, customer, now, false)?.ok_or_else(|| unknown_customer(customer))
     }
 
-    pub fn client(&mut self) -> &mut SpiClient<'c> {
-        self.c
-    }
-
     pub fn run(&mut self, s: &Stmt, args: &[DatumWithOid]) -> Result<pgrx::spi::SpiTupleTable<'c>> {
+        self.flush()?;
         if self.ro {
             run_ro(self.c, s, args)
         } else {
@@ -265,6 +334,16 @@ impl<'a, 'c> Op<'a, 'c> {
 
     pub fn clock(&self) -> Ts {
         self.clock
+    }
+
+    /// Writes out the held-back entry, if any.
+    fn flush(&mut self) -> Result<()> {
+        if let Some(p) = self.pending.take() {
+            let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(Some(&p));
+            let args = [self.customer.as_str().into(), a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13];
+            crate::spi::run(self.c, &INSERT_ENTRY, &args)?;
+        }
+        Ok(())
     }
 
     pub fn find_key(&mut self, key: &str) -> Result<Option<Keyed>> {
@@ -283,6 +362,44 @@ impl<'a, 'c> Op<'a, 'c> {
             reservation_id: r.get(7)?,
             ref_entry: r.get(8)?,
         }))
+    }
+
+    /// `find_key` for an operation that spends: when nothing is due to expire, the same
+    /// statement also loads the live grants (what `catch_up` + `load_live_grants` would
+    /// then find), saving a round through the executor on the debit path.
+    pub fn find_key_and_live_grants(&mut self, key: &str) -> Result<Option<Keyed>> {
+        if self.now >= self.next_event || self.grants_loaded {
+            return self.find_key(key);
+        }
+        let t = self.run(&KEY_AND_LIVE, &[self.customer.as_str().into(), key.into(), ts(self.now).into()])?;
+        let mut keyed = None;
+        let mut grants = Vec::new();
+        for r in t {
+            if r.get::<bool>(1)?.unwrap_or(false) {
+                keyed = Some(Keyed {
+                    entry_id: r.get(2)?.unwrap_or_else(crate::spi::nil),
+                    kind: r.get(3)?.unwrap_or_default(),
+                    amount: r.get(4)?.unwrap_or(0),
+                    balance_after: r.get(5)?.unwrap_or(0),
+                    metadata: r.get::<JsonB>(6)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+                    grant_id: r.get(7)?,
+                    reservation_id: r.get(8)?,
+                    ref_entry: r.get(9)?,
+                });
+            } else {
+                grants.push(Grant {
+                    id: id_of(&r.get::<pgrx::Uuid>(2)?.unwrap_or_else(crate::spi::nil)),
+                    remaining: r.get(10)?.unwrap_or(0),
+                    expires_at: r.get::<TimestampWithTimeZone>(11)?.map(micros).unwrap_or(NEVER),
+                    priority: r.get(12)?.unwrap_or(0),
+                    seq: r.get(13)?.unwrap_or(0),
+                });
+            }
+        }
+        self.book.grants = grants;
+        self.book.sort();
+        self.grants_loaded = true;
+        Ok(keyed)
     }
 
     fn read_grants(&mut self, t: pgrx::spi::SpiTupleTable) -> Result<Vec<Grant>> {
@@ -422,23 +539,22 @@ impl<'a, 'c> Op<'a, 'c> {
         self.clock = self.clock.max(e.at);
         let entry_id = uuid(&x.entry_id.unwrap_or_else(new_id));
         let (accts, deltas) = encode_lines(&e.lines);
-        let args: [DatumWithOid; 14] = [
-            self.customer.as_str().into(),
-            self.seq.into(),
-            entry_id.into(),
-            ts(e.at).into(),
-            e.kind.as_str().into(),
-            amount.into(),
-            balance_after.into(),
-            x.key.map_or_else(DatumWithOid::null::<&str>, |k| k.into()),
-            e.grant.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |g| uuid(&g).into()),
-            e.hold.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |h| uuid(&h).into()),
-            x.ref_entry.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |r| r.into()),
-            accts.into(),
-            deltas.into(),
-            JsonB(x.metadata.unwrap_or_else(|| serde_json::json!({}))).into(),
-        ];
-        self.run(&INSERT_ENTRY, &args)?;
+        self.flush()?;
+        self.pending = Some(Pending {
+            seq: self.seq,
+            entry_id,
+            at: e.at,
+            kind: e.kind.as_str(),
+            amount,
+            balance_after,
+            key: x.key.map(str::to_string),
+            grant: e.grant.map(|g| uuid(&g)),
+            hold: e.hold.map(|h| uuid(&h)),
+            ref_entry: x.ref_entry,
+            accts,
+            deltas,
+            metadata: x.metadata.unwrap_or_else(|| serde_json::json!({})),
+        });
         Ok(Written { entry_id, balance_after })
     }
 
@@ -470,13 +586,8 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(t.first().get::<i64>(1)?.unwrap_or(0))
     }
 
-    /// Flushes grant remainders, lapsed holds and the customer row.
+    /// Writes the last entry, grant remainders, lapsed holds and the customer row.
     pub fn finish(mut self) -> Result<()> {
-        self.grant_deltas.retain(|d| d.1 != 0);
-        if !self.grant_deltas.is_empty() {
-            let (ids, ds): (Vec<pgrx::Uuid>, Vec<i64>) = self.grant_deltas.iter().map(|(i, d)| (uuid(i), *d)).unzip();
-            self.run(&APPLY_GRANTS, &[self.customer.as_str().into(), ids.into(), ds.into()])?;
-        }
         if !self.lapsed.is_empty() {
             let (ids, es): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = self.lapsed.iter().map(|(h, e)| (uuid(h), uuid(e))).unzip();
             self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), ids.into(), es.into()])?;
@@ -495,11 +606,16 @@ impl<'a, 'c> Op<'a, 'c> {
         }
         if let Some(t) = th.topup {
             if balance < t && !th.topup_notified {
+                self.flush()?;
                 emit_topup(self.c, &self.customer, self.now)?;
             }
             th.topup_notified = balance < t;
         }
-        let args: [DatumWithOid; 8] = [
+        let (ids, ds): (Vec<pgrx::Uuid>, Vec<i64>) =
+            self.grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).unzip();
+        let pending = self.pending.take();
+        let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(pending.as_ref());
+        let args: [DatumWithOid; 23] = [
             self.customer.as_str().into(),
             self.book.balance.into(),
             self.book.od.into(),
@@ -508,8 +624,11 @@ impl<'a, 'c> Op<'a, 'c> {
             ts(next).into(),
             th.low_notified.into(),
             th.topup_notified.into(),
+            a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
+            ids.into(),
+            ds.into(),
         ];
-        self.run(&SAVE, &args)?;
+        crate::spi::run(self.c, &FINISH, &args)?;
         Ok(())
     }
 

@@ -87,12 +87,16 @@ static ENDPOINT: Stmt = Stmt {
            WHERE e.name = $1 GROUP BY e.provider",
     args: &[TEXTOID],
 };
+/// A new event, written once with the outcome of its apply (the row is never rewritten
+/// on the way: a 3 KB body updated in place would be logged twice, and a placeholder
+/// status would leave an entry in the `events_failed` index for every event).
 static INSERT_EVENT: Stmt = Stmt {
     sql: "INSERT INTO billing.events (provider, event_id, endpoint, type, created, api_version, object_id,
-              provider_customer, body, headers, received_at, status, last_delivery_at)
-          VALUES ($1, $2, $3, $4, to_timestamp($5), $6, $7, $8, $9, $10, now(), 'failed', now())
+              provider_customer, body, headers, received_at, status, detail, customer, last_delivery_at, applied_at)
+          VALUES ($1, $2, $3, $4, to_timestamp($5), $6, $7, $8, $9, $10, now(), $11, $12, $13, now(),
+                  CASE WHEN $11 = 'failed' THEN NULL ELSE now() END)
           ON CONFLICT (provider, event_id) DO NOTHING RETURNING 1",
-    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID],
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID],
 };
 static DUPLICATE: Stmt = Stmt {
     sql: "UPDATE billing.events SET deliveries = deliveries + 1, last_delivery_at = now()
@@ -110,6 +114,24 @@ static RESULT: Stmt = Stmt {
            WHERE provider = $1 AND event_id = $2",
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID],
 };
+
+/// Serialises the deliveries of one event until the end of the transaction: a session
+/// delivering an event that another session is applying waits here, then finds it stored.
+/// A transaction-scoped advisory lock, in a key space of the extension's own (the
+/// two-int4 form with class 0x42494C4C, "BILL"); ids that share a 32-bit hash only wait
+/// for each other.
+fn lock_event(provider: &str, id: &str) {
+    use sha2::{Digest, Sha256};
+    const CLASS: i32 = 0x4249_4C4C;
+    let h = Sha256::new().chain_update(provider).chain_update([0u8]).chain_update(id).finalize();
+    let key = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(
+            pg_sys::pg_advisory_xact_lock_int4,
+            &[Some(pg_sys::Datum::from(CLASS)), Some(pg_sys::Datum::from(key))],
+        );
+    }
+}
 
 /// A delivery, verified and parsed.
 struct Delivery {
@@ -185,6 +207,25 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
         let now = unix_secs(crate::clock::now());
         let v = signature::verify(provider, &secrets, &lookup, body.as_bytes(), now, TOLERANCE.get() as i64, max).map_err(|e| sig_error(e, endpoint))?;
         let d = parse_delivery(provider, endpoint, body, v.webhook_id)?;
+        lock_event(&d.provider, &d.id);
+        let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
+        if !t.is_empty() {
+            // Stored before (or by a concurrent session that committed first).
+            let same = t.first().get::<bool>(1)?.unwrap_or(true);
+            if !same {
+                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), JsonB(headers).into()])?;
+            }
+            let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
+            return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
+        }
+        let outcome = match &d.stripe {
+            Some(e) => apply_event(e),
+            None => Outcome {
+                status: "ignored".to_string(),
+                detail: "verified and stored; no built-in effects for Standard Webhooks events".to_string(),
+                customer: None,
+            },
+        };
         let opt = |x: &Option<String>| x.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into());
         let inserted = run(
             c,
@@ -199,61 +240,56 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
                 opt(&d.object_id),
                 opt(&d.provider_customer),
                 body.into(),
-                JsonB(headers.clone()).into(),
+                JsonB(headers).into(),
+                outcome.status.as_str().into(),
+                outcome.detail.as_str().into(),
+                opt(&outcome.customer),
             ],
         )?;
         if inserted.is_empty() {
-            // Stored before (or by a concurrent session that committed first).
-            let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
-            let same = t.first().get::<bool>(1)?.unwrap_or(true);
-            if !same {
-                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), JsonB(headers).into()])?;
-            }
-            let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
-            return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
+            // Only a snapshot older than the other session's commit gets here (REPEATABLE
+            // READ raises 40001 itself; under READ COMMITTED the lock above rules it out):
+            // what was applied must not stay, and a retry finds the event stored.
+            return Err(BillingError::new("40001", format!("event {} of {} was stored concurrently; retry the delivery", d.id, d.provider)));
         }
-        let Some(e) = d.stripe else {
-            let detail = "verified and stored; no built-in effects for Standard Webhooks events".to_string();
-            run(c, &RESULT, &[d.provider.as_str().into(), d.id.as_str().into(), "ignored".into(), detail.as_str().into(), DatumWithOid::null::<&str>()])?;
-            return Ok((d.id, "ignored".to_string(), Some(detail)));
-        };
-        let (status, detail) = apply_and_record(c, &e, true)?;
-        Ok((e.id, status, Some(detail)))
+        if let Some(e) = &d.stripe {
+            after_apply(c, e, &outcome, true)?;
+        }
+        Ok((d.id, outcome.status, Some(outcome.detail)))
     })
 }
 
-/// Applies an event in a subtransaction and records the outcome on its row. With
-/// `cascade`, an applied event then lets its customer's waiting events apply: those that
-/// waited for the customer to be linked (this event may have linked it) or for a
-/// subscription to arrive.
-fn apply_and_record(c: &mut SpiClient<'_>, e: &event::Event, cascade: bool) -> Result<(String, String)> {
-    let r = subxact(std::panic::AssertUnwindSafe(|| apply::apply(e)));
-    let (status, detail, customer) = match r {
-        Ok(a) => (a.outcome.status().to_string(), a.outcome.detail().to_string(), a.customer),
-        Err(err) => ("failed".to_string(), format!("{}: {}", err.code, err.message), None),
-    };
-    run(
-        c,
-        &RESULT,
-        &[
-            apply::PROVIDER.into(),
-            e.id.as_str().into(),
-            status.as_str().into(),
-            detail.as_str().into(),
-            customer.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into()),
-        ],
-    )?;
-    if status == "failed" && cascade {
-        run(c, &EVENT_FAILED, &[e.id.as_str().into(), e.kind.as_str().into(), detail.as_str().into()])?;
+/// What applying an event came to.
+struct Outcome {
+    status: String,
+    detail: String,
+    customer: Option<String>,
+}
+
+/// Applies an event in a subtransaction: a failure rolls back its effects only, and
+/// becomes the outcome `failed` with the error, so the raw event is still stored.
+fn apply_event(e: &event::Event) -> Outcome {
+    match subxact(std::panic::AssertUnwindSafe(|| apply::apply(e))) {
+        Ok(a) => Outcome { status: a.outcome.status().to_string(), detail: a.outcome.detail().to_string(), customer: a.customer },
+        Err(err) => Outcome { status: "failed".to_string(), detail: format!("{}: {}", err.code, err.message), customer: None },
     }
-    if let (Some(cust), "applied") = (&customer, status.as_str()) {
+}
+
+/// What follows an outcome once it is recorded: the outbox row of a failure, the access
+/// note of the customer, and with `cascade` the customer's waiting events, which this
+/// event may have unblocked (it may have linked the customer or brought the subscription).
+fn after_apply(c: &mut SpiClient<'_>, e: &event::Event, o: &Outcome, cascade: bool) -> Result<()> {
+    if o.status == "failed" && cascade {
+        run(c, &EVENT_FAILED, &[e.id.as_str().into(), e.kind.as_str().into(), o.detail.as_str().into()])?;
+    }
+    if let (Some(cust), "applied") = (&o.customer, o.status.as_str()) {
         crate::access::api::note_access(c, cust, crate::clock::now())?;
         if cascade {
             let pc = e.object.as_ref().and_then(|o| event::id_of(o, "customer"));
             replay_waiting(c, Some(cust), pc.as_deref())?;
         }
     }
-    Ok((status, detail))
+    Ok(())
 }
 
 static EVENT_FAILED: Stmt = Stmt {
@@ -304,8 +340,11 @@ fn replay_one(c: &mut SpiClient<'_>, provider: &str, id: &str) -> Result<EventRo
         return Ok((id.to_string(), status, r.get::<String>(3)?));
     }
     let e = event::parse(&body).map_err(|m| BillingError::new(BAD_EVENT, format!("stored event {id}: {m}")))?;
-    let (status, detail) = apply_and_record(c, &e, false)?;
-    Ok((id.to_string(), status, Some(detail)))
+    let o = apply_event(&e);
+    let opt = |x: &Option<String>| x.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into());
+    run(c, &RESULT, &[provider.into(), id.into(), o.status.as_str().into(), o.detail.as_str().into(), opt(&o.customer)])?;
+    after_apply(c, &e, &o, false)?;
+    Ok((id.to_string(), o.status, Some(o.detail)))
 }
 
 #[pg_extern(sql = false)]

@@ -96,6 +96,47 @@ pub fn new_id() -> [u8; 16] {
     b
 }
 
+/// Takes a transaction-scoped advisory lock on `parts` (hashed to 32 bits) in the key
+/// space `class`: the two-int4 form of `pg_advisory_xact_lock`, whose first key is a class
+/// of the extension's own, so an application's advisory locks never meet ours. It waits
+/// like a row lock (deadlocks and `lock_timeout` raise 40P01 / 55P03), takes no page and
+/// writes no WAL. Two names sharing a hash only wait for each other.
+pub fn xact_lock(class: LockClass, parts: &[&str]) {
+    let args = lock_args(class, parts);
+    unsafe {
+        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int4, &args);
+    }
+}
+
+/// `xact_lock` without waiting: false when another transaction holds it.
+pub fn try_xact_lock(class: LockClass, parts: &[&str]) -> bool {
+    let args = lock_args(class, parts);
+    let got = unsafe { pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_try_advisory_xact_lock_int4, &args) };
+    got.is_some_and(|d| d.value() != 0)
+}
+
+fn lock_args(class: LockClass, parts: &[&str]) -> [Option<pg_sys::Datum>; 2] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    let h = h.finalize();
+    let key = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
+    [Some(pg_sys::Datum::from(class as i32)), Some(pg_sys::Datum::from(key))]
+}
+
+/// The extension's advisory lock classes (ASCII tags, as seen in `pg_locks.classid`).
+#[derive(Clone, Copy)]
+#[repr(i32)]
+pub enum LockClass {
+    /// One customer's ledger: every balance change holds it to the end of its transaction.
+    Customer = 0x4249_4C43, // "BILC"
+    /// One webhook event id, while it is stored and applied.
+    Event = 0x4249_4C4C, // "BILL"
+}
+
 /// Runs `f` in a subtransaction: on success it is kept; on an error (ours, or a Postgres
 /// ERROR raised inside) everything `f` did is rolled back and the error returned, while
 /// the surrounding transaction goes on. Webhook apply failures use it so the raw event

@@ -670,7 +670,7 @@ fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
 
 static DUE: Stmt = Stmt {
     sql: "SELECT customer FROM billing.customers WHERE next_event_at <= $1
-           ORDER BY next_event_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
+           ORDER BY next_event_at LIMIT $2",
     args: &[TIMESTAMPTZOID, INT4OID],
 };
 
@@ -695,6 +695,9 @@ fn maintenance_impl(batch: Option<i32>) -> Result<i64> {
         }
         let mut written = 0i64;
         for customer in due {
+            if !crate::spi::try_xact_lock(crate::spi::LockClass::Customer, &[&customer]) {
+                continue;
+            }
             let mut op = Op::lock_existing(c, &customer, now)?;
             let before = op.seq();
             op.catch_up()?;

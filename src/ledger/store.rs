@@ -39,12 +39,6 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
     lines.iter().map(|&(a, x)| (encode(a), x)).unzip()
 }
 
-static LOCK: Stmt = Stmt {
-    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                 low_balance, low_notified, topup_below, topup_notified
-            FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE",
-    args: &[TEXTOID],
-};
 static LOOKUP: Stmt = Stmt {
     sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
                  low_balance, low_notified, topup_below, topup_notified
@@ -264,7 +258,14 @@ impl Pending {
 }
 
 impl<'a, 'c> Op<'a, 'c> {
-    /// Locks the customer's row (creating it when `create`), or `Ok(None)` if unknown.
+    /// Locks the customer (creating its row when `create`), or `Ok(None)` if unknown.
+    /// The lock is an advisory lock on the customer id, held to the end of the
+    /// transaction, rather than `SELECT ... FOR UPDATE` of the row: it excludes the same
+    /// writers, but locking a row writes a WAL record and dirties its page on every debit
+    /// (and turns into a MultiXact beside a grant's foreign-key check). Every writer of a
+    /// customer's ledger columns goes through here. The reads that follow take a fresh
+    /// snapshot (mutating plans, READ COMMITTED), so they see what the previous holder
+    /// committed; under REPEATABLE READ the final UPDATE of the row raises 40001 instead.
     pub fn lock(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool) -> Result<Option<Self>> {
         Self::open(c, customer, now, create, false)
     }
@@ -275,10 +276,13 @@ impl<'a, 'c> Op<'a, 'c> {
     }
 
     fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool) -> Result<Option<Self>> {
+        if !ro {
+            crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
+        }
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
         }
-        let t = if ro { run_ro(c, &LOOKUP, &[customer.into()])? } else { crate::spi::run(c, &LOCK, &[customer.into()])? };
+        let t = if ro { run_ro(c, &LOOKUP, &[customer.into()])? } else { crate::spi::run(c, &LOOKUP, &[customer.into()])? };
         if t.is_empty() {
             return Ok(None);
         }

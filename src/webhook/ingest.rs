@@ -117,20 +117,8 @@ static RESULT: Stmt = Stmt {
 
 /// Serialises the deliveries of one event until the end of the transaction: a session
 /// delivering an event that another session is applying waits here, then finds it stored.
-/// A transaction-scoped advisory lock, in a key space of the extension's own (the
-/// two-int4 form with class 0x42494C4C, "BILL"); ids that share a 32-bit hash only wait
-/// for each other.
 fn lock_event(provider: &str, id: &str) {
-    use sha2::{Digest, Sha256};
-    const CLASS: i32 = 0x4249_4C4C;
-    let h = Sha256::new().chain_update(provider).chain_update([0u8]).chain_update(id).finalize();
-    let key = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-    unsafe {
-        pgrx::fcinfo::direct_function_call_as_datum(
-            pg_sys::pg_advisory_xact_lock_int4,
-            &[Some(pg_sys::Datum::from(CLASS)), Some(pg_sys::Datum::from(key))],
-        );
-    }
+    crate::spi::xact_lock(crate::spi::LockClass::Event, &[provider, id]);
 }
 
 /// A delivery, verified and parsed.

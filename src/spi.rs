@@ -96,26 +96,22 @@ pub fn new_id() -> [u8; 16] {
     b
 }
 
-/// Takes a transaction-scoped advisory lock on `parts` (hashed to 32 bits) in the key
-/// space `class`: the two-int4 form of `pg_advisory_xact_lock`, whose first key is a class
-/// of the extension's own, so an application's advisory locks never meet ours. It waits
-/// like a row lock (deadlocks and `lock_timeout` raise 40P01 / 55P03), takes no page and
-/// writes no WAL. Two names sharing a hash only wait for each other.
+/// Takes a transaction-scoped advisory lock on `parts`, hashed to 64 bits, in the key
+/// space `class`. It waits like a row lock (deadlocks and `lock_timeout` raise 40P01 /
+/// 55P03, `pg_locks` shows it as an advisory lock) but takes no page and writes no WAL.
+/// The tag's fourth field is the class: the SQL functions `pg_advisory_*` use 1 and 2,
+/// so an application's own advisory locks never meet ours, and two names meet only if
+/// their 64-bit hashes do.
 pub fn xact_lock(class: LockClass, parts: &[&str]) {
-    let args = lock_args(class, parts);
-    unsafe {
-        pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_advisory_xact_lock_int4, &args);
-    }
+    lock(class, parts, false);
 }
 
 /// `xact_lock` without waiting: false when another transaction holds it.
 pub fn try_xact_lock(class: LockClass, parts: &[&str]) -> bool {
-    let args = lock_args(class, parts);
-    let got = unsafe { pgrx::fcinfo::direct_function_call_as_datum(pg_sys::pg_try_advisory_xact_lock_int4, &args) };
-    got.is_some_and(|d| d.value() != 0)
+    lock(class, parts, true)
 }
 
-fn lock_args(class: LockClass, parts: &[&str]) -> [Option<pg_sys::Datum>; 2] {
+fn lock(class: LockClass, parts: &[&str], dont_wait: bool) -> bool {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in parts {
@@ -123,18 +119,26 @@ fn lock_args(class: LockClass, parts: &[&str]) -> [Option<pg_sys::Datum>; 2] {
         h.update([0u8]);
     }
     let h = h.finalize();
-    let key = i32::from_be_bytes([h[0], h[1], h[2], h[3]]);
-    [Some(pg_sys::Datum::from(class as i32)), Some(pg_sys::Datum::from(key))]
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: unsafe { pg_sys::MyDatabaseId }.into(),
+        locktag_field2: u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
+        locktag_field3: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+        locktag_field4: class as u16,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+    };
+    let r = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait) };
+    r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
-/// The extension's advisory lock classes (ASCII tags, as seen in `pg_locks.classid`).
+/// The extension's advisory lock classes (`pg_locks.objsubid` of its locks).
 #[derive(Clone, Copy)]
-#[repr(i32)]
+#[repr(u16)]
 pub enum LockClass {
     /// One customer's ledger: every balance change holds it to the end of its transaction.
-    Customer = 0x4249_4C43, // "BILC"
+    Customer = 0x4243, // "BC"
     /// One webhook event id, while it is stored and applied.
-    Event = 0x4249_4C4C, // "BILL"
+    Event = 0x4245, // "BE"
 }
 
 /// Runs `f` in a subtransaction: on success it is kept; on an error (ours, or a Postgres

@@ -225,7 +225,7 @@ fn reserve_settle_storm() {
 
 /// (d) Multi-statement transactions debiting two customers. In one agreed order, many
 /// sessions never deadlock (no 40P01). In opposite orders it is a lock-order inversion
-/// (each debit holds its customer's row lock until commit, as any committed balance change
+/// (each debit holds its customer's lock until commit, as any committed balance change
 /// must): two sessions that each hold their first customer deadlock for certain;
 /// PostgreSQL breaks it with 40P01 for exactly one of them, whose transaction is undone
 /// whole; the other commits; the loser's retry goes through. No credit is lost or doubled.
@@ -343,4 +343,33 @@ fn level_of(s: &str) -> postgres::IsolationLevel {
         "SERIALIZABLE" => postgres::IsolationLevel::Serializable,
         _ => postgres::IsolationLevel::RepeatableRead,
     }
+}
+
+/// (e) A debit waiting for a customer that another transaction holds gives up at
+/// `lock_timeout` with 55P03 (retryable, never BL001), having changed nothing; the lock is
+/// visible in `pg_locks` as an advisory lock while held; a debit of another customer does
+/// not wait at all.
+#[test]
+fn lock_wait_surfaces_as_lock_timeout() {
+    let db = TestDb::new("conc_timeout");
+    let mut c = db.connect();
+    grant(&mut c, "held", 1_000, "g");
+    grant(&mut c, "free", 1_000, "g");
+    let mut holder = db.connect();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute("SELECT billing.debit('held', 10, 'h1')", &[]).unwrap();
+
+    let mut waiter = db.connect();
+    waiter.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    let advisory: i64 = waiter.query_one("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted", &[]).unwrap().get(0);
+    assert!(advisory >= 1, "the holder's customer lock shows in pg_locks");
+    let e = debit(&mut waiter, "held", 20, "w1").expect_err("the customer is held by another transaction");
+    assert_eq!(sqlstate(&e), "55P03", "{}", msg(&e));
+    debit(&mut waiter, "free", 20, "w1").expect("another customer does not wait");
+
+    tx.commit().unwrap();
+    assert_eq!(balance(&mut c, "held"), 990, "only the holder's debit counted");
+    assert_eq!(debit(&mut waiter, "held", 20, "w1").unwrap().2, false, "the timed-out debit left no trace: its key is free");
+    let problems: i64 = c.query_one("SELECT count(*) FROM billing.verify()", &[]).unwrap().get(0);
+    assert_eq!(problems, 0);
 }

@@ -192,8 +192,8 @@ pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>
     let metadata = metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
     let now = clock::now();
     connect(|c| {
-        let mut op = Op::lock_existing(c, customer, now)?;
-        if let Some(k) = op.find_key_and_live_grants(key)? {
+        let (mut op, keyed) = Op::lock_for_spend(c, customer, now, key)?;
+        if let Some(k) = keyed {
             return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
                 Ok((k.entry_id, k.balance_after, true))
             } else {
@@ -250,9 +250,9 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
     let ttl_us = ttl_arg(Some(ttl_iv), "ttl")?;
     let now = clock::now();
     connect(|c| {
-        let mut op = Op::lock_existing(c, customer, now)?;
+        let (mut op, keyed) = Op::lock_for_spend(c, customer, now, key)?;
         let metadata = json!({ "ttl_us": ttl_us });
-        if let Some(k) = op.find_key_and_live_grants(key)? {
+        if let Some(k) = keyed {
             return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
                 Ok(k.reservation_id.unwrap_or_else(crate::spi::nil))
             } else {

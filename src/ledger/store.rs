@@ -150,16 +150,21 @@ static KEY: Stmt = Stmt {
             FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
     args: &[TEXTOID, TEXTOID],
 };
-/// The key lookup and the live grants in one statement, for spending operations when
-/// nothing is due to expire (so the live grants are all the book needs). The first
-/// column tells the rows apart.
-static KEY_AND_LIVE: Stmt = Stmt {
-    sql: "SELECT true, entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry,
-                 NULL::int8, NULL::timestamptz, NULL::int4, NULL::int8
-            FROM billing.journal WHERE customer = $1 AND idempotency_key = $2
-          UNION ALL
-          SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, remaining, expires_at, priority, seq
-            FROM billing.grants WHERE customer = $1 AND open AND expires_at > $3",
+/// What a spending operation reads once it holds the customer's lock, in one statement:
+/// the customer row (as LOOKUP), the entry under its idempotency key, and the live grants
+/// as of `$3` (used only when nothing is due to expire, i.e. `$3 < next_event_at`).
+static SPEND_LOOKUP: Stmt = Stmt {
+    sql: "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
+                 c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
+                 k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
+                 g.ids, g.remaining, g.expires_at, g.priority, g.seq
+            FROM billing.customers c
+            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
+            LEFT JOIN LATERAL (
+                  SELECT array_agg(id) AS ids, array_agg(remaining) AS remaining, array_agg(expires_at) AS expires_at,
+                         array_agg(priority) AS priority, array_agg(seq) AS seq
+                    FROM billing.grants WHERE customer = $1 AND open AND expires_at > $3) g ON true
+           WHERE c.customer = $1",
     args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 
@@ -267,22 +272,33 @@ impl<'a, 'c> Op<'a, 'c> {
     /// snapshot (mutating plans, READ COMMITTED), so they see what the previous holder
     /// committed; under REPEATABLE READ the final UPDATE of the row raises 40001 instead.
     pub fn lock(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool) -> Result<Option<Self>> {
-        Self::open(c, customer, now, create, false)
+        Ok(Self::open(c, customer, now, create, false, None)?.map(|(op, _)| op))
     }
 
     /// Reads a customer without locking, for callers that write nothing.
     pub fn read(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
-        Self::open(c, customer, now, false, true)?.ok_or_else(|| unknown_customer(customer))
+        Ok(Self::open(c, customer, now, false, true, None)?.ok_or_else(|| unknown_customer(customer))?.0)
     }
 
-    fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool) -> Result<Option<Self>> {
+    /// Locks an existing customer for an operation that spends under idempotency key
+    /// `key`, and finds the entry already made under it, in one statement that also
+    /// loads the live grants when nothing is due to expire (else `catch_up` loads all).
+    pub fn lock_for_spend(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str) -> Result<(Self, Option<Keyed>)> {
+        Self::open(c, customer, now, false, false, Some(key))?.ok_or_else(|| unknown_customer(customer))
+    }
+
+    fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool, spend_key: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
         if !ro {
             crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
         }
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
         }
-        let t = if ro { run_ro(c, &LOOKUP, &[customer.into()])? } else { crate::spi::run(c, &LOOKUP, &[customer.into()])? };
+        let t = match (ro, spend_key) {
+            (true, _) => run_ro(c, &LOOKUP, &[customer.into()])?,
+            (false, None) => crate::spi::run(c, &LOOKUP, &[customer.into()])?,
+            (false, Some(k)) => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into(), ts(now).into()])?,
+        };
         if t.is_empty() {
             return Ok(None);
         }
@@ -299,7 +315,39 @@ impl<'a, 'c> Op<'a, 'c> {
             topup: r.get::<i64>(10)?,
             topup_notified: r.get::<bool>(11)?.unwrap_or(false),
         };
-        Ok(Some(Op {
+        let mut keyed = None;
+        let mut grants = None;
+        if spend_key.is_some() {
+            if let Some(entry_id) = r.get::<pgrx::Uuid>(12)? {
+                keyed = Some(Keyed {
+                    entry_id,
+                    kind: r.get(13)?.unwrap_or_default(),
+                    amount: r.get(14)?.unwrap_or(0),
+                    balance_after: r.get(15)?.unwrap_or(0),
+                    metadata: r.get::<JsonB>(16)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+                    grant_id: r.get(17)?,
+                    reservation_id: r.get(18)?,
+                    ref_entry: r.get(19)?,
+                });
+            }
+            // The live grants are the whole story only while nothing is due to expire.
+            if now.max(clock) < next_event {
+                let ids: Vec<pgrx::Uuid> = r.get(20)?.unwrap_or_default();
+                let remaining: Vec<i64> = r.get(21)?.unwrap_or_default();
+                let expires: Vec<TimestampWithTimeZone> = r.get(22)?.unwrap_or_default();
+                let priority: Vec<i32> = r.get(23)?.unwrap_or_default();
+                let seqs: Vec<i64> = r.get(24)?.unwrap_or_default();
+                let mut gs: Vec<Grant> = (0..ids.len())
+                    .map(|i| Grant { id: id_of(&ids[i]), remaining: remaining[i], expires_at: micros(expires[i]), priority: priority[i], seq: seqs[i] })
+                    .filter(|g| g.live(now.max(clock)))
+                    .collect();
+                gs.sort_by_key(|g| g.order_key());
+                grants = Some(gs);
+            }
+        }
+        let grants_loaded = grants.is_some();
+        let book = Book { grants: grants.unwrap_or_default(), ..book };
+        let op = Op {
             c,
             customer: customer.to_string(),
             book,
@@ -309,14 +357,15 @@ impl<'a, 'c> Op<'a, 'c> {
             seq,
             clock,
             next_event,
-            grants_loaded: false,
+            grants_loaded,
             holds_loaded: false,
             ro,
             grant_deltas: vec![],
             lapsed: vec![],
             thresholds,
             pending: None,
-        }))
+        };
+        Ok(Some((op, keyed)))
     }
 
     pub fn lock_existing(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
@@ -366,44 +415,6 @@ impl<'a, 'c> Op<'a, 'c> {
             reservation_id: r.get(7)?,
             ref_entry: r.get(8)?,
         }))
-    }
-
-    /// `find_key` for an operation that spends: when nothing is due to expire, the same
-    /// statement also loads the live grants (what `catch_up` + `load_live_grants` would
-    /// then find), saving a round through the executor on the debit path.
-    pub fn find_key_and_live_grants(&mut self, key: &str) -> Result<Option<Keyed>> {
-        if self.now >= self.next_event || self.grants_loaded {
-            return self.find_key(key);
-        }
-        let t = self.run(&KEY_AND_LIVE, &[self.customer.as_str().into(), key.into(), ts(self.now).into()])?;
-        let mut keyed = None;
-        let mut grants = Vec::new();
-        for r in t {
-            if r.get::<bool>(1)?.unwrap_or(false) {
-                keyed = Some(Keyed {
-                    entry_id: r.get(2)?.unwrap_or_else(crate::spi::nil),
-                    kind: r.get(3)?.unwrap_or_default(),
-                    amount: r.get(4)?.unwrap_or(0),
-                    balance_after: r.get(5)?.unwrap_or(0),
-                    metadata: r.get::<JsonB>(6)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
-                    grant_id: r.get(7)?,
-                    reservation_id: r.get(8)?,
-                    ref_entry: r.get(9)?,
-                });
-            } else {
-                grants.push(Grant {
-                    id: id_of(&r.get::<pgrx::Uuid>(2)?.unwrap_or_else(crate::spi::nil)),
-                    remaining: r.get(10)?.unwrap_or(0),
-                    expires_at: r.get::<TimestampWithTimeZone>(11)?.map(micros).unwrap_or(NEVER),
-                    priority: r.get(12)?.unwrap_or(0),
-                    seq: r.get(13)?.unwrap_or(0),
-                });
-            }
-        }
-        self.book.grants = grants;
-        self.book.sort();
-        self.grants_loaded = true;
-        Ok(keyed)
     }
 
     fn read_grants(&mut self, t: pgrx::spi::SpiTupleTable) -> Result<Vec<Grant>> {

@@ -25,7 +25,7 @@ CREATE TABLE billing.grants (
     source      text        NOT NULL,
     amount      bigint      NOT NULL CHECK (amount > 0),
     remaining   bigint      NOT NULL CHECK (remaining >= 0),
-    open        boolean     NOT NULL,            -- remaining > 0; in the index so spent grants are skipped
+    open        boolean     NOT NULL,            -- remaining > 0; the spending index covers open grants only
     expires_at  timestamptz NOT NULL,            -- 'infinity' when it never expires
     priority    int         NOT NULL,
     metadata    jsonb       NOT NULL,

@@ -214,7 +214,7 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
                 customer: None,
             },
         };
-        let opt = |x: &Option<String>| x.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into());
+        let opt = opt_text;
         let inserted = run(
             c,
             &INSERT_EVENT,
@@ -238,13 +238,17 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
             // Only a snapshot older than the other session's commit gets here (REPEATABLE
             // READ raises 40001 itself; under READ COMMITTED the lock above rules it out):
             // what was applied must not stay, and a retry finds the event stored.
-            return Err(BillingError::new("40001", format!("event {} of {} was stored concurrently; retry the delivery", d.id, d.provider)));
+            return Err(BillingError::new(crate::error::SERIALIZATION, format!("event {} of {} was stored concurrently; retry the delivery", d.id, d.provider)));
         }
         if let Some(e) = &d.stripe {
             after_apply(c, e, &outcome, true)?;
         }
         Ok((d.id, outcome.status, Some(outcome.detail)))
     })
+}
+
+fn opt_text(x: &Option<String>) -> DatumWithOid<'_> {
+    x.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into())
 }
 
 /// What applying an event came to.
@@ -329,8 +333,7 @@ fn replay_one(c: &mut SpiClient<'_>, provider: &str, id: &str) -> Result<EventRo
     }
     let e = event::parse(&body).map_err(|m| BillingError::new(BAD_EVENT, format!("stored event {id}: {m}")))?;
     let o = apply_event(&e);
-    let opt = |x: &Option<String>| x.as_deref().map_or_else(DatumWithOid::null::<&str>, |s| s.into());
-    run(c, &RESULT, &[provider.into(), id.into(), o.status.as_str().into(), o.detail.as_str().into(), opt(&o.customer)])?;
+    run(c, &RESULT, &[provider.into(), id.into(), o.status.as_str().into(), o.detail.as_str().into(), opt_text(&o.customer)])?;
     after_apply(c, &e, &o, false)?;
     Ok((id.to_string(), o.status, Some(o.detail)))
 }

@@ -5,7 +5,7 @@ use crate::access::api::admit;
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg, need, settle_impl};
-use crate::ledger::store::Op;
+use crate::ledger::store::{unknown_customer, Op};
 use crate::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -43,30 +43,33 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
     })
 }
 
+/// Whether the customer exists, the usage recorded under the key (if any), and whether
+/// the key is taken in the journal by another kind of operation: one statement.
 static USAGE_KEY: Stmt = Stmt {
-    sql: "SELECT meter, quantity, occurred_at, reservation_id, credits, entry_id FROM billing.usage_events
-           WHERE customer = $1 AND idempotency_key = $2",
+    sql: "SELECT EXISTS (SELECT FROM billing.customers c WHERE c.customer = $1),
+                 u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
+                 EXISTS (SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2)
+            FROM (VALUES (1)) AS one (x)
+            LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2",
     args: &[TEXTOID, TEXTOID],
 };
-static JOURNAL_KEY: Stmt = Stmt { sql: "SELECT kind FROM billing.journal WHERE customer = $1 AND idempotency_key = $2", args: &[TEXTOID, TEXTOID] };
-static PRICE_AT: Stmt = Stmt {
-    sql: "SELECT credits, per_units FROM billing.meter_prices WHERE meter = $1 AND effective_from <= $2
-           ORDER BY effective_from DESC LIMIT 1",
-    args: &[TEXTOID, TIMESTAMPTZOID],
+/// The meter's price in force at `$2` and the customer's carried fraction (no row: no
+/// price then). The customer's lock serialises the carry.
+static PRICE_AND_CARRY: Stmt = Stmt {
+    sql: "SELECT p.credits, p.per_units, c.num, c.den
+            FROM (SELECT m.credits, m.per_units FROM billing.meter_prices m WHERE m.meter = $1 AND m.effective_from <= $2
+                   ORDER BY m.effective_from DESC LIMIT 1) p
+            LEFT JOIN billing.usage_carry c ON c.customer = $3 AND c.meter = $1",
+    args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID],
 };
-static CARRY: Stmt = Stmt {
-    sql: "SELECT num, den FROM billing.usage_carry WHERE customer = $1 AND meter = $2 FOR UPDATE",
-    args: &[TEXTOID, TEXTOID],
-};
-static CARRY_SAVE: Stmt = Stmt {
-    sql: "INSERT INTO billing.usage_carry AS u (customer, meter, num, den) VALUES ($1, $2, $3, $4)
-          ON CONFLICT (customer, meter) DO UPDATE SET num = EXCLUDED.num, den = EXCLUDED.den",
-    args: &[TEXTOID, TEXTOID, INT8OID, INT8OID],
-};
-static USAGE_INSERT: Stmt = Stmt {
-    sql: "INSERT INTO billing.usage_events (customer, idempotency_key, meter, quantity, occurred_at, credits, entry_id, reservation_id, recorded_at)
+/// The new carry and the usage row, in one statement.
+static USAGE_SAVE: Stmt = Stmt {
+    sql: "WITH carry AS (
+            INSERT INTO billing.usage_carry AS u (customer, meter, num, den) VALUES ($1, $3, $10, $11)
+            ON CONFLICT (customer, meter) DO UPDATE SET num = EXCLUDED.num, den = EXCLUDED.den)
+          INSERT INTO billing.usage_events (customer, idempotency_key, meter, quantity, occurred_at, credits, entry_id, reservation_id, recorded_at)
           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT8OID, UUIDOID, UUIDOID, TIMESTAMPTZOID],
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT8OID, UUIDOID, UUIDOID, TIMESTAMPTZOID, INT8OID, INT8OID],
 };
 static RES_OWNER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
 
@@ -101,46 +104,44 @@ fn record_usage_impl(
     let occurred = occurred_at.map(micros).unwrap_or(now);
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
-        let mut op = Op::lock_existing(c, customer, now)?;
-        let t = op.run(&USAGE_KEY, &[customer.into(), key.into()])?;
-        if !t.is_empty() {
-            let r = t.first();
-            let same = r.get::<String>(1)?.as_deref() == Some(meter)
-                && r.get::<i64>(2)? == Some(quantity)
-                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(3)?.map(micros) == Some(occurred))
-                && r.get::<pgrx::Uuid>(4)? == rid;
+        crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
+        let t = run(c, &USAGE_KEY, &[customer.into(), key.into()])?;
+        let r = t.first();
+        if !r.get::<bool>(1)?.unwrap_or(false) {
+            return Err(unknown_customer(customer));
+        }
+        if r.get::<bool>(8)?.unwrap_or(false) {
+            let same = r.get::<String>(2)?.as_deref() == Some(meter)
+                && r.get::<i64>(3)? == Some(quantity)
+                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(4)?.map(micros) == Some(occurred))
+                && r.get::<pgrx::Uuid>(5)? == rid;
             if !same {
                 return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage")));
             }
-            let (credits, entry) = (r.get::<i64>(5)?.unwrap_or(0), r.get::<pgrx::Uuid>(6)?);
+            let (credits, entry) = (r.get::<i64>(6)?.unwrap_or(0), r.get::<pgrx::Uuid>(7)?);
+            let mut op = Op::lock_existing(c, customer, now)?;
             let balance = match &entry {
                 Some(e) => op.final_balance(e)?,
                 None => op.peek_balance()?,
             };
             return Ok((entry, credits, balance, true));
         }
-        if !op.run(&JOURNAL_KEY, &[customer.into(), key.into()])?.is_empty() {
+        if r.get::<bool>(9)?.unwrap_or(false) {
             return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation")));
         }
-        drop(op);
         if rid.is_none() {
             admit(c, customer, None, now)?;
             crate::access::api::take_token(c, customer, None, meter, now)?;
         }
-        let p = run(c, &PRICE_AT, &[meter.into(), ts(occurred).into()])?;
+        let p = run(c, &PRICE_AND_CARRY, &[meter.into(), ts(occurred).into(), customer.into()])?;
         if p.is_empty() {
             return Err(BillingError::new(UNKNOWN, format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")")));
         }
         let p = p.first();
         let price = Price { credits: p.get::<i64>(1)?.unwrap_or(0), per_units: p.get::<i64>(2)?.unwrap_or(1) };
-        let carry = {
-            let t = run(c, &CARRY, &[customer.into(), meter.into()])?;
-            if t.is_empty() {
-                Carry::default()
-            } else {
-                let r = t.first();
-                Carry { num: r.get::<i64>(1)?.unwrap_or(0), den: r.get::<i64>(2)?.unwrap_or(1) }
-            }
+        let carry = match (p.get::<i64>(3)?, p.get::<i64>(4)?) {
+            (Some(num), Some(den)) => Carry { num, den },
+            _ => Carry::default(),
         };
         let (credits, carry) = rate(carry, price, quantity)
             .ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
@@ -160,10 +161,9 @@ fn record_usage_impl(
             }
             None => (None, Op::read(c, customer, now)?.peek_balance()?),
         };
-        run(c, &CARRY_SAVE, &[customer.into(), meter.into(), carry.num.into(), carry.den.into()])?;
         run(
             c,
-            &USAGE_INSERT,
+            &USAGE_SAVE,
             &[
                 customer.into(),
                 key.into(),
@@ -174,6 +174,8 @@ fn record_usage_impl(
                 entry.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |e| e.into()),
                 rid.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |e| e.into()),
                 ts(now).into(),
+                carry.num.into(),
+                carry.den.into(),
             ],
         )?;
         Ok((entry, credits, balance, false))

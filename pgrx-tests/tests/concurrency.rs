@@ -345,7 +345,7 @@ fn level_of(s: &str) -> postgres::IsolationLevel {
     }
 }
 
-/// (e) A debit waiting for a customer that another transaction holds gives up at
+/// (f) A debit waiting for a customer that another transaction holds gives up at
 /// `lock_timeout` with 55P03 (retryable, never BL001), having changed nothing; the lock is
 /// visible in `pg_locks` as an advisory lock while held; a debit of another customer does
 /// not wait at all.
@@ -372,4 +372,25 @@ fn lock_wait_surfaces_as_lock_timeout() {
     assert_eq!(debit(&mut waiter, "held", 20, "w1").unwrap().2, false, "the timed-out debit left no trace: its key is free");
     let problems: i64 = c.query_one("SELECT count(*) FROM billing.verify()", &[]).unwrap().get(0);
     assert_eq!(problems, 0);
+}
+
+/// (g) Under REPEATABLE READ, a debit whose snapshot predates a grant another session
+/// committed would see too small a balance: it is refused with 40001 (retry), not BL001,
+/// and goes through when retried.
+#[test]
+fn repeatable_read_debit_after_a_concurrent_grant() {
+    let db = TestDb::new("conc_rr_grant");
+    let mut c = db.connect();
+    grant(&mut c, "rg", 100, "g1");
+    let mut a = db.connect();
+    {
+        let mut tx = a.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start().unwrap();
+        tx.query_one("SELECT 1", &[]).unwrap(); // takes the transaction's snapshot
+        grant(&mut c, "rg", 1_000, "g2");
+        let e = tx.query_one("SELECT * FROM billing.debit('rg', 500, 'd1')", &[]).expect_err("the snapshot predates the grant");
+        assert_eq!(sqlstate(&e), "40001", "{}", msg(&e));
+    }
+    let (_, after, replayed) = debit(&mut a, "rg", 500, "d1").unwrap();
+    assert_eq!((after, replayed), (600, false), "retried in a new transaction, the debit goes through once");
+    verify_clean(&mut c);
 }

@@ -39,12 +39,19 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
     lines.iter().map(|&(a, x)| (encode(a), x)).unzip()
 }
 
-static LOOKUP: Stmt = Stmt {
-    sql: "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                 low_balance, low_notified, topup_below, topup_notified
-            FROM billing.customers WHERE customer = $1",
-    args: &[TEXTOID],
-};
+macro_rules! lookup_sql {
+    () => {
+        "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
+                low_balance, low_notified, topup_below, topup_notified
+           FROM billing.customers WHERE customer = $1"
+    };
+}
+static LOOKUP: Stmt = Stmt { sql: lookup_sql!(), args: &[TEXTOID] };
+/// Under REPEATABLE READ and SERIALIZABLE the reads after the lock see the transaction's
+/// snapshot, which may predate a change another session committed (a grant: then the
+/// balance read would be too low and a debit refused with BL001). Locking the row as well
+/// makes Postgres raise 40001 for a row changed since the snapshot, as the contract says.
+static LOOKUP_XACT_SNAPSHOT: Stmt = Stmt { sql: concat!(lookup_sql!(), " FOR NO KEY UPDATE"), args: &[TEXTOID] };
 static LOW_BALANCE: Stmt = Stmt {
     sql: "INSERT INTO billing.outbox (customer, kind, payload)
           VALUES ($1, 'low_balance', jsonb_build_object('balance', $2::int8, 'threshold', $3::int8))",
@@ -157,23 +164,28 @@ static KEY: Stmt = Stmt {
             FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
     args: &[TEXTOID, TEXTOID],
 };
+macro_rules! spend_lookup_sql {
+    () => {
+        "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
+                c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
+                k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
+                g.ids, g.remaining, g.expires_at, g.priority, g.seq
+           FROM billing.customers c
+           LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
+           LEFT JOIN LATERAL (
+                 SELECT array_agg(id) AS ids, array_agg(remaining) AS remaining, array_agg(expires_at) AS expires_at,
+                        array_agg(priority) AS priority, array_agg(seq) AS seq
+                   FROM billing.grants WHERE customer = $1 AND open AND expires_at > $3) g ON true
+          WHERE c.customer = $1"
+    };
+}
 /// What a spending operation reads once it holds the customer's lock, in one statement:
 /// the customer row (as LOOKUP), the entry under its idempotency key, and the live grants
 /// as of `$3` (used only when nothing is due to expire, i.e. `$3 < next_event_at`).
-static SPEND_LOOKUP: Stmt = Stmt {
-    sql: "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
-                 c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
-                 k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
-                 g.ids, g.remaining, g.expires_at, g.priority, g.seq
-            FROM billing.customers c
-            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
-            LEFT JOIN LATERAL (
-                  SELECT array_agg(id) AS ids, array_agg(remaining) AS remaining, array_agg(expires_at) AS expires_at,
-                         array_agg(priority) AS priority, array_agg(seq) AS seq
-                    FROM billing.grants WHERE customer = $1 AND open AND expires_at > $3) g ON true
-           WHERE c.customer = $1",
-    args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID],
-};
+static SPEND_LOOKUP: Stmt = Stmt { sql: spend_lookup_sql!(), args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID] };
+/// SPEND_LOOKUP under a transaction snapshot (see LOOKUP_XACT_SNAPSHOT).
+static SPEND_LOOKUP_XACT_SNAPSHOT: Stmt =
+    Stmt { sql: concat!(spend_lookup_sql!(), " FOR NO KEY UPDATE OF c"), args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID] };
 
 /// A journal entry found under an idempotency key.
 pub struct Keyed {
@@ -301,10 +313,17 @@ impl<'a, 'c> Op<'a, 'c> {
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
         }
+        let xact_snapshot = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
         let t = match (ro, spend_key) {
             (true, _) => run_ro(c, &LOOKUP, &[customer.into()])?,
-            (false, None) => crate::spi::run(c, &LOOKUP, &[customer.into()])?,
-            (false, Some(k)) => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into(), ts(now).into()])?,
+            (false, None) => {
+                let s = if xact_snapshot { &LOOKUP_XACT_SNAPSHOT } else { &LOOKUP };
+                crate::spi::run(c, s, &[customer.into()])?
+            }
+            (false, Some(k)) => {
+                let s = if xact_snapshot { &SPEND_LOOKUP_XACT_SNAPSHOT } else { &SPEND_LOOKUP };
+                crate::spi::run(c, s, &[customer.into(), k.into(), ts(now).into()])?
+            }
         };
         if t.is_empty() {
             return Ok(None);

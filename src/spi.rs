@@ -27,7 +27,7 @@ impl From<SpiError> for BillingError {
 }
 
 /// Runs a kept plan. Every plan is prepared as mutating, so under READ COMMITTED each
-/// statement takes a fresh snapshot: after waiting for a customer's row lock it sees
+/// statement takes a fresh snapshot: after waiting for a customer's lock it sees
 /// what the previous holder committed.
 pub fn run<'c>(c: &mut SpiClient<'c>, s: &Stmt, args: &[DatumWithOid]) -> Result<SpiTupleTable<'c>, BillingError> {
     run_as(c, s, args, false)

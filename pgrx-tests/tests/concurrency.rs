@@ -394,3 +394,32 @@ fn repeatable_read_debit_after_a_concurrent_grant() {
     assert_eq!((after, replayed), (600, false), "retried in a new transaction, the debit goes through once");
     verify_clean(&mut c);
 }
+
+/// (h) `maintenance()` skips a customer that another transaction holds (it does not wait
+/// for it), writes the others' expiries, and writes the held one's on a later run.
+#[test]
+fn maintenance_skips_a_held_customer() {
+    let db = TestDb::new("conc_maint");
+    let mut c = db.connect();
+    for cust in ["held", "free"] {
+        c.execute("SELECT billing.grant($1, 100, 'g', expires_at => now() + interval '1 hour')", &[&cust]).unwrap();
+    }
+    let mut holder = db.connect();
+    let mut tx = holder.transaction().unwrap();
+    tx.execute("SELECT billing.set_overdraft('held', 0)", &[]).unwrap(); // holds the customer's lock
+
+    c.batch_execute("SET lock_timeout = '2s'").unwrap();
+    c.execute("SELECT set_config('billing.clock', (now() + interval '2 hours')::text, false)", &[]).unwrap();
+    let written: i64 = c.query_one("SELECT billing.maintenance()", &[]).unwrap().get(0);
+    assert_eq!(written, 1, "only the customer nobody holds is written");
+    let expiries = |c: &mut postgres::Client, cust: &str| -> i64 {
+        c.query_one("SELECT count(*) FROM billing.journal WHERE customer = $1 AND kind = 'expiry'", &[&cust]).unwrap().get(0)
+    };
+    assert_eq!((expiries(&mut c, "held"), expiries(&mut c, "free")), (0, 1));
+
+    tx.commit().unwrap();
+    let written: i64 = c.query_one("SELECT billing.maintenance()", &[]).unwrap().get(0);
+    assert_eq!(written, 1, "the held customer's expiry, once it is free");
+    assert_eq!((expiries(&mut c, "held"), expiries(&mut c, "free")), (1, 1));
+    verify_clean(&mut c);
+}

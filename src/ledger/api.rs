@@ -271,7 +271,7 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
         let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
         let (accts, amounts) = encode_lines(&take);
         let now = op.now;
-        op.run(
+        op.run_beside(
             &RES_INSERT,
             &[customer.into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts.into(), amounts.into(), w.entry_id.into(), ts(now).into()],
         )?;
@@ -387,7 +387,7 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
         let w = op.write_and_settle_expired(&e, Extra { metadata: Some(json!({ "actual": actual })), ..Default::default() })?;
         let (ca, cm) = encode_lines(&settle_consumed(res.hold.id, &plan, &extra));
         let cust = op.customer.clone();
-        op.run(&RES_END, &[cust.as_str().into(), rid.into(), "settled".into(), actual.into(), ca.into(), cm.into(), w.entry_id.into()])?;
+        op.run_beside(&RES_END, &[cust.as_str().into(), rid.into(), "settled".into(), actual.into(), ca.into(), cm.into(), w.entry_id.into()])?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
     })
@@ -424,7 +424,7 @@ fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Release, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra::default())?;
-        op.run(&RES_END, &[customer.as_str().into(), rid.into(), "released".into(), DatumWithOidNull::i64(), DatumWithOidNull::uuids(), DatumWithOidNull::i64s(), w.entry_id.into()])?;
+        op.run_beside(&RES_END, &[customer.as_str().into(), rid.into(), "released".into(), DatumWithOidNull::i64(), DatumWithOidNull::uuids(), DatumWithOidNull::i64s(), w.entry_id.into()])?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
     })

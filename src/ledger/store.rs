@@ -398,6 +398,13 @@ impl<'a, 'c> Op<'a, 'c> {
         Self::lock(c, customer, now, false)?.ok_or_else(|| unknown_customer(customer))
     }
 
+    /// Runs a statement that neither reads nor references the journal (a reservation's
+    /// row), leaving the held-back entry for `finish` to write in its one statement.
+    pub fn run_beside(&mut self, s: &Stmt, args: &[DatumWithOid]) -> Result<()> {
+        crate::spi::run(self.c, s, args)?;
+        Ok(())
+    }
+
     pub fn run(&mut self, s: &Stmt, args: &[DatumWithOid]) -> Result<pgrx::spi::SpiTupleTable<'c>> {
         self.flush()?;
         if self.ro {

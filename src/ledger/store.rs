@@ -253,7 +253,7 @@ struct Pending {
 
 impl Pending {
     /// Its 13 columns after `customer`, in the journal's order (NULLs for no entry).
-    fn args(p: Option<&Pending>) -> [DatumWithOid<'_>; 13] {
+    fn args(p: Option<Pending>) -> [DatumWithOid<'static>; 13] {
         use DatumWithOid as D;
         let Some(p) = p else {
             return [
@@ -270,13 +270,13 @@ impl Pending {
             p.kind.into(),
             p.amount.into(),
             p.balance_after.into(),
-            p.key.as_deref().map_or_else(D::null::<&str>, |k| k.into()),
+            p.key.map_or_else(D::null::<String>, |k| k.into()),
             opt(p.grant),
             opt(p.hold),
             opt(p.ref_entry),
-            p.accts.clone().into(),
-            p.deltas.clone().into(),
-            JsonB(p.metadata.clone()).into(),
+            p.accts.into(),
+            p.deltas.into(),
+            JsonB(p.metadata).into(),
         ]
     }
 }
@@ -425,7 +425,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// Writes out the held-back entry, if any.
     fn flush(&mut self) -> Result<()> {
         if let Some(p) = self.pending.take() {
-            let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(Some(&p));
+            let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(Some(p));
             let args = [self.customer.as_str().into(), a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13];
             crate::spi::run(self.c, &INSERT_ENTRY, &args)?;
         }
@@ -664,8 +664,7 @@ impl<'a, 'c> Op<'a, 'c> {
         for (id, d) in deltas {
             crate::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;
         }
-        let pending = self.pending.take();
-        let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(pending.as_ref());
+        let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(self.pending.take());
         let args: [DatumWithOid; 23] = [
             self.customer.as_str().into(),
             self.book.balance.into(),

@@ -695,7 +695,7 @@ fn maintenance_impl(batch: Option<i32>) -> Result<i64> {
         }
         let mut written = 0i64;
         for customer in due {
-            if !crate::spi::try_xact_lock(crate::spi::LockClass::Customer, &[&customer]) {
+            if !crate::ledger::store::try_lock_customer(&customer) {
                 continue;
             }
             let mut op = Op::lock_existing(c, &customer, now)?;

@@ -289,7 +289,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// (and turns into a MultiXact beside a grant's foreign-key check). Every writer of a
     /// customer's ledger columns goes through here. The reads that follow take a fresh
     /// snapshot (mutating plans, READ COMMITTED), so they see what the previous holder
-    /// committed; under REPEATABLE READ the final UPDATE of the row raises 40001 instead.
+    /// committed; under REPEATABLE READ the row is locked too (LOOKUP_XACT_SNAPSHOT).
     pub fn lock(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool) -> Result<Option<Self>> {
         Ok(Self::open(c, customer, now, create, false, None)?.map(|(op, _)| op))
     }
@@ -308,7 +308,7 @@ impl<'a, 'c> Op<'a, 'c> {
 
     fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool, spend_key: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
         if !ro {
-            crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
+            lock_customer(customer);
         }
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
@@ -697,6 +697,17 @@ impl<'a, 'c> Op<'a, 'c> {
         b.catch_up(self.now, self.clock);
         Ok(b.balance)
     }
+}
+
+/// Takes the customer's lock (see `Op::lock`) without reading its row, for writers that
+/// only need the exclusion.
+pub fn lock_customer(customer: &str) {
+    crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
+}
+
+/// `lock_customer` without waiting: false when another transaction holds it.
+pub fn try_lock_customer(customer: &str) -> bool {
+    crate::spi::try_xact_lock(crate::spi::LockClass::Customer, &[customer])
 }
 
 pub fn unknown_customer(customer: &str) -> BillingError {

@@ -5,7 +5,7 @@ use crate::access::api::admit;
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg, need, settle_impl};
-use crate::ledger::store::{unknown_customer, Op};
+use crate::ledger::store::{lock_customer, unknown_customer, Op};
 use crate::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -104,7 +104,7 @@ fn record_usage_impl(
     let occurred = occurred_at.map(micros).unwrap_or(now);
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
-        crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
+        lock_customer(customer);
         let t = run(c, &USAGE_KEY, &[customer.into(), key.into()])?;
         let r = t.first();
         if !r.get::<bool>(1)?.unwrap_or(false) {

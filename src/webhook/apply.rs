@@ -475,7 +475,7 @@ fn dispute(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
     run(c, &DISPUTE_UPSERT, &[PROVIDER.into(), d.id.as_str().into(), customer.as_str().into(), d.status.as_str().into(), open.into()])?;
     // Under the customer's lock, as every change a debit decides on: a freeze and a debit
     // of the same customer happen one after the other.
-    crate::spi::xact_lock(crate::spi::LockClass::Customer, &[&customer]);
+    crate::ledger::store::lock_customer(&customer);
     let frozen = run(c, &FREEZE, &[customer.as_str().into()])?.first().get::<bool>(1)?.unwrap_or(false);
     Ok(Applied {
         outcome: Outcome::Applied(format!("dispute {} {}: customer {}", d.id, d.status, if frozen { "frozen" } else { "not frozen" })),

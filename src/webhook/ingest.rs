@@ -214,7 +214,6 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
                 customer: None,
             },
         };
-        let opt = opt_text;
         let inserted = run(
             c,
             &INSERT_EVENT,
@@ -224,14 +223,14 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
                 endpoint.into(),
                 d.kind.as_str().into(),
                 d.created.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into()),
-                opt(&d.api_version),
-                opt(&d.object_id),
-                opt(&d.provider_customer),
+                opt_text(&d.api_version),
+                opt_text(&d.object_id),
+                opt_text(&d.provider_customer),
                 body.into(),
                 JsonB(headers).into(),
                 outcome.status.as_str().into(),
                 outcome.detail.as_str().into(),
-                opt(&outcome.customer),
+                opt_text(&outcome.customer),
             ],
         )?;
         if inserted.is_empty() {

@@ -26,7 +26,9 @@ extension_sql_file!("../sql/access.sql", name = "access", requires = ["privilege
 extension_sql_file!("../sql/fixes_0_3_0.sql", name = "fixes_0_3_0", requires = ["access"]);
 extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", requires = ["fixes_0_3_0"]);
 // 0.4.0
-extension_sql_file!("../sql/hot_path.sql", name = "hot_path", finalize);
+extension_sql_file!("../sql/hot_path.sql", name = "hot_path", requires = ["privileges_access"]);
+// 0.5.0
+extension_sql_file!("../sql/slots.sql", name = "slots", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

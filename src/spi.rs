@@ -103,15 +103,28 @@ pub fn new_id() -> [u8; 16] {
 /// so an application's own advisory locks never meet ours, and two names meet only if
 /// their 64-bit hashes do.
 pub fn xact_lock(class: LockClass, parts: &[&str]) {
-    lock(class, parts, false);
+    acquire(class, parts, false);
 }
 
 /// `xact_lock` without waiting: false when another transaction holds it.
 pub fn try_xact_lock(class: LockClass, parts: &[&str]) -> bool {
-    lock(class, parts, true)
+    acquire(class, parts, true) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
 }
 
-fn lock(class: LockClass, parts: &[&str], dont_wait: bool) -> bool {
+/// `xact_lock` that says whether this call took the lock (false: the transaction held it
+/// already), so a caller that wrote nothing under it may give it back (`xact_unlock`).
+pub fn xact_lock_new(class: LockClass, parts: &[&str]) -> bool {
+    acquire(class, parts, false) == pg_sys::LockAcquireResult::LOCKACQUIRE_OK
+}
+
+/// Gives back one acquisition of a lock taken by `xact_lock_new` (before the transaction
+/// ends): only for a caller that read under it and wrote nothing.
+pub fn xact_unlock(class: LockClass, parts: &[&str]) {
+    let tag = tag(class, parts);
+    unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
+}
+
+fn tag(class: LockClass, parts: &[&str]) -> pg_sys::LOCKTAG {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for p in parts {
@@ -119,16 +132,19 @@ fn lock(class: LockClass, parts: &[&str], dont_wait: bool) -> bool {
         h.update([0u8]);
     }
     let h = h.finalize();
-    let tag = pg_sys::LOCKTAG {
+    pg_sys::LOCKTAG {
         locktag_field1: unsafe { pg_sys::MyDatabaseId }.into(),
         locktag_field2: u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
         locktag_field3: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
         locktag_field4: class as u16,
         locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
         locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    };
-    let r = unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait) };
-    r != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    }
+}
+
+fn acquire(class: LockClass, parts: &[&str], dont_wait: bool) -> pg_sys::LockAcquireResult::Type {
+    let tag = tag(class, parts);
+    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait) }
 }
 
 /// The extension's advisory lock classes (`pg_locks.objsubid` of its locks).

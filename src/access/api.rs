@@ -15,7 +15,7 @@ static INPUTS: Stmt = Stmt {
     sql: "SELECT c.frozen, c.balance, c.next_event_at,
                  EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer),
                  s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
-                 s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end
+                 s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end, c.slots
             FROM billing.customers c
             LEFT JOIN LATERAL (
                   SELECT * FROM billing.subscriptions s WHERE s.customer = c.customer
@@ -60,7 +60,11 @@ pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs>
     let frozen = r.get::<bool>(1)?.unwrap_or(false);
     let ever_granted = r.get::<bool>(4)?.unwrap_or(false);
     // The cached balance is exact until the customer's next expiry; past it, compute.
-    if now >= next_event {
+    let slots = r.get::<i32>(13)?.unwrap_or(1);
+    if slots > 1 {
+        // A slotted customer's credits are spread over its accounts.
+        balance = crate::ledger::slots::total_balance(c, customer, slots, now)?;
+    } else if now >= next_event {
         balance = Op::read(c, customer, now)?.peek_balance()?;
     }
     let period_end = sub.as_ref().and_then(|s| s.period_end);

@@ -1,6 +1,7 @@
 //! The ledger's SQL functions (SPEC section 1). Each validates its arguments, locks the
 //! one customer it concerns, and leaves the decisions to `core`.
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
+use super::slots::{self, Try};
 use super::store::{decode_lines, encode_lines, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
@@ -128,6 +129,7 @@ pub fn grant_impl(
     let now = clock::now();
     connect(|c| {
         let mut op = Op::lock(c, customer, now, true)?.ok_or_else(|| unknown_customer(customer))?;
+        op.not_a_slot()?;
         if let Some(k) = op.find_key(key)? {
             let same = k.kind == "grant" && {
                 let gid = k.grant_id.unwrap_or_else(crate::spi::nil);
@@ -192,24 +194,27 @@ pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>
     let metadata = metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
     let now = clock::now();
     connect(|c| {
-        let (mut op, keyed) = Op::lock_for_spend(c, customer, now, key)?;
-        if let Some(k) = keyed {
-            return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
-                Ok((k.entry_id, k.balance_after, true))
-            } else {
-                Err(key_reused(customer, key, &k))
+        slots::spend(c, customer, now, key, |op, keyed| {
+            if let Some(k) = keyed {
+                return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
+                    Ok(Try::Replayed((k.entry_id, k.balance_after, true)))
+                } else {
+                    Err(key_reused(customer, key, &k))
+                };
+            }
+            if op.frozen {
+                return Err(frozen(customer));
+            }
+            op.catch_up()?;
+            op.load_live_grants()?;
+            let take = match op.book.allocate(amount, op.now, Acct::Debt) {
+                Ok(t) => t,
+                Err(e) => return Ok(Try::Short(insufficient(customer, "debit", e))),
             };
-        }
-        if op.frozen {
-            return Err(frozen(customer));
-        }
-        op.catch_up()?;
-        op.load_live_grants()?;
-        let take = op.book.allocate(amount, op.now, Acct::Debt).map_err(|e| insufficient(customer, "debit", e))?;
-        let e = Entry { kind: Kind::Debit, at: op.now, lines: negate(&take), grant: None, hold: None };
-        let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
-        op.finish()?;
-        Ok((w.entry_id, w.balance_after, false))
+            let e = Entry { kind: Kind::Debit, at: op.now, lines: negate(&take), grant: None, hold: None };
+            let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
+            Ok(Try::Done((w.entry_id, w.balance_after, false)))
+        })
     })
 }
 
@@ -249,35 +254,40 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
     let ttl_iv = need(ttl, "ttl")?;
     let ttl_us = ttl_arg(Some(ttl_iv), "ttl")?;
     let now = clock::now();
+    let metadata = json!({ "ttl_us": ttl_us });
     connect(|c| {
-        let (mut op, keyed) = Op::lock_for_spend(c, customer, now, key)?;
-        let metadata = json!({ "ttl_us": ttl_us });
-        if let Some(k) = keyed {
-            return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
-                Ok(k.reservation_id.unwrap_or_else(crate::spi::nil))
-            } else {
-                Err(key_reused(customer, key, &k))
+        slots::spend(c, customer, now, key, |op, keyed| {
+            if let Some(k) = keyed {
+                return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
+                    Ok(Try::Replayed(k.reservation_id.unwrap_or_else(crate::spi::nil)))
+                } else {
+                    Err(key_reused(customer, key, &k))
+                };
+            }
+            if op.frozen {
+                return Err(frozen(customer));
+            }
+            op.catch_up()?;
+            op.load_live_grants()?;
+            let id = new_id();
+            let take = match op.book.allocate(amount, op.now, Acct::Borrow(id)) {
+                Ok(t) => t,
+                Err(e) => return Ok(Try::Short(insufficient(customer, "reserve", e))),
             };
-        }
-        if op.frozen {
-            return Err(frozen(customer));
-        }
-        op.catch_up()?;
-        op.load_live_grants()?;
-        let id = new_id();
-        let take = op.book.allocate(amount, op.now, Acct::Borrow(id)).map_err(|e| insufficient(customer, "reserve", e))?;
-        let expires = op.now.saturating_add(ttl_us);
-        let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
-        let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
-        let (accts, amounts) = encode_lines(&take);
-        let now = op.now;
-        op.run_beside(
-            &RES_INSERT,
-            &[customer.into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts.into(), amounts.into(), w.entry_id.into(), ts(now).into()],
-        )?;
-        op.add_hold(Hold { id, lines: take, expires_at: expires });
-        op.finish()?;
-        Ok(uuid(&id))
+            let expires = op.now.saturating_add(ttl_us);
+            let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
+            let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
+            let (accts, amounts) = encode_lines(&take);
+            let now = op.now;
+            // The hold lives in the account it drew from (a slot's, for a slotted customer).
+            let account = op.customer.clone();
+            op.run_beside(
+                &RES_INSERT,
+                &[account.as_str().into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts.into(), amounts.into(), w.entry_id.into(), ts(now).into()],
+            )?;
+            op.add_hold(Hold { id, lines: take, expires_at: expires });
+            Ok(Try::Done(uuid(&id)))
+        })
     })
 }
 
@@ -560,7 +570,21 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
 pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, metadata: serde_json::Value) -> Result<Option<(pgrx::Uuid, i64)>> {
     let now = clock::now();
     connect(|c| {
+        let n = slots::slots_of(c, customer, now)?;
+        if n > 1 {
+            // The grant's credits may sit in the slots: gather them, so the revocation
+            // takes what is left of the grant wherever it was.
+            return slots::gathered(c, customer, n, now, |op| revoke_in(op, customer, grant_id, amount, key, metadata));
+        }
         let mut op = Op::lock_existing(c, customer, now)?;
+        let r = revoke_in(&mut op, customer, grant_id, amount, key, metadata)?;
+        op.finish()?;
+        Ok(r)
+    })
+}
+
+fn revoke_in(op: &mut Op, customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, metadata: serde_json::Value) -> Result<Option<(pgrx::Uuid, i64)>> {
+    {
         if let Some(k) = op.find_key(key)? {
             return if k.kind == "revocation" && k.amount == -amount { Ok(None) } else { Err(key_reused(customer, key, &k)) };
         }
@@ -574,9 +598,22 @@ pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, met
         lines.retain(|l| l.1 != 0);
         let e = Entry { kind: Kind::Revocation, at: now, lines, grant: Some(g), hold: None };
         let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
-        op.finish()?;
         Ok(Some((w.entry_id, w.balance_after)))
-    })
+    }
+}
+
+// ---- slotted customers ----
+
+#[pg_extern(sql = false)]
+fn set_slots(customer: Option<&str>, slots: Option<i32>) {
+    deliver(set_slots_impl(customer, slots), || ())
+}
+crate::sql_entry!(pg_finfo_billing_set_slots, billing_set_slots, set_slots_wrapper);
+
+fn set_slots_impl(customer: Option<&str>, n: Option<i32>) -> Result<()> {
+    let customer = customer_arg(customer)?;
+    let n = need(n, "slots")?;
+    connect(|c| slots::set_slots(c, customer, n, clock::now()))
 }
 
 // ---- balances ----
@@ -590,7 +627,16 @@ crate::sql_entry!(pg_finfo_billing_balance, billing_balance, balance_wrapper);
 fn balance_impl(customer: Option<&str>) -> Result<i64> {
     let customer = customer_arg(customer)?;
     let now = clock::now();
-    Spi::connect_mut(|c| Op::read(c, customer, now)?.peek_balance())
+    Spi::connect_mut(|c| {
+        let mut op = Op::read(c, customer, now)?;
+        op.not_a_slot()?;
+        if op.slots > 1 {
+            let n = op.slots;
+            drop(op);
+            return slots::total_balance(c, customer, n, now);
+        }
+        op.peek_balance()
+    })
 }
 
 static BALANCE_AT: Stmt = Stmt {
@@ -608,6 +654,21 @@ fn balance_at_impl(customer: Option<&str>, at: Option<TimestampWithTimeZone>) ->
     let customer = customer_arg(customer)?;
     let at = micros(need(at, "at")?);
     Spi::connect_mut(|c| {
+        let op = Op::read(c, customer, at)?;
+        op.not_a_slot()?;
+        let n = op.slots;
+        drop(op);
+        let mut total = 0i64;
+        for k in 0..n {
+            total = total.saturating_add(account_balance_at(c, &slots::account(customer, k), at)?);
+        }
+        Ok(total)
+    })
+}
+
+/// One account's balance as of `at`, from its journal.
+fn account_balance_at(c: &mut SpiClient<'_>, customer: &str, at: i64) -> Result<i64> {
+    {
         let mut op = Op::read(c, customer, at)?;
         let t = op.run(&BALANCE_AT, &[customer.into(), ts(at).into()])?;
         if t.is_empty() {
@@ -623,13 +684,16 @@ fn balance_at_impl(customer: Option<&str>, at: Option<TimestampWithTimeZone>) ->
         // `at` is after the last entry: what expired since is computed, not yet written.
         op.now = at.max(op.clock());
         op.peek_balance()
-    })
+    }
 }
 
 // ---- administration ----
 
 static SET_OVERDRAFT: Stmt = Stmt { sql: "UPDATE billing.customers SET overdraft_limit = $2 WHERE customer = $1", args: &[TEXTOID, INT8OID] };
-static SET_FROZEN: Stmt = Stmt { sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = $1", args: &[TEXTOID, BOOLOID] };
+static SET_FROZEN: Stmt = Stmt {
+    sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = $1 OR slot_of = $1",
+    args: &[TEXTOID, BOOLOID],
+};
 
 #[pg_extern(sql = false)]
 fn set_overdraft(customer: Option<&str>, limit: Option<i64>) {
@@ -645,6 +709,7 @@ fn set_overdraft_impl(customer: Option<&str>, limit: Option<i64>) -> Result<()> 
     }
     connect(|c| {
         let op = Op::lock_existing(c, customer, clock::now())?;
+        op.not_a_slot()?;
         drop(op);
         run(c, &SET_OVERDRAFT, &[customer.into(), limit.into()])?;
         Ok(())
@@ -662,7 +727,9 @@ fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
     let frozen = need(frozen, "frozen")?;
     connect(|c| {
         let now = clock::now();
-        drop(Op::lock_existing(c, customer, now)?);
+        Op::lock_existing(c, customer, now)?.not_a_slot()?;
+        // A slotted customer's accounts freeze together, under all their locks.
+        slots::lock_all(c, customer, now)?;
         run(c, &SET_FROZEN, &[customer.into(), frozen.into()])?;
         crate::access::api::note_access(c, customer, now)
     })

@@ -71,6 +71,8 @@ pub enum Kind {
     Refund,
     Expiry,
     Revocation,
+    /// Credits moved between the accounts of a slotted customer (one entry in each).
+    Transfer,
 }
 
 impl Kind {
@@ -84,6 +86,7 @@ impl Kind {
             Kind::Refund => "refund",
             Kind::Expiry => "expiry",
             Kind::Revocation => "revocation",
+            Kind::Transfer => "transfer",
         }
     }
     pub fn parse(s: &str) -> Option<Kind> {
@@ -96,6 +99,7 @@ impl Kind {
             "refund" => Kind::Refund,
             "expiry" => Kind::Expiry,
             "revocation" => Kind::Revocation,
+            "transfer" => Kind::Transfer,
             _ => return None,
         })
     }

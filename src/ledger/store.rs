@@ -42,7 +42,7 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
 macro_rules! lookup_sql {
     () => {
         "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                low_balance, low_notified, topup_below, topup_notified
+                low_balance, low_notified, topup_below, topup_notified, slots, slot_of
            FROM billing.customers WHERE customer = $1"
     };
 }
@@ -108,6 +108,10 @@ static GRANTS_BY_ID: Stmt = Stmt {
            WHERE customer = $1 AND id = ANY($2)",
     args: &[TEXTOID, UUIDARRAYOID],
 };
+static ORIGINS: Stmt = Stmt {
+    sql: "SELECT id, origin FROM billing.grants WHERE customer = $1 AND id = ANY($2) AND origin IS NOT NULL",
+    args: &[TEXTOID, UUIDARRAYOID],
+};
 static HOLDS_ACTIVE: Stmt = Stmt {
     sql: "SELECT id, expires_at, accounts, amounts FROM billing.reservations
            WHERE customer = $1 AND status = 'active'",
@@ -169,7 +173,7 @@ macro_rules! spend_lookup_sql {
         "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
                 c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
                 k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
-                g.ids, g.remaining, g.expires_at, g.priority, g.seq
+                g.ids, g.remaining, g.expires_at, g.priority, g.seq, c.slots, c.slot_of
            FROM billing.customers c
            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
            LEFT JOIN LATERAL (
@@ -221,6 +225,8 @@ pub struct Op<'a, 'c> {
     pub frozen: bool,
     pub now: Ts,
     seq: i64,
+    /// `seq` when the account was opened: anything after it was written by this call.
+    seq0: i64,
     clock: Ts,
     next_event: Ts,
     grants_loaded: bool,
@@ -229,6 +235,13 @@ pub struct Op<'a, 'c> {
     grant_deltas: Vec<(Id, i64)>,
     lapsed: Vec<(Id, Id)>,
     thresholds: Thresholds,
+    /// Accounts of this customer (> 1: slotted, see `slots`), and on a slot account the
+    /// customer it belongs to.
+    pub slots: i32,
+    pub slot_of: Option<String>,
+    /// The balance the low-balance and top-up thresholds are checked against, when it is
+    /// not this account's own (a slotted customer's total, known only while gathered).
+    pub threshold_balance: Option<i64>,
     /// The last entry written, held back so `finish` can write it in its one statement;
     /// any other statement run first writes it out (so reads always see it).
     pending: Option<Pending>,
@@ -291,6 +304,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// snapshot (mutating plans, READ COMMITTED), so they see what the previous holder
     /// committed; under REPEATABLE READ the row is locked too (LOOKUP_XACT_SNAPSHOT).
     pub fn lock(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool) -> Result<Option<Self>> {
+        lock_customer(customer);
         Ok(Self::open(c, customer, now, create, false, None)?.map(|(op, _)| op))
     }
 
@@ -299,17 +313,31 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(Self::open(c, customer, now, false, true, None)?.ok_or_else(|| unknown_customer(customer))?.0)
     }
 
+    /// Reads an account, or `Ok(None)` if there is none.
+    pub fn read_opt(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Option<Self>> {
+        Ok(Self::open(c, customer, now, false, true, None)?.map(|(op, _)| op))
+    }
+
     /// Locks an existing customer for an operation that spends under idempotency key
     /// `key`, and finds the entry already made under it, in one statement that also
     /// loads the live grants when nothing is due to expire (else `catch_up` loads all).
     pub fn lock_for_spend(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str) -> Result<(Self, Option<Keyed>)> {
-        Self::open(c, customer, now, false, false, Some(key))?.ok_or_else(|| unknown_customer(customer))
+        lock_customer(customer);
+        Self::lock_for_spend_held(c, customer, now, key)?.ok_or_else(|| unknown_customer(customer))
+    }
+
+    /// `lock_for_spend` for a caller that holds the customer's lock already; `Ok(None)`
+    /// if there is no such account.
+    pub fn lock_for_spend_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str) -> Result<Option<(Self, Option<Keyed>)>> {
+        Self::open(c, customer, now, false, false, Some(key))
+    }
+
+    /// `lock_existing` for a caller that holds the customer's lock already.
+    pub fn lock_existing_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
+        Ok(Self::open(c, customer, now, false, false, None)?.ok_or_else(|| unknown_customer(customer))?.0)
     }
 
     fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool, spend_key: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
-        if !ro {
-            lock_customer(customer);
-        }
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
         }
@@ -341,6 +369,9 @@ impl<'a, 'c> Op<'a, 'c> {
             topup: r.get::<i64>(10)?,
             topup_notified: r.get::<bool>(11)?.unwrap_or(false),
         };
+        let (slots_at, slot_of_at) = if spend_key.is_some() { (25, 26) } else { (12, 13) };
+        let slots = r.get::<i32>(slots_at)?.unwrap_or(1);
+        let slot_of: Option<String> = r.get(slot_of_at)?;
         let mut keyed = None;
         let mut grants = None;
         if spend_key.is_some() {
@@ -381,6 +412,7 @@ impl<'a, 'c> Op<'a, 'c> {
             // Time never runs backwards within one customer's journal.
             now: now.max(clock),
             seq,
+            seq0: seq,
             clock,
             next_event,
             grants_loaded,
@@ -389,6 +421,9 @@ impl<'a, 'c> Op<'a, 'c> {
             grant_deltas: vec![],
             lapsed: vec![],
             thresholds,
+            slots,
+            slot_of,
+            threshold_balance: None,
             pending: None,
         };
         Ok(Some((op, keyed)))
@@ -396,6 +431,15 @@ impl<'a, 'c> Op<'a, 'c> {
 
     pub fn lock_existing(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
         Self::lock(c, customer, now, false)?.ok_or_else(|| unknown_customer(customer))
+    }
+
+    /// Refuses a slot account named where a customer is expected: its credits belong to
+    /// the customer, and every call goes through the customer.
+    pub fn not_a_slot(&self) -> Result<()> {
+        match &self.slot_of {
+            None => Ok(()),
+            Some(of) => Err(BillingError::invalid(format!("\"{}\" is a slot account of customer \"{of}\"; name the customer", self.customer))),
+        }
     }
 
     /// Runs a statement that neither reads nor references the journal (a reservation's
@@ -418,6 +462,11 @@ impl<'a, 'c> Op<'a, 'c> {
         self.seq
     }
 
+    /// Whether this call has written a journal entry (catching up included).
+    pub fn wrote(&self) -> bool {
+        self.seq != self.seq0
+    }
+
     pub fn clock(&self) -> Ts {
         self.clock
     }
@@ -433,7 +482,13 @@ impl<'a, 'c> Op<'a, 'c> {
     }
 
     pub fn find_key(&mut self, key: &str) -> Result<Option<Keyed>> {
-        let t = self.run(&KEY, &[self.customer.as_str().into(), key.into()])?;
+        let customer = self.customer.clone();
+        self.find_key_in(&customer, key)
+    }
+
+    /// The entry under `key` in another account's journal (of the same customer).
+    pub fn find_key_in(&mut self, account: &str, key: &str) -> Result<Option<Keyed>> {
+        let t = self.run(&KEY, &[account.into(), key.into()])?;
         if t.is_empty() {
             return Ok(None);
         }
@@ -543,6 +598,19 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(())
     }
 
+    /// The grants these mirrors (of a slot account) hold credits of.
+    pub fn origins(&mut self, ids: &[Id]) -> Result<Vec<(Id, Id)>> {
+        let ids: Vec<pgrx::Uuid> = ids.iter().map(uuid).collect();
+        let t = self.run(&ORIGINS, &[self.customer.as_str().into(), ids.into()])?;
+        let mut out = vec![];
+        for r in t {
+            let id = r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil);
+            let origin = r.get::<pgrx::Uuid>(2)?.unwrap_or_else(crate::spi::nil);
+            out.push((id_of(&id), id_of(&origin)));
+        }
+        Ok(out)
+    }
+
     pub fn add_grant(&mut self, g: Grant) {
         self.book.grants.push(g);
         self.book.sort();
@@ -645,7 +713,13 @@ impl<'a, 'c> Op<'a, 'c> {
         let next = if self.grants_loaded && self.holds_loaded { self.book.next_event() } else { self.next_event };
         // Crossing below a threshold writes one outbox row; going back above re-arms it.
         let mut th = self.thresholds;
-        let balance = self.book.balance;
+        let balance = self.threshold_balance.unwrap_or(self.book.balance);
+        if self.slots > 1 && self.threshold_balance.is_none() {
+            // A slotted customer's own account holds a share: its total is known when a
+            // call gathers the slots, and the thresholds are checked then.
+            th.low = None;
+            th.topup = None;
+        }
         if let Some(t) = th.low {
             if balance < t && !th.low_notified {
                 self.run(&LOW_BALANCE, &[self.customer.as_str().into(), balance.into(), t.into()])?;

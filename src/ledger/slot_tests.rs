@@ -1,0 +1,177 @@
+//! `#[pg_test]`s of slotted customers (`billing.set_slots`): routing by key, replays
+//! across slots, gathering when a slot is short, expiry, refunds, holds and freezes in
+//! slots, and `verify()` after each. Races are in pgrx-tests/tests/concurrency.rs.
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use crate::ledger::slots::slot_of_key;
+    use pgrx::prelude::*;
+
+    fn setup() {
+        Spi::run(
+            "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .unwrap();
+        Spi::run("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
+    }
+
+    fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: NULL"))
+    }
+
+    fn state(sql: &str) -> String {
+        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
+    }
+
+    fn clean() {
+        let problems: i64 = q("SELECT count(*) FROM billing.verify()");
+        if problems != 0 {
+            let rows: String = q("SELECT string_agg(format('%s %s %s %s %s', customer, check_name, expected, actual, detail), E'\\n') FROM billing.verify()");
+            panic!("verify() reports inconsistencies:\n{rows}");
+        }
+    }
+
+    fn bal(c: &str) -> i64 {
+        q(&format!("SELECT billing.balance('{c}')"))
+    }
+
+    /// A key that routes to slot `k` of `n`.
+    fn key_in(k: i32, n: i32, tag: &str) -> String {
+        (0..).map(|i| format!("{tag}-{i}")).find(|key| slot_of_key(key, n) == k).unwrap()
+    }
+
+    #[pg_test]
+    fn slotted_debits_route_replay_and_add_up() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 8000, 'g1')");
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 800, 'g2', 'promo', '2030-02-01')");
+        Spi::run("SELECT billing.set_slots('h', 4)").unwrap();
+        assert_eq!(bal("h"), 8800);
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.customers WHERE slot_of = 'h'"), 3);
+        // Each slot holds a quarter of each grant, on mirrors that keep the expiry.
+        assert_eq!(q::<i64>("SELECT balance FROM billing.customers WHERE customer = 'h#2'"), 2200);
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.grants WHERE customer = 'h#3' AND expires_at = '2030-02-01'"), 1);
+        clean();
+        for i in 0..40 {
+            let replayed: bool = q(&format!("SELECT replayed FROM billing.debit('h', 10, 'k{i}')"));
+            assert!(!replayed);
+        }
+        assert_eq!(bal("h"), 8400);
+        // The debits landed in more than one account; every retry meets its first entry.
+        assert!(q::<i64>("SELECT count(DISTINCT customer) FROM billing.journal WHERE kind = 'debit'") >= 3);
+        for i in 0..40 {
+            let same: bool = q(&format!(
+                "SELECT d.replayed AND d.entry_id = (SELECT entry_id FROM billing.journal WHERE idempotency_key = 'k{i}')
+                   FROM billing.debit('h', 10, 'k{i}') d"
+            ));
+            assert!(same, "retry of k{i}");
+        }
+        assert_eq!(bal("h"), 8400);
+        assert_eq!(state("SELECT billing.debit('h', 11, 'k3')"), "BL002");
+        // The promo's credits go first in every slot, as they would unslotted.
+        assert_eq!(q::<i64>("SELECT sum(remaining)::int8 FROM billing.grants WHERE expires_at = '2030-02-01'"), 400);
+        clean();
+    }
+
+    #[pg_test]
+    fn slot_counts_are_fixed_and_slots_are_not_customers() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 100, 'g1')");
+        Spi::run("SELECT billing.set_slots('h', 4)").unwrap();
+        assert_eq!(state("SELECT billing.set_slots('h', 4)"), "ok");
+        assert_eq!(state("SELECT billing.set_slots('h', 5)"), "22023");
+        assert_eq!(state("SELECT billing.set_slots('h', 1)"), "22023");
+        assert_eq!(state("SELECT billing.set_slots('x', 65)"), "22023");
+        assert_eq!(state("SELECT billing.set_slots('nobody', 4)"), "BL003");
+        assert_eq!(state("SELECT billing.set_slots('h#1', 2)"), "22023");
+        assert_eq!(state("SELECT billing.debit('h#1', 1, 'a')"), "22023");
+        assert_eq!(state("SELECT billing.reserve('h#1', 1, 'a')"), "22023");
+        assert_eq!(state("SELECT billing.grant('h#2', 1, 'a')"), "22023");
+        assert_eq!(state("SELECT billing.balance('h#3')"), "22023");
+        assert_eq!(state("SELECT billing.set_overdraft('h#3', 5)"), "22023");
+        // A name taken by a customer cannot become a slot.
+        q::<pgrx::Uuid>("SELECT billing.grant('z#1', 1, 'a')");
+        q::<pgrx::Uuid>("SELECT billing.grant('z', 1, 'a')");
+        assert_eq!(state("SELECT billing.set_slots('z', 2)"), "22023");
+        assert_eq!(bal("h"), 100);
+        clean();
+    }
+
+    #[pg_test]
+    fn a_short_slot_gathers_and_spreads_again() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 100, 'g1')");
+        Spi::run("SELECT billing.set_slots('h', 4)").unwrap();
+        let key = key_in(1, 4, "big");
+        // Slot 1 holds 25: a debit of 60 gathers all 100 and runs on the customer's own account.
+        let after: i64 = q(&format!("SELECT balance_after FROM billing.debit('h', 60, '{key}')"));
+        assert_eq!(after, 40);
+        assert_eq!(bal("h"), 40);
+        assert_eq!(q::<i64>("SELECT balance FROM billing.customers WHERE customer = 'h#1'"), 10);
+        clean();
+        // The retry goes to slot 1 again and finds the entry in the customer's journal.
+        assert!(q::<bool>(&format!("SELECT replayed FROM billing.debit('h', 60, '{key}')")));
+        // More than the total is refused, whatever the slot.
+        for k in 0..4 {
+            assert_eq!(state(&format!("SELECT billing.debit('h', 41, '{}')", key_in(k, 4, "too-much"))), "BL001");
+        }
+        assert_eq!(bal("h"), 40);
+        // The overdraft limit is the customer's: a gathered debit may use it.
+        Spi::run("SELECT billing.set_overdraft('h', 10)").unwrap();
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.debit('h', 45, '{}')", key_in(2, 4, "od"))), -5);
+        assert_eq!(bal("h"), -5);
+        clean();
+        // Credits granted later land on the customer's own account and are spread at the next gather.
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 1000, 'g2')");
+        assert_eq!(bal("h"), 995);
+        let k3 = key_in(3, 4, "after-grant");
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.debit('h', 1, '{k3}')")), 994);
+        assert_eq!(bal("h"), 994);
+        clean();
+    }
+
+    #[pg_test]
+    fn slots_expire_refund_hold_and_freeze_exactly() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 400, 'promo', 'promo', '2030-01-10')");
+        q::<pgrx::Uuid>("SELECT billing.grant('h', 800, 'paid')");
+        Spi::run("SELECT billing.set_slots('h', 4)").unwrap();
+        // A debit of 30 in a slot takes the slot's promo share first (100 of it).
+        let entry: pgrx::Uuid = q(&format!("SELECT entry_id FROM billing.debit('h', 30, '{}')", key_in(2, 4, "d")));
+        assert_eq!(bal("h"), 1170);
+        // Half of it back, to the mirror it came from, in the same slot.
+        let after: i64 = q(&format!("SELECT balance_after FROM billing.refund('{entry}', 10)"));
+        assert_eq!(after, 280); // the slot's own balance: 300 - 30 + 10
+        assert_eq!(bal("h"), 1180);
+        // A hold in a slot, settled below its amount.
+        let rid: pgrx::Uuid = q(&format!("SELECT billing.reserve('h', 50, '{}')", key_in(3, 4, "r")));
+        assert_eq!(bal("h"), 1130);
+        Spi::run(&format!("SELECT billing.settle('{rid}', 20)")).unwrap();
+        assert_eq!(bal("h"), 1160);
+        clean();
+        // The promo expires in every slot at its instant.
+        Spi::run("SET billing.clock = '2030-01-11 00:00:00+00'").unwrap();
+        assert_eq!(bal("h"), 800);
+        assert!(q::<i64>("SELECT billing.maintenance()") >= 4);
+        assert_eq!(bal("h"), 800);
+        clean();
+        // grant_status: the paid grant's credits sit in the slots, none used there yet.
+        assert_eq!(
+            q::<String>("SELECT format('%s/%s/%s', used, transferred, remaining) FROM billing.grant_status WHERE customer = 'h' AND source = 'manual'"),
+            "0/600/200"
+        );
+        // A freeze reaches every slot.
+        Spi::run("SELECT billing.set_frozen('h')").unwrap();
+        for k in 0..4 {
+            assert_eq!(state(&format!("SELECT billing.debit('h', 1, '{}')", key_in(k, 4, "frozen"))), "BL004");
+        }
+        Spi::run("SELECT billing.set_frozen('h', false)").unwrap();
+        assert_eq!(state(&format!("SELECT billing.debit('h', 1, '{}')", key_in(1, 4, "thawed"))), "ok");
+        // Access sees the total.
+        assert_eq!(q::<i64>("SELECT balance FROM billing.access('h', NULL)"), 799);
+        assert_eq!(q::<i64>("SELECT billing.balance_at('h', '2030-01-11 00:00:00+00')"), 799);
+        assert_eq!(q::<i64>("SELECT billing.balance_at('h', '2030-01-05 00:00:00+00')"), 1160);
+        clean();
+    }
+}

@@ -129,8 +129,8 @@ run_one() {   # workload contender script clients ncust user round
 declare -A WL=(
   [debit8]="8 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
   [debit32]="32 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
-  [hot8]="8 1 postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
-  [hot64]="64 1 postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
+  [hot8]="8 1 postgres | billing:debit_ext slotted:debit_slots floor:debit_floor plpgsql:debit_plpgsql"
+  [hot64]="64 1 postgres | billing:debit_ext slotted:debit_slots floor:debit_floor plpgsql:debit_plpgsql"
   [rs]="8 $CUSTOMERS postgres | billing:rs_ext floor:rs_floor plpgsql:rs_plpgsql"
   [usage]="8 $CUSTOMERS postgres | billing:usage_ext floor:usage_floor plpgsql:usage_plpgsql"
   [ingest]="8 0 postgres | billing:ingest_ext inbox:ingest_inbox floor:ingest_floor plpgsql:ingest_plpgsql"

@@ -21,6 +21,11 @@ SELECT count(*) AS grants FROM generate_series(1, :customers) i,
   LATERAL (VALUES (billing.grant('c' || i, 1000000000000, 'seed:' || i || ':purchase', 'purchase')),
                   (billing.grant('c' || i, 1000000, 'seed:' || i || ':promo', 'promotion', '2099-01-01', 10)),
                   (billing.grant('c' || i, 1000000, 'seed:' || i || ':plan', 'plan:pro', '2098-01-01', 0))) g(id);
+-- The slotted hot customer (billing.set_slots): the same three grants as c1, 16 slots.
+SELECT billing.grant('hot', 1000000000000, 'seed:hot:purchase', 'purchase'),
+       billing.grant('hot', 1000000, 'seed:hot:promo', 'promotion', '2099-01-01', 10),
+       billing.grant('hot', 1000000, 'seed:hot:plan', 'plan:pro', '2098-01-01', 0);
+SELECT billing.set_slots('hot', 16);
 INSERT INTO peer.floor_accounts (id, balance) SELECT 'c' || i, 1000002000000 FROM generate_series(1, :customers) i;
 INSERT INTO peer.pl_accounts (id, balance) SELECT 'c' || i, 1000002000000 FROM generate_series(1, :customers) i;
 

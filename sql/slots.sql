@@ -15,7 +15,6 @@
 ALTER TABLE billing.customers
     ADD COLUMN slots int NOT NULL DEFAULT 1,   -- accounts of a slotted customer, on its own row
     ADD COLUMN slot_of text;                   -- on a slot account: the customer it belongs to
-CREATE INDEX customers_slot_of ON billing.customers (slot_of) WHERE slot_of IS NOT NULL;
 COMMENT ON COLUMN billing.customers.slots IS 'How many accounts hold this customer''s credits (1 = just this row; see billing.set_slots).';
 COMMENT ON COLUMN billing.customers.slot_of IS 'Set on the slot accounts of a slotted customer: the customer they belong to.';
 

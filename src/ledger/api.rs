@@ -691,8 +691,8 @@ fn account_balance_at(c: &mut SpiClient<'_>, customer: &str, at: i64) -> Result<
 
 static SET_OVERDRAFT: Stmt = Stmt { sql: "UPDATE billing.customers SET overdraft_limit = $2 WHERE customer = $1", args: &[TEXTOID, INT8OID] };
 static SET_FROZEN: Stmt = Stmt {
-    sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = $1 OR slot_of = $1",
-    args: &[TEXTOID, BOOLOID],
+    sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = ANY($1)",
+    args: &[TEXTARRAYOID, BOOLOID],
 };
 
 #[pg_extern(sql = false)]
@@ -729,8 +729,8 @@ fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
         let now = clock::now();
         Op::lock_existing(c, customer, now)?.not_a_slot()?;
         // A slotted customer's accounts freeze together, under all their locks.
-        slots::lock_all(c, customer, now)?;
-        run(c, &SET_FROZEN, &[customer.into(), frozen.into()])?;
+        let accounts = slots::lock_all(c, customer, now)?;
+        run(c, &SET_FROZEN, &[accounts.into(), frozen.into()])?;
         crate::access::api::note_access(c, customer, now)
     })
 }

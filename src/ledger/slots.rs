@@ -334,8 +334,10 @@ pub fn total_balance(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> 
 /// Takes the lock of every account of `customer` (its own first), for writers that must
 /// exclude all of them (a freeze); returns the accounts.
 pub fn lock_all(c: &mut SpiClient<'_>, customer: &str, now: Ts) -> Result<Vec<String>> {
-    lock_customer(customer);
-    let n = slots_of(c, customer, now)?;
+    // Read under the lock with a fresh snapshot: a set_slots that committed while this
+    // call waited is seen.
+    let n = Op::lock(c, customer, now, false)?.map_or(1, |op| op.slots);
+    learn(customer, n);
     let accounts: Vec<String> = (0..n).map(|k| account(customer, k)).collect();
     for a in &accounts[1..] {
         lock_customer(a);

@@ -443,9 +443,9 @@ static DISPUTE_UPSERT: Stmt = Stmt {
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID],
 };
 static FREEZE: Stmt = Stmt {
-    sql: "UPDATE billing.customers c SET frozen = EXISTS (SELECT FROM billing.disputes d WHERE d.customer = coalesce(c.slot_of, c.customer) AND d.open)
-           WHERE c.customer = $1 OR c.slot_of = $1 RETURNING frozen",
-    args: &[TEXTOID],
+    sql: "UPDATE billing.customers c SET frozen = EXISTS (SELECT FROM billing.disputes d WHERE d.customer = $1 AND d.open)
+           WHERE c.customer = ANY($2) RETURNING frozen",
+    args: &[TEXTOID, TEXTARRAYOID],
 };
 
 /// An open dispute freezes the customer (debits refused with BL004) until it closes as won.
@@ -475,8 +475,8 @@ fn dispute(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
     run(c, &DISPUTE_UPSERT, &[PROVIDER.into(), d.id.as_str().into(), customer.as_str().into(), d.status.as_str().into(), open.into()])?;
     // Under the customer's lock, as every change a debit decides on: a freeze and a debit
     // of the same customer happen one after the other (all its slots', if slotted).
-    crate::ledger::slots::lock_all(c, &customer, crate::clock::now())?;
-    let frozen = run(c, &FREEZE, &[customer.as_str().into()])?.first().get::<bool>(1)?.unwrap_or(false);
+    let accounts = crate::ledger::slots::lock_all(c, &customer, crate::clock::now())?;
+    let frozen = run(c, &FREEZE, &[customer.as_str().into(), accounts.into()])?.first().get::<bool>(1)?.unwrap_or(false);
     Ok(Applied {
         outcome: Outcome::Applied(format!("dispute {} {}: customer {}", d.id, d.status, if frozen { "frozen" } else { "not frozen" })),
         customer: Some(customer),

@@ -1317,5 +1317,15 @@ $$;
 COMMENT ON FUNCTION billing.verify IS 'Recomputes every balance and grant remainder from the journal; one row per inconsistency.';
 REVOKE ALL ON FUNCTION billing.verify() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION billing.verify() TO billing_reader;
+
+-- low_balances: a slotted customer's balance is the sum of its accounts.
+CREATE OR REPLACE VIEW billing.low_balances AS
+SELECT c.customer, t.balance, c.low_balance AS threshold
+  FROM billing.customers c,
+       LATERAL (SELECT c.balance + CASE WHEN c.slots > 1 THEN
+                  (SELECT coalesce(sum(s.balance), 0) FROM generate_series(1, c.slots - 1) k
+                     JOIN billing.customers s ON s.customer = c.customer || '#' || k)::bigint
+                  ELSE 0 END AS balance) t
+ WHERE c.low_balance IS NOT NULL AND c.slot_of IS NULL AND t.balance < c.low_balance;
 /* </end connected objects> */
 

@@ -172,6 +172,9 @@ mod tests {
         assert_eq!(q::<i64>("SELECT balance FROM billing.access('h', NULL)"), 799);
         assert_eq!(q::<i64>("SELECT billing.balance_at('h', '2030-01-11 00:00:00+00')"), 799);
         assert_eq!(q::<i64>("SELECT billing.balance_at('h', '2030-01-05 00:00:00+00')"), 1160);
+        // The low-balance view compares the total, and lists the customer, not its slots.
+        Spi::run("SELECT billing.set_low_balance('h', 900)").unwrap();
+        assert_eq!(q::<String>("SELECT string_agg(customer || ':' || balance, ',') FROM billing.low_balances"), "h:799");
         clean();
     }
 }

@@ -13,6 +13,11 @@ mod tests {
              BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
         )
         .unwrap();
+        Spi::run(
+            "CREATE FUNCTION pg_temp.outcome_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE r text; BEGIN EXECUTE q INTO r; RETURN r; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
+        )
+        .unwrap();
         Spi::run("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
     }
 
@@ -176,5 +181,91 @@ mod tests {
         Spi::run("SELECT billing.set_low_balance('h', 900)").unwrap();
         assert_eq!(q::<String>("SELECT string_agg(customer || ':' || balance, ',') FROM billing.low_balances"), "h:799");
         clean();
+    }
+
+    /// A slotted customer and an unslotted twin get the same 400 random calls (grants,
+    /// debits, holds settled at or below their amount or released, refunds, retries):
+    /// every call has the same outcome (done, replayed, or BL001) on both, and after each
+    /// the two balances are equal. Nothing expires here: with expiring grants the
+    /// per-slot spending order may let different credits expire.
+    #[pg_test]
+    fn a_slotted_customer_matches_its_unslotted_twin() {
+        setup();
+        for c in ["u", "s"] {
+            q::<pgrx::Uuid>(&format!("SELECT billing.grant('{c}', 300, 'seed')"));
+            Spi::run(&format!("SELECT billing.set_overdraft('{c}', 20)")).unwrap();
+        }
+        Spi::run("SELECT billing.set_slots('s', 4)").unwrap();
+        let mut rng: u64 = 0x7_1A5D;
+        let mut next = |m: u64| {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) % m
+        };
+        let mut holds: Vec<(String, i64)> = vec![]; // label, amount
+        let mut entries: Vec<(String, u64)> = vec![]; // keys and amounts of debits that went through
+        let mut seen: std::collections::HashMap<String, u32> = Default::default();
+        for step in 0..400 {
+            let roll = next(100);
+            let label = format!("k{step}");
+            let both = |sql: String| (sql.clone(), sql);
+            // $C: the customer, $L: this step's key; (u's call, s's call)
+            let mut debited = None;
+            let (tu, ts) = if roll < 45 {
+                let amount = next(60) + 1;
+                debited = Some(amount);
+                both(format!("SELECT 'ok' FROM billing.debit('$C', {amount}, '$L')"))
+            } else if roll < 55 && !entries.is_empty() {
+                // a retry of a debit that went through: replayed on both
+                let (key, amount) = entries[next(entries.len() as u64) as usize].clone();
+                both(format!("SELECT CASE WHEN replayed THEN 'replayed' ELSE 'new' END FROM billing.debit('$C', {amount}, '{key}')"))
+            } else if roll < 70 {
+                let amount = next(80) as i64 + 1;
+                holds.push((label.clone(), amount));
+                both(format!("SELECT 'ok' FROM (SELECT billing.reserve('$C', {amount}, '$L')) r"))
+            } else if roll < 80 && !holds.is_empty() {
+                let (h, amount) = holds.swap_remove(next(holds.len() as u64) as usize);
+                let actual = next(amount as u64 + 1);
+                let f = if next(3) == 0 { "release(%R)".to_string() } else { format!("settle(%R, {actual})") };
+                let call = |c: &str| {
+                    let rid = format!("(SELECT reservation_id FROM billing.journal j JOIN billing.customers x USING (customer) WHERE coalesce(x.slot_of, x.customer) = '{c}' AND j.idempotency_key = '{h}' AND j.kind = 'hold')");
+                    format!("SELECT coalesce((SELECT 'ok' FROM billing.{} x), 'no hold')", f.replace("%R", &rid))
+                };
+                (call("u"), call("s"))
+            } else if roll < 88 && !entries.is_empty() {
+                let e = entries[next(entries.len() as u64) as usize].0.clone();
+                let amount = next(5) + 1;
+                let call = |c: &str| {
+                    let eid = format!("(SELECT entry_id FROM billing.journal j JOIN billing.customers x USING (customer) WHERE coalesce(x.slot_of, x.customer) = '{c}' AND j.idempotency_key = '{e}')");
+                    format!("SELECT coalesce((SELECT 'ok' FROM billing.refund({eid}, {amount}, '$L') x), 'no entry')")
+                };
+                (call("u"), call("s"))
+            } else {
+                both(format!("SELECT 'ok' FROM (SELECT billing.grant('$C', {}, '$L')) g", next(120) + 1))
+            };
+            let su = tu.replace("$C", "u").replace("$L", &label);
+            let ss = ts.replace("$C", "s").replace("$L", &label);
+            let (ou, os) = (outcome(&su), outcome(&ss));
+            assert_eq!(ou, os, "step {step}: {su} / {ss}");
+            if let (Some(amount), "ok") = (debited, ou.as_str()) {
+                entries.push((label.clone(), amount));
+            }
+            *seen.entry(ou).or_default() += 1;
+            assert_eq!(bal("u"), bal("s"), "step {step} after {su}");
+        }
+        // The walk must have gone near zero and back: refusals, replays and gathers happened.
+        assert!(seen.get("BL001").copied().unwrap_or(0) >= 10 && seen.get("ok").copied().unwrap_or(0) >= 150, "{seen:?}");
+        assert!(seen.get("replayed").copied().unwrap_or(0) >= 20 && !seen.contains_key("new"), "{seen:?}");
+        assert!(q::<i64>("SELECT count(*) FROM billing.journal WHERE customer = 's' AND kind = 'transfer'") > 8, "the twin test never gathered");
+        clean();
+    }
+
+    /// A call's result, or its SQLSTATE (in a subtransaction).
+    fn outcome(sql: &str) -> String {
+        Spi::get_one_with_args::<String>(
+            "SELECT pg_temp.outcome_of($1)",
+            &[sql.into()],
+        )
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .unwrap_or_default()
     }
 }

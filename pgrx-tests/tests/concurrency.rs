@@ -288,17 +288,21 @@ fn two_customers_in_transactions() {
 
 /// (e) Under REPEATABLE READ (and SERIALIZABLE), concurrent debits of one customer fail
 /// only with 40001, never BL001 while credits remain; retried with the same key they
-/// all go through and spend exactly the balance.
+/// all go through and spend exactly the balance. The same for a slotted customer (4
+/// slots), whose last debits gather.
 #[test]
 fn repeatable_read_debits_fail_only_retryably() {
-    for level in ["REPEATABLE READ", "SERIALIZABLE"] {
-        let tag = if level == "SERIALIZABLE" { "conc_ser" } else { "conc_rr" };
-        let db = TestDb::new(tag);
+    for (level, slots) in [("REPEATABLE READ", 1), ("SERIALIZABLE", 1), ("REPEATABLE READ", 4), ("SERIALIZABLE", 4)] {
+        let tag = format!("conc_{}_{slots}", if level == "SERIALIZABLE" { "ser" } else { "rr" });
+        let db = TestDb::new(&tag);
         let mut c = db.connect();
         let (threads, each, amount) = (8usize, 20usize, 10i64);
         let initial = (threads * each) as i64 * amount;
         grant(&mut c, "rr", initial - 500, "g1");
         c.execute("SELECT billing.grant('rr', 500, 'g2', expires_at => now() + interval '1 day')", &[]).unwrap();
+        if slots > 1 {
+            c.execute("SELECT billing.set_slots('rr', $1)", &[&slots]).unwrap();
+        }
 
         let lvl = level.to_string();
         let codes = race(&db, threads, move |t, c| {
@@ -334,7 +338,7 @@ fn repeatable_read_debits_fail_only_retryably() {
             Ok(r) => panic!("{level}: debit beyond the balance succeeded: {r:?}"),
         }
         verify_clean(&mut c);
-        println!("{level}: {} debits, {retries} retried after 40001", threads * each);
+        println!("{level}, {slots} slot(s): {} debits, {retries} retried after 40001", threads * each);
     }
 }
 

@@ -131,6 +131,13 @@ pub fn spend<T>(
             learn(customer, if k == 0 { slots } else { 1 });
             continue;
         }
+        // Under REPEATABLE READ the row lock makes a stale snapshot fail with 40001. A
+        // slot's row is locked only by a call that does not gather (a row lock cannot be
+        // given back): a gatherer locks every slot's row under all the slot locks, and an
+        // attempt that writes fails at its row update if the row changed.
+        if n == 1 {
+            op.lock_row()?;
+        }
         let keyed = match keyed {
             Some(kd) => Some(kd),
             None if k != 0 => op.find_key_in(customer, key)?,

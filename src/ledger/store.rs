@@ -187,9 +187,9 @@ macro_rules! spend_lookup_sql {
 /// the customer row (as LOOKUP), the entry under its idempotency key, and the live grants
 /// as of `$3` (used only when nothing is due to expire, i.e. `$3 < next_event_at`).
 static SPEND_LOOKUP: Stmt = Stmt { sql: spend_lookup_sql!(), args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID] };
-/// SPEND_LOOKUP under a transaction snapshot (see LOOKUP_XACT_SNAPSHOT).
-static SPEND_LOOKUP_XACT_SNAPSHOT: Stmt =
-    Stmt { sql: concat!(spend_lookup_sql!(), " FOR NO KEY UPDATE OF c"), args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID] };
+/// The row lock LOOKUP_XACT_SNAPSHOT takes, for a spending call that read its account with
+/// SPEND_LOOKUP under a transaction snapshot (see `Op::lock_row`).
+static LOCK_ROW: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE", args: &[TEXTOID] };
 
 /// A journal entry found under an idempotency key.
 pub struct Keyed {
@@ -318,16 +318,10 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(Self::open(c, customer, now, false, true, None)?.map(|(op, _)| op))
     }
 
-    /// Locks an existing customer for an operation that spends under idempotency key
-    /// `key`, and finds the entry already made under it, in one statement that also
-    /// loads the live grants when nothing is due to expire (else `catch_up` loads all).
-    pub fn lock_for_spend(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str) -> Result<(Self, Option<Keyed>)> {
-        lock_customer(customer);
-        Self::lock_for_spend_held(c, customer, now, key)?.ok_or_else(|| unknown_customer(customer))
-    }
-
-    /// `lock_for_spend` for a caller that holds the customer's lock already; `Ok(None)`
-    /// if there is no such account.
+    /// Opens an account for an operation that spends under idempotency key `key`, for a
+    /// caller that holds the account's lock (`slots::spend`), and finds the entry already
+    /// made under the key, in one statement that also loads the live grants when nothing
+    /// is due to expire (else `catch_up` loads all); `Ok(None)` if there is no such account.
     pub fn lock_for_spend_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str) -> Result<Option<(Self, Option<Keyed>)>> {
         Self::open(c, customer, now, false, false, Some(key))
     }
@@ -348,10 +342,9 @@ impl<'a, 'c> Op<'a, 'c> {
                 let s = if xact_snapshot { &LOOKUP_XACT_SNAPSHOT } else { &LOOKUP };
                 crate::spi::run(c, s, &[customer.into()])?
             }
-            (false, Some(k)) => {
-                let s = if xact_snapshot { &SPEND_LOOKUP_XACT_SNAPSHOT } else { &SPEND_LOOKUP };
-                crate::spi::run(c, s, &[customer.into(), k.into(), ts(now).into()])?
-            }
+            // Under a transaction snapshot the caller locks the row once it knows the
+            // account is the right one (`lock_row`).
+            (false, Some(k)) => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into(), ts(now).into()])?,
         };
         if t.is_empty() {
             return Ok(None);
@@ -460,6 +453,17 @@ impl<'a, 'c> Op<'a, 'c> {
 
     pub fn seq(&self) -> i64 {
         self.seq
+    }
+
+    /// Under REPEATABLE READ and SERIALIZABLE, locks the account's row as LOOKUP_XACT_SNAPSHOT
+    /// does: a row changed since the snapshot raises 40001 here, before the call decides
+    /// anything on what it read. A no-op under READ COMMITTED.
+    pub fn lock_row(&mut self) -> Result<()> {
+        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+            let customer = self.customer.clone();
+            crate::spi::run(self.c, &LOCK_ROW, &[customer.as_str().into()])?;
+        }
+        Ok(())
     }
 
     /// Whether this call has written a journal entry (catching up included).

@@ -381,6 +381,38 @@ mod tests {
         assert_eq!(state("SELECT billing.debit('u', 1, 'k')"), "ok");
     }
 
+    /// A slotted customer: a refund's revocation gathers the slots, so it takes the top-up's
+    /// credits wherever they sit; a dispute freezes every slot until it is won.
+    #[pg_test]
+    fn slotted_customers_are_revoked_and_frozen_whole() {
+        setup();
+        let cs = event("evt_1", "checkout.session.completed", T0, json!({"id": "cs_1", "object": "checkout.session", "mode": "payment",
+            "payment_status": "paid", "payment_intent": "pi_1", "client_reference_id": "u1", "customer": "cus_1",
+            "amount_total": 1500, "currency": "usd", "metadata": {"credits": "3000"}}));
+        assert_eq!(ingest(&cs), "applied");
+        Spi::run("SELECT billing.set_slots('u1', 4)").unwrap();
+        let in_slot = |k: i32, tag: &str| (0..).map(|i| format!("{tag}{i}")).find(|key| crate::ledger::slots::slot_of_key(key, 4) == k).unwrap();
+        assert_eq!(state(&format!("SELECT billing.debit('u1', 100, '{}')", in_slot(2, "a"))), "ok");
+        // 500 of 1500 refunded: a third of the 3000 credits is revoked, from every slot
+        let mut ch = fixture("charge.refunded.json")["object"].clone();
+        ch["payment_intent"] = json!("pi_1");
+        assert_eq!(ingest(&event("evt_3", "charge.refunded", T0 + 2, ch)), "applied");
+        assert_eq!(q::<i64>("SELECT billing.balance('u1')"), 1900);
+        assert_eq!(q::<i64>("SELECT revoked FROM billing.grant_status WHERE customer = 'u1'"), 1000);
+        clean();
+        let d = |id: &str, t: i64, status: &str, kind: &str| event(id, kind, t, json!({"id": "dp_1", "payment_intent": "pi_1", "status": status}));
+        assert_eq!(ingest(&d("evt_d1", T0 + 3, "needs_response", "charge.dispute.created")), "applied");
+        for k in 0..4 {
+            assert_eq!(state(&format!("SELECT billing.debit('u1', 1, '{}')", in_slot(k, "f"))), "BL004", "slot {k}");
+        }
+        assert_eq!(ingest(&d("evt_d2", T0 + 4, "won", "charge.dispute.closed")), "applied");
+        for k in 0..4 {
+            assert_eq!(state(&format!("SELECT billing.debit('u1', 1, '{}')", in_slot(k, "w"))), "ok", "slot {k}");
+        }
+        assert_eq!(q::<i64>("SELECT billing.balance('u1')"), 1896);
+        clean();
+    }
+
     #[pg_test]
     fn inbox_insert_path() {
         setup();

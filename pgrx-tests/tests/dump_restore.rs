@@ -31,6 +31,10 @@ fn build_state(c: &mut Client) -> (String, String) {
     expect_ok(c, "SELECT billing.debit('d2', 120, 'over')");
     expect_ok(c, "SELECT billing.grant('d3', 10, 'g1')");
     expect_ok(c, "SELECT billing.set_frozen('d3', true)");
+    // a slotted customer: its slot accounts, mirrors and transfers come back too
+    expect_ok(c, &format!("SELECT billing.grant('d4', 400, 'g1', 'promo', '{exp}')"));
+    expect_ok(c, "SELECT billing.grant('d4', 400, 'g2'); SELECT billing.set_slots('d4', 3)");
+    expect_ok(c, "SELECT billing.debit('d4', 5, 'a'), billing.debit('d4', 7, 'b'), billing.debit('d4', 300, 'c')");
     set_clock(c, HOUR);
     expect_ok(c, "SELECT billing.debit('d1', 1, 'later')"); // the settled hold's ttl has passed
     (active, entry)
@@ -41,14 +45,14 @@ fn snapshot(c: &mut Client) -> Vec<Vec<String>> {
         rows_text(c, "SELECT customer, seq, entry_id, at, kind, amount, balance_after, idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata FROM billing.journal ORDER BY customer, seq"),
         rows_text(c, "SELECT * FROM billing.grants ORDER BY customer, id"),
         rows_text(c, "SELECT * FROM billing.reservations ORDER BY customer, id"),
-        rows_text(c, "SELECT customer, balance, od, overdraft_limit, frozen, seq, last_at, next_event_at FROM billing.customers ORDER BY customer"),
+        rows_text(c, "SELECT customer, balance, od, overdraft_limit, frozen, seq, last_at, next_event_at, slots, slot_of FROM billing.customers ORDER BY customer"),
         rows_text(c, "SELECT * FROM billing.grant_status ORDER BY customer, grant_id"),
     ]
 }
 
 fn balances(c: &mut Client, t: i64) -> Vec<(String, i64)> {
     set_clock(c, t);
-    c.query("SELECT customer, billing.balance(customer) FROM billing.customers ORDER BY customer", &[])
+    c.query("SELECT customer, billing.balance(customer) FROM billing.customers WHERE slot_of IS NULL ORDER BY customer", &[])
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -96,7 +100,7 @@ fn dump_and_restore_keep_the_ledger() {
         assert_eq!(x, y, "balances at {}", ts(t));
         assert!(!x.is_empty());
     }
-    for cust in ["d1", "d2", "d3"] {
+    for cust in ["d1", "d2", "d3", "d4"] {
         for t in [0, HOUR / 2, HOUR] {
             let q = format!("SELECT billing.balance_at('{cust}', '{}')", ts(t));
             assert_eq!(scalar_i64(&mut a, &q), scalar_i64(&mut b, &q), "{q}");

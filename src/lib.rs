@@ -13,6 +13,7 @@ pub mod spi;
 pub mod usage;
 pub mod webhook;
 #[cfg(test)] mod proptests;
+#[cfg(any(test, feature = "pg_test"))] pub mod test_sql;
 
 ::pgrx::pg_module_magic!(name, version);
 

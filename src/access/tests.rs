@@ -4,26 +4,11 @@
 mod tests {
     use pgrx::prelude::*;
 
+    use crate::test_sql::{clock, q, state};
+
     fn setup() {
-        Spi::run(
-            "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
-        )
-        .unwrap();
-        clock("2030-01-01 00:00:00+00");
+        crate::test_sql::prepare("2030-01-01 00:00:00+00");
         Spi::run("SELECT billing.define_plan('pro', '{chat,images}', 0, '3 days', 'price_pro')").unwrap();
-    }
-
-    fn clock(t: &str) {
-        Spi::run(&format!("SET billing.clock = '{t}'")).unwrap();
-    }
-
-    fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {
-        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: NULL"))
-    }
-
-    fn state(sql: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
     }
 
     /// (allowed, reason) of billing.access at the current clock.

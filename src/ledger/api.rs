@@ -202,20 +202,26 @@ pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>
                     Err(key_reused(customer, key, &k))
                 };
             }
-            if op.frozen {
-                return Err(frozen(customer));
-            }
-            op.catch_up()?;
-            op.load_live_grants()?;
-            let take = match op.book.allocate(amount, op.now, Acct::Debt) {
+            let take = match draw(op, amount, Acct::Debt, customer, "debit")? {
                 Ok(t) => t,
-                Err(e) => return Ok(Try::Short(insufficient(customer, "debit", e))),
+                Err(e) => return Ok(Try::Short(e)),
             };
             let e = Entry { kind: Kind::Debit, at: op.now, lines: negate(&take), grant: None, hold: None };
             let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
             Ok(Try::Done((w.entry_id, w.balance_after, false)))
         })
     })
+}
+
+/// What a spending call takes `amount` from (after writing down what expired), `rest`
+/// standing for the overdraft; or the BL001 it gets when the account is short.
+fn draw(op: &mut Op, amount: i64, rest: Acct, customer: &str, what: &str) -> Result<std::result::Result<Vec<(Acct, i64)>, BillingError>> {
+    if op.frozen {
+        return Err(frozen(customer));
+    }
+    op.catch_up()?;
+    op.load_live_grants()?;
+    Ok(op.book.allocate(amount, op.now, rest).map_err(|e| insufficient(customer, what, e)))
 }
 
 // ---- holds ----
@@ -264,15 +270,10 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
                     Err(key_reused(customer, key, &k))
                 };
             }
-            if op.frozen {
-                return Err(frozen(customer));
-            }
-            op.catch_up()?;
-            op.load_live_grants()?;
             let id = new_id();
-            let take = match op.book.allocate(amount, op.now, Acct::Borrow(id)) {
+            let take = match draw(op, amount, Acct::Borrow(id), customer, "reserve")? {
                 Ok(t) => t,
-                Err(e) => return Ok(Try::Short(insufficient(customer, "reserve", e))),
+                Err(e) => return Ok(Try::Short(e)),
             };
             let expires = op.now.saturating_add(ttl_us);
             let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };

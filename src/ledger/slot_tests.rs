@@ -7,38 +7,10 @@ mod tests {
     use crate::ledger::slots::slot_of_key;
     use pgrx::prelude::*;
 
+    use crate::test_sql::{bal, clean, outcome, q, state};
+
     fn setup() {
-        Spi::run(
-            "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
-        )
-        .unwrap();
-        Spi::run(
-            "CREATE FUNCTION pg_temp.outcome_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-             DECLARE r text; BEGIN EXECUTE q INTO r; RETURN r; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
-        )
-        .unwrap();
-        Spi::run("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
-    }
-
-    fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {
-        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: NULL"))
-    }
-
-    fn state(sql: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
-    }
-
-    fn clean() {
-        let problems: i64 = q("SELECT count(*) FROM billing.verify()");
-        if problems != 0 {
-            let rows: String = q("SELECT string_agg(format('%s %s %s %s %s', customer, check_name, expected, actual, detail), E'\\n') FROM billing.verify()");
-            panic!("verify() reports inconsistencies:\n{rows}");
-        }
-    }
-
-    fn bal(c: &str) -> i64 {
-        q(&format!("SELECT billing.balance('{c}')"))
+        crate::test_sql::prepare("2030-01-01 00:00:00+00");
     }
 
     /// A key that routes to slot `k` of `n`.
@@ -257,15 +229,5 @@ mod tests {
         assert!(seen.get("replayed").copied().unwrap_or(0) >= 20 && !seen.contains_key("new"), "{seen:?}");
         assert!(q::<i64>("SELECT count(*) FROM billing.journal WHERE customer = 's' AND kind = 'transfer'") > 8, "the twin test never gathered");
         clean();
-    }
-
-    /// A call's result, or its SQLSTATE (in a subtransaction).
-    fn outcome(sql: &str) -> String {
-        Spi::get_one_with_args::<String>(
-            "SELECT pg_temp.outcome_of($1)",
-            &[sql.into()],
-        )
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .unwrap_or_default()
     }
 }

@@ -6,35 +6,10 @@
 mod tests {
     use pgrx::prelude::*;
 
+    use crate::test_sql::{bal, clean, clock, q, state};
+
     fn setup() {
-        Spi::run(
-            "CREATE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END $$",
-        )
-        .unwrap();
-        Spi::run("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
-    }
-
-    fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {
-        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_else(|| panic!("{sql}: NULL"))
-    }
-
-    /// The SQLSTATE a statement raises ('ok' if none). The statement's effects are rolled
-    /// back with the exception block either way.
-    fn state(sql: &str) -> String {
-        Spi::get_one_with_args::<String>("SELECT pg_temp.sqlstate_of($1)", &[sql.into()]).unwrap().unwrap()
-    }
-
-    fn clock(t: &str) {
-        Spi::run(&format!("SET billing.clock = '{t}'")).unwrap();
-    }
-
-    fn clean() {
-        assert_eq!(q::<i64>("SELECT count(*) FROM billing.verify()"), 0, "verify() reports inconsistencies");
-    }
-
-    fn bal(c: &str) -> i64 {
-        q(&format!("SELECT billing.balance('{c}')"))
+        crate::test_sql::prepare("2030-01-01 00:00:00+00");
     }
 
     #[pg_test]

@@ -42,7 +42,7 @@ SELECT g.customer, g.id AS grant_id, g.source, g.amount AS granted,
        CASE WHEN g.expires_at = 'infinity' THEN NULL ELSE g.expires_at END AS expires_at,
        g.priority, g.created_at,
        coalesce(m.transferred, 0) AS transferred
-  FROM billing.grants g
+  FROM billing._grants_now g
   LEFT JOIN LATERAL (
         SELECT (sum(l.d) FILTER (WHERE j.kind = 'refund'))::bigint AS refunded,
                (-sum(l.d) FILTER (WHERE j.kind = 'expiry'))::bigint AS expired,
@@ -81,6 +81,12 @@ SELECT m.customer, 'mirror_origin', NULL, NULL, 'grant ' || m.id
   JOIN billing.customers c ON c.customer = m.customer
   LEFT JOIN billing.grants o ON o.customer = c.slot_of AND o.id = m.origin
  WHERE m.origin IS NOT NULL AND (o.id IS NULL OR o.expires_at <> m.expires_at)
+UNION ALL
+-- a customer's pending draw is on an open grant of its own that it leaves credits
+SELECT c.customer, 'draw', c.draw, coalesce(g.remaining, 0), 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant
+ WHERE c.draw <> 0 AND (g.id IS NULL OR NOT g.open OR g.remaining - c.draw <= 0 OR c.draw < 0)
 UNION ALL
 -- a slotted customer has exactly its slot accounts
 SELECT c.customer, 'slot_accounts', c.slots - 1, count(s.customer), NULL

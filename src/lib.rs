@@ -29,6 +29,7 @@ extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", 
 // 0.4.0
 extension_sql_file!("../sql/hot_path.sql", name = "hot_path", requires = ["privileges_access"]);
 // 0.5.0
+extension_sql_file!("../sql/draw.sql", name = "draw", requires = ["hot_path"]);
 extension_sql_file!("../sql/slots.sql", name = "slots", finalize);
 
 #[pg_guard]

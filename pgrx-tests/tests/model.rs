@@ -898,7 +898,7 @@ fn dump(db: &mut Client) -> String {
     let mut out = String::new();
     for (title, sql) in [
         ("journal", "SELECT customer, seq, at, kind, amount, balance_after, idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas FROM billing.journal ORDER BY customer, seq"),
-        ("grants", "SELECT customer, id, seq, amount, remaining, open, expires_at, priority FROM billing.grants ORDER BY customer, seq"),
+        ("grants", "SELECT customer, id, seq, amount, remaining, open, expires_at, priority FROM billing._grants_now ORDER BY customer, seq"),
         ("reservations", "SELECT customer, id, amount, status, expires_at, accounts, amounts, settled, consumed_accounts, consumed_amounts FROM billing.reservations ORDER BY customer, created_at"),
         ("customers", "SELECT * FROM billing.customers ORDER BY customer"),
     ] {
@@ -933,7 +933,7 @@ fn compare_state(db: &mut Client, m: &Model) -> Result<(), String> {
     }
     // Every grant's remaining.
     let mut got: Vec<(String, String, i64)> = db
-        .query("SELECT customer, id::text, remaining FROM billing.grants", &[])
+        .query("SELECT customer, id::text, remaining FROM billing._grants_now", &[])
         .map_err(|e| format!("billing.grants: {}", msg(&e)))?
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))

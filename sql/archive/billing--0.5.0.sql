@@ -7,7 +7,7 @@ The ordering of items is not stable, it is driven by a dependency graph.
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:19
+-- src/lib.rs:20
 -- bootstrap
 -- billing: tables of the credit ledger.
 -- Every per-customer table leads its keys with the customer id (Citus: distribute by
@@ -114,7 +114,7 @@ SELECT pg_catalog.pg_extension_config_dump('billing.journal', '');
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:20
+-- src/lib.rs:21
 -- requires:
 --   schema
 
@@ -312,7 +312,7 @@ COMMENT ON FUNCTION billing.verify IS 'Recomputes every balance and grant remain
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:22
+-- src/lib.rs:23
 -- requires:
 --   ledger
 
@@ -369,7 +369,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA billing TO billing_admin;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:23
+-- src/lib.rs:24
 -- requires:
 --   privileges
 
@@ -647,7 +647,7 @@ SELECT provider, event_id, type, created, received_at, object_id, detail
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:24
+-- src/lib.rs:25
 -- requires:
 --   webhook
 
@@ -681,7 +681,7 @@ GRANT SELECT ON billing.endpoints, billing.events, billing.event_variants, billi
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:25
+-- src/lib.rs:26
 -- requires:
 --   privileges_webhook
 
@@ -916,7 +916,7 @@ SELECT r.customer, r.id AS reservation_id, r.amount, r.created_at, r.expires_at
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:26
+-- src/lib.rs:27
 -- requires:
 --   access
 
@@ -975,7 +975,7 @@ END $$;
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:27
+-- src/lib.rs:28
 -- requires:
 --   fixes_0_3_0
 
@@ -1008,7 +1008,7 @@ GRANT SELECT ON billing.usage_carry, billing.usage_events, billing.buckets, bill
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:29
+-- src/lib.rs:30
 -- requires:
 --   privileges_access
 
@@ -1070,19 +1070,143 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
+-- src/lib.rs:32
+-- requires:
+--   hot_path
+
+-- billing 0.5.0: a debit's draw on one grant is kept on the customer row.
+--
+-- A debit that takes from one grant only, leaving it credits, does not update the
+-- grant's row: the customer row keeps the credits drawn from that grant since its row
+-- was last written (draw_grant, draw), and the next call that touches another grant,
+-- or empties this one, writes the draw down. One row is written per debit instead of
+-- two (and one page touched: less WAL, fewer full-page images). billing.grants.remaining
+-- is the remainder as of the grant's last write; billing._grants_now (and grant_status)
+-- subtract the draw.
+
+ALTER TABLE billing.customers
+    ADD COLUMN draw_grant uuid,                    -- the grant debits drew from since its row was written
+    ADD COLUMN draw bigint NOT NULL DEFAULT 0;     -- how much, not yet subtracted from its remaining
+COMMENT ON COLUMN billing.customers.draw IS 'Credits drawn from grant draw_grant and not yet written down on its row (grants.remaining - draw is what it has left).';
+COMMENT ON COLUMN billing.grants.remaining IS 'Credits left as of this row''s last write; less customers.draw for the customer''s draw_grant (see billing.grant_status).';
+
+-- Grants with what they have left now.
+CREATE VIEW billing._grants_now AS
+SELECT g.customer, g.id, g.seq, g.source, g.amount,
+       g.remaining - CASE WHEN c.draw_grant = g.id THEN c.draw ELSE 0 END AS remaining,
+       g.open, g.expires_at, g.priority, g.metadata, g.entry_id, g.created_at
+  FROM billing.grants g JOIN billing.customers c ON c.customer = g.customer;
+COMMENT ON VIEW billing._grants_now IS 'billing.grants with remaining as of now (the customer''s pending draw subtracted).';
+
+-- verify(): the ledger's checks on the grants as they are now.
+CREATE OR REPLACE FUNCTION billing.verify()
+RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+WITH j AS (
+    SELECT j.*, lag(j.balance_after, 1, 0::bigint) OVER w AS before,
+           lag(j.at) OVER w AS prev_at, row_number() OVER w AS n,
+           (SELECT coalesce(sum(d), 0) FROM unnest(j.deltas) d) AS line_sum
+      FROM billing.journal j
+    WINDOW w AS (PARTITION BY j.customer ORDER BY j.seq)
+), lines AS (
+    SELECT j.customer, j.kind, l.a, l.d
+      FROM billing.journal j, unnest(j.accounts, j.deltas) AS l(a, d)
+), last AS (
+    SELECT DISTINCT ON (j.customer) j.customer, j.balance_after, j.seq, j.at
+      FROM billing.journal j ORDER BY j.customer, j.seq DESC
+), borrowed AS (
+    SELECT r.customer, r.id, sum(l.x) FILTER (WHERE l.a = r.id) AS x
+      FROM billing.reservations r, unnest(r.accounts, r.amounts) AS l(a, x)
+     WHERE r.status = 'active' GROUP BY r.customer, r.id
+)
+-- each entry's amount is the sum of its lines
+SELECT j.customer, 'entry_lines', j.amount, j.line_sum, 'entry ' || j.entry_id
+  FROM j WHERE j.amount IS DISTINCT FROM j.line_sum
+UNION ALL
+-- the running balance adds up entry by entry
+SELECT j.customer, 'running_balance', j.before + j.amount, j.balance_after, 'entry ' || j.entry_id
+  FROM j WHERE j.balance_after IS DISTINCT FROM j.before + j.amount
+UNION ALL
+-- no gaps in a customer's sequence, time never goes back
+SELECT j.customer, 'sequence', j.n, j.seq, 'entry ' || j.entry_id FROM j WHERE j.seq <> j.n
+UNION ALL
+SELECT j.customer, 'time_order', NULL, NULL, 'entry ' || j.entry_id || ' is earlier than the entry before it'
+  FROM j WHERE j.at < j.prev_at
+UNION ALL
+-- the cached balance and sequence of each customer match the journal
+SELECT c.customer, 'customer_balance', coalesce(l.balance_after, 0), c.balance, NULL
+  FROM billing.customers c LEFT JOIN last l USING (customer)
+ WHERE c.balance <> coalesce(l.balance_after, 0)
+UNION ALL
+SELECT c.customer, 'customer_seq', coalesce(l.seq, 0), c.seq, NULL
+  FROM billing.customers c LEFT JOIN last l USING (customer)
+ WHERE c.seq <> coalesce(l.seq, 0)
+UNION ALL
+-- every grant's remainder is the sum of the journal lines on it
+SELECT g.customer, 'grant_remaining', coalesce(s.total, 0), g.remaining, 'grant ' || g.id
+  FROM billing._grants_now g
+  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
+         ON s.customer = g.customer AND s.a = g.id
+ WHERE g.remaining <> coalesce(s.total, 0) OR g.open <> (g.remaining > 0)
+UNION ALL
+-- the overdraft account
+SELECT c.customer, 'overdraft_account', coalesce(s.total, 0), c.od, NULL
+  FROM billing.customers c
+  LEFT JOIN (SELECT lines.customer, sum(lines.d) AS total FROM lines
+              WHERE lines.a = '00000000-0000-0000-0000-000000000000' GROUP BY 1) s USING (customer)
+ WHERE c.od <> coalesce(s.total, 0)
+UNION ALL
+-- what each hold borrowed is on its own account while it is active, and nothing after
+SELECT r.customer, 'hold_borrowing', -coalesce(b.x, 0), coalesce(s.total, 0), 'reservation ' || r.id
+  FROM billing.reservations r
+  LEFT JOIN borrowed b ON b.customer = r.customer AND b.id = r.id
+  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
+         ON s.customer = r.customer AND s.a = r.id
+ WHERE coalesce(s.total, 0) <> -coalesce(b.x, 0)
+UNION ALL
+SELECT r.customer, 'hold_amount', r.amount, (SELECT sum(x) FROM unnest(r.amounts) x), 'reservation ' || r.id
+  FROM billing.reservations r
+ WHERE r.amount <> (SELECT sum(x) FROM unnest(r.amounts) x)
+UNION ALL
+-- the balance equals its parts: live grants + overdraft account - active borrowing,
+-- as of the customer's last entry (expired grants must have been written down)
+SELECT c.customer, 'balance_parts',
+       coalesce((SELECT sum(g.remaining) FROM billing._grants_now g
+                  WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
+       + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0),
+       c.balance, NULL
+  FROM billing.customers c
+ WHERE c.balance <> coalesce((SELECT sum(g.remaining) FROM billing._grants_now g
+                               WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
+                   + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0)
+UNION ALL
+SELECT g.customer, 'expired_grant_written_down', 0, g.remaining, 'grant ' || g.id
+  FROM billing._grants_now g JOIN billing.customers c USING (customer)
+ WHERE g.expires_at <= c.last_at AND g.remaining > 0
+UNION ALL
+-- refunds never return more than their entry consumed
+SELECT r.customer, 'refund_bound', -d.amount, r.total, 'entry ' || d.entry_id
+  FROM (SELECT j.customer, j.ref_entry, sum(j.amount) AS total FROM billing.journal j
+         WHERE j.kind = 'refund' GROUP BY 1, 2) r
+  JOIN billing.journal d ON d.entry_id = r.ref_entry
+ WHERE d.kind = 'debit' AND r.total > -d.amount
+$$;
+/* </end connected objects> */
+
+/* <begin connected objects> */
 -- src/access/api.rs:76
 -- billing::access::api::access
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:621
+-- src/ledger/api.rs:622
 -- billing::ledger::api::balance
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:647
+-- src/ledger/api.rs:648
 -- billing::ledger::api::balance_at
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1112,7 +1236,7 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:457
+-- src/ledger/api.rs:458
 -- billing::ledger::api::extend
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1136,7 +1260,7 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:744
+-- src/ledger/api.rs:745
 -- billing::ledger::api::maintenance
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1148,13 +1272,13 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:495
+-- src/ledger/api.rs:496
 -- billing::ledger::api::refund
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:406
+-- src/ledger/api.rs:407
 -- billing::ledger::api::release
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1172,7 +1296,7 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:244
+-- src/ledger/api.rs:250
 -- billing::ledger::api::reserve
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1184,7 +1308,7 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:719
+-- src/ledger/api.rs:720
 -- billing::ledger::api::set_frozen
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1196,19 +1320,19 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:698
+-- src/ledger/api.rs:699
 -- billing::ledger::api::set_overdraft
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:607
+-- src/ledger/api.rs:608
 -- billing::ledger::api::set_slots
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:348
+-- src/ledger/api.rs:349
 -- billing::ledger::api::settle
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1220,7 +1344,7 @@ CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priorit
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:31
+-- src/lib.rs:33
 -- finalize
 -- billing 0.5.0: slotted balances for hot customers (opt-in, billing.set_slots).
 --
@@ -1266,7 +1390,7 @@ SELECT g.customer, g.id AS grant_id, g.source, g.amount AS granted,
        CASE WHEN g.expires_at = 'infinity' THEN NULL ELSE g.expires_at END AS expires_at,
        g.priority, g.created_at,
        coalesce(m.transferred, 0) AS transferred
-  FROM billing.grants g
+  FROM billing._grants_now g
   LEFT JOIN LATERAL (
         SELECT (sum(l.d) FILTER (WHERE j.kind = 'refund'))::bigint AS refunded,
                (-sum(l.d) FILTER (WHERE j.kind = 'expiry'))::bigint AS expired,
@@ -1305,6 +1429,12 @@ SELECT m.customer, 'mirror_origin', NULL, NULL, 'grant ' || m.id
   JOIN billing.customers c ON c.customer = m.customer
   LEFT JOIN billing.grants o ON o.customer = c.slot_of AND o.id = m.origin
  WHERE m.origin IS NOT NULL AND (o.id IS NULL OR o.expires_at <> m.expires_at)
+UNION ALL
+-- a customer's pending draw is on an open grant of its own that it leaves credits
+SELECT c.customer, 'draw', c.draw, coalesce(g.remaining, 0), 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant
+ WHERE c.draw <> 0 AND (g.id IS NULL OR NOT g.open OR g.remaining - c.draw <= 0 OR c.draw < 0)
 UNION ALL
 -- a slotted customer has exactly its slot accounts
 SELECT c.customer, 'slot_accounts', c.slots - 1, count(s.customer), NULL

@@ -47,7 +47,7 @@ mod tests {
         assert_eq!(bal("h"), 8400);
         assert_eq!(state("SELECT billing.debit('h', 11, 'k3')"), "BL002");
         // The promo's credits go first in every slot, as they would unslotted.
-        assert_eq!(q::<i64>("SELECT sum(remaining)::int8 FROM billing.grants WHERE expires_at = '2030-02-01'"), 400);
+        assert_eq!(q::<i64>("SELECT sum(remaining)::int8 FROM billing._grants_now WHERE expires_at = '2030-02-01'"), 400);
         clean();
     }
 

@@ -42,7 +42,7 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
 macro_rules! lookup_sql {
     () => {
         "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                low_balance, low_notified, topup_below, topup_notified, slots, slot_of
+                low_balance, low_notified, topup_below, topup_notified, slots, slot_of, draw_grant, draw
            FROM billing.customers WHERE customer = $1"
     };
 }
@@ -140,22 +140,36 @@ static GRANT_DELTA: Stmt = Stmt {
 /// entry columns are NULL otherwise), the last grant's new remainder (if any, as in
 /// GRANT_DELTA) and the customer row. One executor run instead of three, on the path
 /// every debit takes.
+macro_rules! finish_sql {
+    ($grant:expr) => {
+        concat!(
+            "WITH j AS (
+               INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
+                   idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
+               SELECT $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE $10 IS NOT NULL)",
+            $grant,
+            " UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
+                    low_notified = $7, topup_notified = $8, draw_grant = $24, draw = $25
+              WHERE customer = $1"
+        )
+    };
+}
+const FINISH_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
+    TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID,
+    INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID,
+    UUIDOID, INT8OID, UUIDOID, INT8OID,
+];
 static FINISH: Stmt = Stmt {
-    sql: "WITH j AS (
-            INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
-                idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
-            SELECT $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE $10 IS NOT NULL),
+    sql: finish_sql!(",
           g AS (
             UPDATE billing.grants g SET remaining = g.remaining + $23, open = g.remaining + $23 > 0
-             WHERE g.customer = $1 AND g.id = $22)
-          UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
-                 low_notified = $7, topup_notified = $8
-           WHERE customer = $1",
-    args: &[
-        TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID,
-        INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID,
-        UUIDOID, INT8OID,
-    ],
+             WHERE g.customer = $1 AND g.id = $22)"),
+    args: FINISH_ARGS,
+};
+/// FINISH when no grant row is written ($22 and $23 unused).
+static FINISH_NO_GRANT: Stmt = Stmt {
+    sql: finish_sql!(", g AS (SELECT $22::uuid, $23::int8)"),
+    args: FINISH_ARGS,
 };
 static FINAL_BALANCE: Stmt = Stmt {
     sql: "SELECT balance_after FROM billing.journal
@@ -173,7 +187,7 @@ macro_rules! spend_lookup_sql {
         "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
                 c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
                 k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
-                g.ids, g.remaining, g.expires_at, g.priority, g.seq, c.slots, c.slot_of
+                g.ids, g.remaining, g.expires_at, g.priority, g.seq, c.slots, c.slot_of, c.draw_grant, c.draw
            FROM billing.customers c
            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
            LEFT JOIN LATERAL (
@@ -239,6 +253,9 @@ pub struct Op<'a, 'c> {
     /// customer it belongs to.
     pub slots: i32,
     pub slot_of: Option<String>,
+    /// Credits taken from one grant and not yet written down on its row (see `finish`):
+    /// the grant's remainder is its row's less this.
+    draw: Option<(Id, i64)>,
     /// The balance the low-balance and top-up thresholds are checked against, when it is
     /// not this account's own (a slotted customer's total, known only while gathered).
     pub threshold_balance: Option<i64>,
@@ -365,6 +382,10 @@ impl<'a, 'c> Op<'a, 'c> {
         let (slots_at, slot_of_at) = if spend_key.is_some() { (25, 26) } else { (12, 13) };
         let slots = r.get::<i32>(slots_at)?.unwrap_or(1);
         let slot_of: Option<String> = r.get(slot_of_at)?;
+        let draw = match (r.get::<pgrx::Uuid>(slot_of_at + 1)?, r.get::<i64>(slot_of_at + 2)?.unwrap_or(0)) {
+            (Some(g), x) if x != 0 => Some((id_of(&g), x)),
+            _ => None,
+        };
         let mut keyed = None;
         let mut grants = None;
         if spend_key.is_some() {
@@ -389,6 +410,7 @@ impl<'a, 'c> Op<'a, 'c> {
                 let seqs: Vec<i64> = r.get(24)?.unwrap_or_default();
                 let mut gs: Vec<Grant> = (0..ids.len())
                     .map(|i| Grant { id: id_of(&ids[i]), remaining: remaining[i], expires_at: micros(expires[i]), priority: priority[i], seq: seqs[i] })
+                    .map(|g| drawn(g, draw))
                     .filter(|g| g.live(now.max(clock)))
                     .collect();
                 gs.sort_by_key(|g| g.order_key());
@@ -416,6 +438,7 @@ impl<'a, 'c> Op<'a, 'c> {
             thresholds,
             slots,
             slot_of,
+            draw,
             threshold_balance: None,
             pending: None,
         };
@@ -512,13 +535,14 @@ impl<'a, 'c> Op<'a, 'c> {
     fn read_grants(&mut self, t: pgrx::spi::SpiTupleTable) -> Result<Vec<Grant>> {
         let mut out = Vec::new();
         for r in t {
-            out.push(Grant {
+            let g = Grant {
                 id: id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil)),
                 remaining: r.get(2)?.unwrap_or(0),
                 expires_at: r.get::<TimestampWithTimeZone>(3)?.map(micros).unwrap_or(NEVER),
                 priority: r.get(4)?.unwrap_or(0),
                 seq: r.get(5)?.unwrap_or(0),
-            });
+            };
+            out.push(drawn(g, self.draw));
         }
         Ok(out)
     }
@@ -737,13 +761,38 @@ impl<'a, 'c> Op<'a, 'c> {
             }
             th.topup_notified = balance < t;
         }
-        let mut deltas: Vec<(pgrx::Uuid, i64)> = self.grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
+        // A debit that draws from one grant only, leaving it credits, does not update the
+        // grant's row: the customer row keeps the running draw (one row written instead of
+        // two). Anything else writes the draw down with its own deltas.
+        let mut grant_deltas: Vec<(Id, i64)> = self.grant_deltas.iter().copied().filter(|d| d.1 != 0).collect();
+        let mut draw = self.draw;
+        let left = |id: &Id| self.book.grants.iter().find(|g| &g.id == id).map_or(0, |g| g.remaining);
+        match (grant_deltas.as_slice(), draw) {
+            ([(g, d)], None) if *d < 0 && left(g) > 0 => {
+                draw = Some((*g, -d));
+                grant_deltas.clear();
+            }
+            ([(g, d)], Some((dg, x))) if *d < 0 && *g == dg && left(g) > 0 => {
+                draw = Some((dg, x - d));
+                grant_deltas.clear();
+            }
+            ([], _) => {}
+            (_, Some((dg, x))) => {
+                match grant_deltas.iter_mut().find(|t| t.0 == dg) {
+                    Some(t) => t.1 -= x,
+                    None => grant_deltas.push((dg, -x)),
+                }
+                draw = None;
+            }
+            (_, None) => {}
+        }
+        let mut deltas: Vec<(pgrx::Uuid, i64)> = grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
         let last = deltas.pop();
         for (id, d) in deltas {
             crate::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;
         }
         let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(self.pending.take());
-        let args: [DatumWithOid; 23] = [
+        let args: [DatumWithOid; 25] = [
             self.customer.as_str().into(),
             self.book.balance.into(),
             self.book.od.into(),
@@ -755,8 +804,12 @@ impl<'a, 'c> Op<'a, 'c> {
             a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
             last.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |(id, _)| id.into()),
             last.map_or(0, |(_, d)| d).into(),
+            draw.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |(g, _)| uuid(&g).into()),
+            draw.map_or(0, |(_, x)| x).into(),
         ];
-        crate::spi::run(self.c, &FINISH, &args)?;
+        // Without a grant row to write, the statement without the grant update (one plan
+        // node fewer to set up).
+        crate::spi::run(self.c, if last.is_some() { &FINISH } else { &FINISH_NO_GRANT }, &args)?;
         Ok(())
     }
 
@@ -775,6 +828,16 @@ impl<'a, 'c> Op<'a, 'c> {
         b.catch_up(self.now, self.clock);
         Ok(b.balance)
     }
+}
+
+/// A grant as its row says, less what the customer row says was drawn from it.
+fn drawn(mut g: Grant, draw: Option<(Id, i64)>) -> Grant {
+    if let Some((id, x)) = draw {
+        if id == g.id {
+            g.remaining -= x;
+        }
+    }
+    g
 }
 
 /// Takes the customer's lock (see `Op::lock`) without reading its row, for writers that

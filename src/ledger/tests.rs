@@ -44,7 +44,7 @@ mod tests {
         q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'soon-hi', 'p', '2030-02-01', 9)");
         assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 150, 'd1')"), 250);
         let left = |k: &str| -> i64 {
-            q(&format!("SELECT g.remaining FROM billing.grants g JOIN billing.journal j ON j.entry_id = g.entry_id WHERE j.idempotency_key = '{k}'"))
+            q(&format!("SELECT g.remaining FROM billing._grants_now g JOIN billing.journal j ON j.entry_id = g.entry_id WHERE j.idempotency_key = '{k}'"))
         };
         assert_eq!((left("soon-hi"), left("soon-lo"), left("late"), left("never")), (0, 50, 100, 100));
         // provenance is on the entry
@@ -190,7 +190,7 @@ mod tests {
         assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e}')")), 1100);
         assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}')")), true);
         assert_eq!(state(&format!("SELECT billing.refund('{e}', 1, 'r3')")), "22023");
-        assert_eq!(q::<i64>(&format!("SELECT remaining FROM billing.grants WHERE id = '{promo}'")), 100);
+        assert_eq!(q::<i64>(&format!("SELECT remaining FROM billing._grants_now WHERE id = '{promo}'")), 100);
         assert_eq!(q::<i64>(&format!("SELECT refunded FROM billing.grant_status WHERE grant_id = '{promo}'")), 100);
 
         // a refund onto an expired grant is recorded and does not become spendable

@@ -123,4 +123,19 @@ SELECT * FROM pg_temp.show('after the stale event');
 \echo '\n== 13. What the application hears, through the outbox (exactly once, claimed with SKIP LOCKED)'
 SELECT id, kind, payload FROM billing.claim_outbox(20) ORDER BY id;
 SELECT event_id, type, status FROM billing.events ORDER BY received_at, event_id;
+
+\echo '\n================ Part 3: a hot customer, spread over slots ================'
+\echo '== 14. Acme runs many agents at once: its credits are spread over 4 slots, each with its own lock'
+SELECT billing.grant('acme', 100000, 'acme-contract', 'contract');
+SELECT billing.set_slots('acme', 4);
+SELECT customer, balance FROM billing.customers WHERE customer = 'acme' OR slot_of = 'acme' ORDER BY customer;
+\echo 'each call goes to the slot its key hashes to; a retry meets its first entry; the balance is the sum:'
+SELECT count(*) AS debits FROM generate_series(1, 40) i, LATERAL billing.debit('acme', 25, 'agent-call-' || i) d;
+SELECT replayed FROM billing.debit('acme', 25, 'agent-call-7');
+SELECT customer, balance FROM billing.customers WHERE customer = 'acme' OR slot_of = 'acme' ORDER BY customer;
+SELECT billing.balance('acme') AS acme_balance;
+\echo 'a call bigger than its slot gathers every slot, runs on the whole balance, and spreads again:'
+SELECT balance_after FROM billing.debit('acme', 60000, 'big-batch-job');
+SELECT customer, balance FROM billing.customers WHERE customer = 'acme' OR slot_of = 'acme' ORDER BY customer;
+SELECT billing.balance('acme') AS acme_balance;
 SELECT count(*) AS inconsistencies FROM billing.verify();

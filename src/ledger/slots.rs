@@ -88,8 +88,9 @@ pub enum Try<T> {
 
 /// Runs a spending call of `customer` under idempotency key `key`: on the account of
 /// its slot, or gathered when that slot is short. `attempt` gets the locked account and
-/// the entry already made under the key (in any account it can be in), and must write
-/// nothing before it returns `Short`, and leaves finishing the account to `spend`.
+/// the entry already made under the key (in any account it can be in). Before it returns
+/// `Short` it may only have written down expiries (kept), and it leaves finishing the
+/// account to `spend`.
 pub fn spend<T>(
     c: &mut SpiClient<'_>,
     customer: &str,
@@ -152,9 +153,10 @@ pub fn spend<T>(
             Try::Short(e) if n == 1 => return Err(e),
             Try::Short(_) => {
                 // Slot locks are taken in slot order, by a caller holding none of them,
-                // so gatherers cannot deadlock. The exceptions hold one on: a transaction
-                // that took it earlier, and an attempt that wrote down an expiry first
-                // (it must keep what it wrote); the deadlock detector settles those.
+                // so gatherers cannot deadlock. Two cases keep their slot's lock: a
+                // transaction that took it in an earlier statement, and an attempt that
+                // wrote down expiries first (what it wrote must stay); a cycle between
+                // those is the deadlock detector's (40P01).
                 if op.wrote() {
                     op.finish()?;
                 } else {

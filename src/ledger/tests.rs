@@ -77,6 +77,34 @@ mod tests {
         clean();
     }
 
+    /// A retry replays even when the customer is now short or frozen, and a reused key is
+    /// BL002 whatever else is wrong: the key is answered before anything else.
+    #[pg_test]
+    fn debit_retries_replay_whatever_changed_since() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 60, 'd1')"), 40);
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 40, 'd2')"), 0);
+        // short now: the retry still replays, with its first balance
+        assert_eq!(q::<String>("SELECT format('%s/%s', balance_after, replayed) FROM billing.debit('a', 60, 'd1')"), "40/t");
+        assert_eq!(state("SELECT billing.debit('a', 61, 'd1')"), "BL002");
+        assert_eq!(state("SELECT billing.debit('a', 1, 'd3')"), "BL001");
+        // frozen: a retry replays, a new debit is refused
+        Spi::run("SELECT billing.set_frozen('a')").unwrap();
+        assert!(q::<bool>("SELECT replayed FROM billing.debit('a', 40, 'd2')"));
+        assert_eq!(state("SELECT billing.debit('a', 1, 'd4')"), "BL004");
+        assert_eq!(state("SELECT billing.debit('a', 41, 'd2')"), "BL002");
+        Spi::run("SELECT billing.set_frozen('a', false)").unwrap();
+        // the same key twice in one transaction, and a key another kind of call used
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g2')");
+        assert_eq!(q::<String>("SELECT string_agg(replayed::text, ',' ORDER BY n) FROM generate_series(1, 3) n, LATERAL billing.debit('a', 5, 'twice' || left(n::text, 0)) d"), "false,true,true");
+        let _r: pgrx::Uuid = q("SELECT billing.reserve('a', 10, 'held')");
+        assert_eq!(state("SELECT billing.debit('a', 10, 'held')"), "BL002");
+        assert_eq!(bal("a"), 85);
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.journal WHERE idempotency_key = 'twice'"), 1);
+        clean();
+    }
+
     #[pg_test]
     fn overdraft_and_repayment() {
         setup();

@@ -22,7 +22,7 @@ thread_local! {
 
 impl From<SpiError> for BillingError {
     fn from(e: SpiError) -> Self {
-        BillingError::new("XX000", format!("billing: internal SPI error: {e}"))
+        BillingError::new(crate::error::INTERNAL, format!("billing: internal SPI error: {e}"))
     }
 }
 
@@ -175,7 +175,7 @@ pub fn subxact<T>(f: impl FnOnce() -> Result<T, BillingError> + std::panic::Unwi
                         (r.sql_error_code(), r.message().to_string())
                     }
                 };
-                Err(BillingError::new("XX000", format!("{msg} ({code:?})")))
+                Err(BillingError::new(crate::error::INTERNAL, format!("{msg} ({code:?})")))
             })
             .execute();
         if r.is_ok() {

@@ -60,12 +60,13 @@ pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs>
     let frozen = r.get::<bool>(1)?.unwrap_or(false);
     let ever_granted = r.get::<bool>(4)?.unwrap_or(false);
     // The cached balance is exact until the customer's next expiry; past it, compute.
+    if now >= next_event {
+        balance = Op::read(c, customer, now)?.peek_balance()?;
+    }
     let slots = r.get::<i32>(13)?.unwrap_or(1);
     if slots > 1 {
         // A slotted customer's credits are spread over its accounts.
-        balance = crate::ledger::slots::total_balance(c, customer, slots, now)?;
-    } else if now >= next_event {
-        balance = Op::read(c, customer, now)?.peek_balance()?;
+        balance = balance.saturating_add(crate::ledger::slots::slot_balances(c, customer, slots, now)?);
     }
     let period_end = sub.as_ref().and_then(|s| s.period_end);
     Ok(Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end })

@@ -571,13 +571,15 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
 pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, metadata: serde_json::Value) -> Result<Option<(pgrx::Uuid, i64)>> {
     let now = clock::now();
     connect(|c| {
-        let n = slots::slots_of(c, customer, now)?;
-        if n > 1 {
-            // The grant's credits may sit in the slots: gather them, so the revocation
-            // takes what is left of the grant wherever it was.
+        let mut op = Op::lock_existing(c, customer, now)?;
+        if op.slots > 1 {
+            // The grant's credits may sit in the slots: gather them (slot 0's lock, held
+            // now, comes first in slot order), so the revocation takes what is left of the
+            // grant wherever it was.
+            let n = op.slots;
+            drop(op);
             return slots::gathered(c, customer, n, now, |op| revoke_in(op, customer, grant_id, amount, key, metadata));
         }
-        let mut op = Op::lock_existing(c, customer, now)?;
         let r = revoke_in(&mut op, customer, grant_id, amount, key, metadata)?;
         op.finish()?;
         Ok(r)
@@ -585,22 +587,20 @@ pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, met
 }
 
 fn revoke_in(op: &mut Op, customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, metadata: serde_json::Value) -> Result<Option<(pgrx::Uuid, i64)>> {
-    {
-        if let Some(k) = op.find_key(key)? {
-            return if k.kind == "revocation" && k.amount == -amount { Ok(None) } else { Err(key_reused(customer, key, &k)) };
-        }
-        op.catch_up()?;
-        let g = id_of(grant_id);
-        op.load_grants(&[g])?;
-        let now = op.now;
-        let left = op.book.grants.iter().find(|x| x.id == g).filter(|x| x.live(now)).map_or(0, |x| x.remaining);
-        let from_grant = left.min(amount);
-        let mut lines = vec![(Acct::Grant(g), -from_grant), (Acct::Debt, -(amount - from_grant))];
-        lines.retain(|l| l.1 != 0);
-        let e = Entry { kind: Kind::Revocation, at: now, lines, grant: Some(g), hold: None };
-        let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
-        Ok(Some((w.entry_id, w.balance_after)))
+    if let Some(k) = op.find_key(key)? {
+        return if k.kind == "revocation" && k.amount == -amount { Ok(None) } else { Err(key_reused(customer, key, &k)) };
     }
+    op.catch_up()?;
+    let g = id_of(grant_id);
+    op.load_grants(&[g])?;
+    let now = op.now;
+    let left = op.book.grants.iter().find(|x| x.id == g).filter(|x| x.live(now)).map_or(0, |x| x.remaining);
+    let from_grant = left.min(amount);
+    let mut lines = vec![(Acct::Grant(g), -from_grant), (Acct::Debt, -(amount - from_grant))];
+    lines.retain(|l| l.1 != 0);
+    let e = Entry { kind: Kind::Revocation, at: now, lines, grant: Some(g), hold: None };
+    let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata), ..Default::default() })?;
+    Ok(Some((w.entry_id, w.balance_after)))
 }
 
 // ---- slotted customers ----
@@ -631,12 +631,9 @@ fn balance_impl(customer: Option<&str>) -> Result<i64> {
     Spi::connect_mut(|c| {
         let mut op = Op::read(c, customer, now)?;
         op.not_a_slot()?;
-        if op.slots > 1 {
-            let n = op.slots;
-            drop(op);
-            return slots::total_balance(c, customer, n, now);
-        }
-        op.peek_balance()
+        let (own, n) = (op.peek_balance()?, op.slots);
+        drop(op);
+        Ok(if n > 1 { own.saturating_add(slots::slot_balances(c, customer, n, now)?) } else { own })
     })
 }
 
@@ -655,37 +652,36 @@ fn balance_at_impl(customer: Option<&str>, at: Option<TimestampWithTimeZone>) ->
     let customer = customer_arg(customer)?;
     let at = micros(need(at, "at")?);
     Spi::connect_mut(|c| {
-        let op = Op::read(c, customer, at)?;
+        let mut op = Op::read(c, customer, at)?;
         op.not_a_slot()?;
         let n = op.slots;
+        let mut total = account_balance_at(&mut op, at)?;
         drop(op);
-        let mut total = 0i64;
-        for k in 0..n {
-            total = total.saturating_add(account_balance_at(c, &slots::account(customer, k), at)?);
+        for k in 1..n {
+            let mut op = Op::read(c, &slots::account(customer, k), at)?;
+            total = total.saturating_add(account_balance_at(&mut op, at)?);
         }
         Ok(total)
     })
 }
 
 /// One account's balance as of `at`, from its journal.
-fn account_balance_at(c: &mut SpiClient<'_>, customer: &str, at: i64) -> Result<i64> {
-    {
-        let mut op = Op::read(c, customer, at)?;
-        let t = op.run(&BALANCE_AT, &[customer.into(), ts(at).into()])?;
-        if t.is_empty() {
-            return Ok(0);
-        }
-        let r = t.first();
-        let (b, seq) = (r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0));
-        if seq < op.seq() {
-            // Later entries exist, so everything that expired by `at` was written down
-            // before them: the journal row is the answer.
-            return Ok(b);
-        }
-        // `at` is after the last entry: what expired since is computed, not yet written.
-        op.now = at.max(op.clock());
-        op.peek_balance()
+fn account_balance_at(op: &mut Op, at: i64) -> Result<i64> {
+    let account = op.customer.clone();
+    let t = op.run(&BALANCE_AT, &[account.as_str().into(), ts(at).into()])?;
+    if t.is_empty() {
+        return Ok(0);
     }
+    let r = t.first();
+    let (b, seq) = (r.get::<i64>(1)?.unwrap_or(0), r.get::<i64>(2)?.unwrap_or(0));
+    if seq < op.seq() {
+        // Later entries exist, so everything that expired by `at` was written down
+        // before them: the journal row is the answer.
+        return Ok(b);
+    }
+    // `at` is after the last entry: what expired since is computed, not yet written.
+    op.now = at.max(op.clock());
+    op.peek_balance()
 }
 
 // ---- administration ----
@@ -728,9 +724,12 @@ fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
     let frozen = need(frozen, "frozen")?;
     connect(|c| {
         let now = clock::now();
-        Op::lock_existing(c, customer, now)?.not_a_slot()?;
+        let op = Op::lock_existing(c, customer, now)?;
+        op.not_a_slot()?;
+        let n = op.slots;
+        drop(op);
         // A slotted customer's accounts freeze together, under all their locks.
-        let accounts = slots::lock_all(c, customer, now)?;
+        let accounts = slots::lock_slots(customer, n);
         run(c, &SET_FROZEN, &[accounts.into(), frozen.into()])?;
         crate::access::api::note_access(c, customer, now)
     })

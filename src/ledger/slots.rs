@@ -176,14 +176,7 @@ pub fn spend<T>(
             }
         }
     }
-    Err(BillingError::new("40001", format!("the slots of customer \"{customer}\" changed during the call")).hint("Retry the transaction."))
-}
-
-/// The slot count of `customer` as its row says (1 when not slotted or unknown), remembered.
-pub fn slots_of(c: &mut SpiClient<'_>, customer: &str, now: Ts) -> Result<i32> {
-    let n = Op::read_opt(c, customer, now)?.map_or(1, |op| op.slots);
-    learn(customer, n);
-    Ok(n)
+    Err(BillingError::new(crate::error::SERIALIZATION, format!("the slots of customer \"{customer}\" changed during the call")).hint("Retry the transaction."))
 }
 
 /// A grant's credits moved by a transfer: which grant, how many.
@@ -284,7 +277,7 @@ pub fn gathered<T>(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts, f: im
 }
 
 fn no_origin(acct: &str) -> BillingError {
-    BillingError::new("XX000", format!("a grant of slot account \"{acct}\" has no origin grant"))
+    BillingError::new(crate::error::INTERNAL, format!("a grant of slot account \"{acct}\" has no origin grant"))
 }
 
 static MIRROR_INSERT: Stmt = Stmt {
@@ -330,28 +323,27 @@ pub fn set_slots(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> Resu
     gathered(c, customer, n, now, |_| Ok(()))
 }
 
-/// The spendable balance of a slotted customer: the sum of its accounts, each as of `now`.
-pub fn total_balance(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> Result<i64> {
+/// What a slotted customer's slot accounts (1..n) hold, each as of `now`: its balance is
+/// this plus its own account's.
+pub fn slot_balances(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> Result<i64> {
     let mut total = 0i64;
-    for k in 0..n {
+    for k in 1..n {
         let b = Op::read(c, &account(customer, k), now)?.peek_balance()?;
         total = total.saturating_add(b);
     }
     Ok(total)
 }
 
-/// Takes the lock of every account of `customer` (its own first), for writers that must
-/// exclude all of them (a freeze); returns the accounts.
-pub fn lock_all(c: &mut SpiClient<'_>, customer: &str, now: Ts) -> Result<Vec<String>> {
-    // Read under the lock with a fresh snapshot: a set_slots that committed while this
-    // call waited is seen.
-    let n = Op::lock(c, customer, now, false)?.map_or(1, |op| op.slots);
+/// Takes the locks of slots 1..n of a customer whose own lock the caller holds (after
+/// reading its slot count under it), for writers that must exclude every account (a
+/// freeze); returns all the accounts, its own first.
+pub fn lock_slots(customer: &str, n: i32) -> Vec<String> {
     learn(customer, n);
     let accounts: Vec<String> = (0..n).map(|k| account(customer, k)).collect();
     for a in &accounts[1..] {
         lock_customer(a);
     }
-    Ok(accounts)
+    accounts
 }
 
 #[cfg(test)]

@@ -330,11 +330,6 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(Self::open(c, customer, now, false, true, None)?.ok_or_else(|| unknown_customer(customer))?.0)
     }
 
-    /// Reads an account, or `Ok(None)` if there is none.
-    pub fn read_opt(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Option<Self>> {
-        Ok(Self::open(c, customer, now, false, true, None)?.map(|(op, _)| op))
-    }
-
     /// Opens an account for an operation that spends under idempotency key `key`, for a
     /// caller that holds the account's lock (`slots::spend`), and finds the entry already
     /// made under the key, in one statement that also loads the live grants when nothing
@@ -352,11 +347,10 @@ impl<'a, 'c> Op<'a, 'c> {
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
         }
-        let xact_snapshot = unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32;
         let t = match (ro, spend_key) {
             (true, _) => run_ro(c, &LOOKUP, &[customer.into()])?,
             (false, None) => {
-                let s = if xact_snapshot { &LOOKUP_XACT_SNAPSHOT } else { &LOOKUP };
+                let s = if xact_snapshot() { &LOOKUP_XACT_SNAPSHOT } else { &LOOKUP };
                 crate::spi::run(c, s, &[customer.into()])?
             }
             // Under a transaction snapshot the caller locks the row once it knows the
@@ -482,7 +476,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// does: a row changed since the snapshot raises 40001 here, before the call decides
     /// anything on what it read. A no-op under READ COMMITTED.
     pub fn lock_row(&mut self) -> Result<()> {
-        if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        if xact_snapshot() {
             let customer = self.customer.clone();
             crate::spi::run(self.c, &LOCK_ROW, &[customer.as_str().into()])?;
         }
@@ -766,6 +760,7 @@ impl<'a, 'c> Op<'a, 'c> {
         // two). Anything else writes the draw down with its own deltas.
         let mut grant_deltas: Vec<(Id, i64)> = self.grant_deltas.iter().copied().filter(|d| d.1 != 0).collect();
         let mut draw = self.draw;
+        // (Folding the draw into a delta may cancel it: zero deltas are dropped below.)
         let left = |id: &Id| self.book.grants.iter().find(|g| &g.id == id).map_or(0, |g| g.remaining);
         match (grant_deltas.as_slice(), draw) {
             ([(g, d)], None) if *d < 0 && left(g) > 0 => {
@@ -828,6 +823,11 @@ impl<'a, 'c> Op<'a, 'c> {
         b.catch_up(self.now, self.clock);
         Ok(b.balance)
     }
+}
+
+/// Whether the transaction reads through one snapshot (REPEATABLE READ, SERIALIZABLE).
+fn xact_snapshot() -> bool {
+    (unsafe { pg_sys::XactIsoLevel }) >= pg_sys::XACT_REPEATABLE_READ as i32
 }
 
 /// A grant as its row says, less what the customer row says was drawn from it.

@@ -475,7 +475,9 @@ fn dispute(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
     run(c, &DISPUTE_UPSERT, &[PROVIDER.into(), d.id.as_str().into(), customer.as_str().into(), d.status.as_str().into(), open.into()])?;
     // Under the customer's lock, as every change a debit decides on: a freeze and a debit
     // of the same customer happen one after the other (all its slots', if slotted).
-    let accounts = crate::ledger::slots::lock_all(c, &customer, crate::clock::now())?;
+    // (A customer not in the ledger yet has no row to freeze: then there is one account.)
+    let n = crate::ledger::store::Op::lock(c, &customer, crate::clock::now(), false)?.map_or(1, |op| op.slots);
+    let accounts = crate::ledger::slots::lock_slots(&customer, n);
     let frozen = run(c, &FREEZE, &[customer.as_str().into(), accounts.into()])?.first().get::<bool>(1)?.unwrap_or(false);
     Ok(Applied {
         outcome: Outcome::Applied(format!("dispute {} {}: customer {}", d.id, d.status, if frozen { "frozen" } else { "not frozen" })),

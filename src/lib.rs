@@ -30,7 +30,9 @@ extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", 
 extension_sql_file!("../sql/hot_path.sql", name = "hot_path", requires = ["privileges_access"]);
 // 0.5.0
 extension_sql_file!("../sql/draw.sql", name = "draw", requires = ["hot_path"]);
-extension_sql_file!("../sql/slots.sql", name = "slots", finalize);
+extension_sql_file!("../sql/slots.sql", name = "slots", requires = ["draw"]);
+// 0.6.0
+extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

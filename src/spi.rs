@@ -81,14 +81,17 @@ pub fn micros(t: TimestampWithTimeZone) -> i64 {
     pg_sys::TimestampTz::from(t)
 }
 
+pub fn random_bytes(b: &mut [u8]) {
+    if !unsafe { pg_sys::pg_strong_random(b.as_mut_ptr().cast(), b.len()) } {
+        pgrx::error!("billing: could not generate random bytes");
+    }
+}
+
 /// A time-ordered (version 7) uuid: ids of one customer's entries sort by creation, and
 /// the B-tree over them stays append-mostly instead of touching random pages.
 pub fn new_id() -> [u8; 16] {
     let mut b = [0u8; 16];
-    let ok = unsafe { pg_sys::pg_strong_random(b.as_mut_ptr().cast(), b.len()) };
-    if !ok {
-        pgrx::error!("billing: could not generate random bytes");
-    }
+    random_bytes(&mut b);
     let unix_ms = (unsafe { pg_sys::GetCurrentTimestamp() } / 1000 + 946_684_800_000) as u64;
     b[..6].copy_from_slice(&unix_ms.to_be_bytes()[2..]);
     b[6] = (b[6] & 0x0f) | 0x70;

@@ -1,6 +1,7 @@
 //! The ledger's SQL functions (SPEC section 1). Each validates its arguments, locks the
 //! one customer it concerns, and leaves the decisions to `core`.
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
+use super::entry_id;
 use super::slots::{self, Try};
 use super::store::{decode_lines, encode_lines, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
@@ -149,7 +150,7 @@ pub fn grant_impl(
         }
         op.catch_up()?;
         let id = new_id();
-        let entry_id = new_id();
+        let entry_id = op.entry_id_at(op.next_seq());
         op.run(
             &GRANT_INSERT,
             &[
@@ -484,8 +485,17 @@ fn extend_impl(rid: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Result<Timesta
 
 // ---- refund ----
 
+/// An entry by a located id (`entry_id`): its account by number, then its row by seq.
+static ENTRY_AT: Stmt = Stmt {
+    sql: "SELECT j.customer, j.kind, j.accounts, j.deltas, j.reservation_id
+            FROM billing.customers c JOIN billing.journal j ON j.customer = c.customer AND j.seq = $2
+           WHERE c.num = $1 AND j.entry_id = $3",
+    args: &[INT8OID, INT8OID, UUIDOID],
+};
+/// An entry by any other id, through the partial index of those ids.
 static ENTRY_ROW: Stmt = Stmt {
-    sql: "SELECT customer, kind, accounts, deltas, reservation_id FROM billing.journal WHERE entry_id = $1",
+    sql: "SELECT customer, kind, accounts, deltas, reservation_id FROM billing.journal
+           WHERE entry_id = $1 AND entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid",
     args: &[UUIDOID],
 };
 static REFUNDS_OF: Stmt = Stmt {
@@ -503,7 +513,10 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
     let entry = need(entry, "entry_id")?;
     let now = clock::now();
     connect(|c| {
-        let t = run(c, &ENTRY_ROW, &[entry.into()])?;
+        let t = match entry_id::locate(&id_of(&entry)) {
+            Some((num, seq)) => run(c, &ENTRY_AT, &[num.into(), seq.into(), entry.into()])?,
+            None => run(c, &ENTRY_ROW, &[entry.into()])?,
+        };
         if t.is_empty() {
             return Err(BillingError::new(UNKNOWN, format!("unknown journal entry {entry}")));
         }

@@ -42,7 +42,7 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
 macro_rules! lookup_sql {
     () => {
         "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                low_balance, low_notified, topup_below, topup_notified, slots, slot_of, draw_grant, draw
+                low_balance, low_notified, topup_below, topup_notified, slots, slot_of, draw_grant, draw, num
            FROM billing.customers WHERE customer = $1"
     };
 }
@@ -171,11 +171,20 @@ static FINISH_NO_GRANT: Stmt = Stmt {
     sql: finish_sql!(", g AS (SELECT $22::uuid, $23::int8)"),
     args: FINISH_ARGS,
 };
+/// The balance after entry `$2` and the expiries that followed it (see `final_balance`).
 static FINAL_BALANCE: Stmt = Stmt {
     sql: "SELECT balance_after FROM billing.journal
-           WHERE customer = $1 AND (entry_id = $2 OR (ref_entry = $2 AND kind = 'expiry'))
+           WHERE customer = $1 AND ((entry_id = $2 AND entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid)
+                                     OR (ref_entry = $2 AND kind = 'expiry'))
            ORDER BY seq DESC LIMIT 1",
     args: &[TEXTOID, UUIDOID],
+};
+/// FINAL_BALANCE for a located entry id, whose seq is `$3`: by the primary key.
+static FINAL_BALANCE_AT: Stmt = Stmt {
+    sql: "SELECT balance_after FROM billing.journal
+           WHERE customer = $1 AND ((seq = $3 AND entry_id = $2) OR (ref_entry = $2 AND kind = 'expiry'))
+           ORDER BY seq DESC LIMIT 1",
+    args: &[TEXTOID, UUIDOID, INT8OID],
 };
 static KEY: Stmt = Stmt {
     sql: "SELECT entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry
@@ -187,7 +196,7 @@ macro_rules! spend_lookup_sql {
         "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
                 c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
                 k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
-                g.ids, g.remaining, g.expires_at, g.priority, g.seq, c.slots, c.slot_of, c.draw_grant, c.draw
+                g.ids, g.remaining, g.expires_at, g.priority, g.seq, c.slots, c.slot_of, c.draw_grant, c.draw, c.num
            FROM billing.customers c
            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
            LEFT JOIN LATERAL (
@@ -256,6 +265,8 @@ pub struct Op<'a, 'c> {
     /// Credits taken from one grant and not yet written down on its row (see `finish`):
     /// the grant's remainder is its row's less this.
     draw: Option<(Id, i64)>,
+    /// The account's number (`customers.num`), which its entry ids carry (`entry_id`).
+    num: i64,
     /// The balance the low-balance and top-up thresholds are checked against, when it is
     /// not this account's own (a slotted customer's total, known only while gathered).
     pub threshold_balance: Option<i64>,
@@ -380,6 +391,7 @@ impl<'a, 'c> Op<'a, 'c> {
             (Some(g), x) if x != 0 => Some((id_of(&g), x)),
             _ => None,
         };
+        let num = r.get::<i64>(slot_of_at + 3)?.unwrap_or(0);
         let mut keyed = None;
         let mut grants = None;
         if spend_key.is_some() {
@@ -433,6 +445,7 @@ impl<'a, 'c> Op<'a, 'c> {
             slots,
             slot_of,
             draw,
+            num,
             threshold_balance: None,
             pending: None,
         };
@@ -651,6 +664,14 @@ impl<'a, 'c> Op<'a, 'c> {
         self.seq + 1
     }
 
+    /// The id of this account's entry `seq`: located (see `entry_id`), so finding it by id
+    /// needs no index; a random one if the number or seq outgrew the layout.
+    pub fn entry_id_at(&self, seq: i64) -> Id {
+        let mut r = [0u8; 5];
+        crate::spi::random_bytes(&mut r);
+        super::entry_id::located(self.num, seq, r).unwrap_or_else(new_id)
+    }
+
     /// Appends one entry to the journal and applies it to the book.
     pub fn write(&mut self, e: &Entry, x: Extra) -> Result<Written> {
         let amount = e.amount();
@@ -675,7 +696,7 @@ impl<'a, 'c> Op<'a, 'c> {
         self.book.apply(&e.lines);
         self.seq += 1;
         self.clock = self.clock.max(e.at);
-        let entry_id = uuid(&x.entry_id.unwrap_or_else(new_id));
+        let entry_id = uuid(&x.entry_id.unwrap_or_else(|| self.entry_id_at(self.seq)));
         let (accts, deltas) = encode_lines(&e.lines);
         self.flush()?;
         self.pending = Some(Pending {
@@ -720,7 +741,11 @@ impl<'a, 'c> Op<'a, 'c> {
     /// The balance after an operation that wrote `entry` (and perhaps the expiry rows
     /// that followed it): what a replay of that operation returns.
     pub fn final_balance(&mut self, entry: &pgrx::Uuid) -> Result<i64> {
-        let t = self.run(&FINAL_BALANCE, &[self.customer.as_str().into(), (*entry).into()])?;
+        let customer = self.customer.clone();
+        let t = match super::entry_id::locate(&id_of(entry)) {
+            Some((_, seq)) => self.run(&FINAL_BALANCE_AT, &[customer.as_str().into(), (*entry).into(), seq.into()])?,
+            None => self.run(&FINAL_BALANCE, &[customer.as_str().into(), (*entry).into()])?,
+        };
         Ok(t.first().get::<i64>(1)?.unwrap_or(0))
     }
 

@@ -41,6 +41,17 @@ SELECT j.customer, 'entry_id', j.seq, ('x' || substr(replace(j.entry_id::text, '
    AND substr(replace(j.entry_id::text, '-', ''), 1, 12) || substr(replace(j.entry_id::text, '-', ''), 18, 10)
        <> 'ff' || lpad(to_hex(c.num), 10, '0') || lpad(to_hex(j.seq), 10, '0')
 UNION ALL
+-- the grant the customer row keeps as first in spending order (sql/head.sql) is: it has
+-- that remainder, and no other open grant with credits comes before it
+SELECT c.customer, 'first_grant', c.draw_left, g.remaining - c.draw, 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant AND g.open
+ WHERE c.draw_left IS NOT NULL
+   AND (g.id IS NULL OR g.remaining - c.draw <> c.draw_left OR c.draw_left <= 0
+        OR EXISTS (SELECT FROM billing._grants_now o
+                    WHERE o.customer = c.customer AND o.open AND o.remaining > 0 AND o.id <> g.id
+                      AND (o.expires_at, -o.priority, o.seq) < (g.expires_at, -g.priority, g.seq)))
+UNION ALL
 -- an account number names one account
 SELECT min(c.customer), 'account_number', 1, count(*), 'number ' || c.num || ' is on ' || string_agg(c.customer, ', ')
   FROM billing.customers c

@@ -5,5 +5,6 @@ pub mod rules;
 pub mod slots;
 pub mod store;
 mod entry_id_tests;
+mod head_tests;
 mod slot_tests;
 mod tests;

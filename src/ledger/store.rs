@@ -42,7 +42,7 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
 macro_rules! lookup_sql {
     () => {
         "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                low_balance, low_notified, topup_below, topup_notified, slots, slot_of, draw_grant, draw, num
+                low_balance, low_notified, topup_below, topup_notified, slots, slot_of, draw_grant, draw, draw_left, num
            FROM billing.customers WHERE customer = $1"
     };
 }
@@ -149,7 +149,7 @@ macro_rules! finish_sql {
                SELECT $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE $10 IS NOT NULL)",
             $grant,
             " UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
-                    low_notified = $7, topup_notified = $8, draw_grant = $24, draw = $25
+                    low_notified = $7, topup_notified = $8, draw_grant = $24, draw = $25, draw_left = $26
               WHERE customer = $1"
         )
     };
@@ -157,7 +157,7 @@ macro_rules! finish_sql {
 const FINISH_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
     TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID,
     INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID,
-    UUIDOID, INT8OID, UUIDOID, INT8OID,
+    UUIDOID, INT8OID, UUIDOID, INT8OID, INT8OID,
 ];
 static FINISH: Stmt = Stmt {
     sql: finish_sql!(",
@@ -196,20 +196,16 @@ macro_rules! spend_lookup_sql {
         "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
                 c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
                 k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
-                g.ids, g.remaining, g.expires_at, g.priority, g.seq, c.slots, c.slot_of, c.draw_grant, c.draw, c.num
+                c.slots, c.slot_of, c.draw_grant, c.draw, c.draw_left, c.num
            FROM billing.customers c
            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
-           LEFT JOIN LATERAL (
-                 SELECT array_agg(id) AS ids, array_agg(remaining) AS remaining, array_agg(expires_at) AS expires_at,
-                        array_agg(priority) AS priority, array_agg(seq) AS seq
-                   FROM billing.grants WHERE customer = $1 AND open AND expires_at > $3) g ON true
           WHERE c.customer = $1"
     };
 }
 /// What a spending operation reads once it holds the customer's lock, in one statement:
-/// the customer row (as LOOKUP), the entry under its idempotency key, and the live grants
-/// as of `$3` (used only when nothing is due to expire, i.e. `$3 < next_event_at`).
-static SPEND_LOOKUP: Stmt = Stmt { sql: spend_lookup_sql!(), args: &[TEXTOID, TEXTOID, TIMESTAMPTZOID] };
+/// the customer row (as LOOKUP) and the entry under its idempotency key. The grants are
+/// read only when the first one (`draw_left`, see `Op::take_from_head`) is not enough.
+static SPEND_LOOKUP: Stmt = Stmt { sql: spend_lookup_sql!(), args: &[TEXTOID, TEXTOID] };
 /// The row lock LOOKUP_XACT_SNAPSHOT takes, for a spending call that read its account with
 /// SPEND_LOOKUP under a transaction snapshot (see `Op::lock_row`).
 static LOCK_ROW: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE", args: &[TEXTOID] };
@@ -253,6 +249,11 @@ pub struct Op<'a, 'c> {
     clock: Ts,
     next_event: Ts,
     grants_loaded: bool,
+    /// The first grant in spending order and its remainder, as the customer row keeps them
+    /// (`draw_grant`, `draw_left`; see `take_from_head`), when known.
+    head: Option<(Id, i64)>,
+    /// The book holds only that grant (`take_from_head`), not every live one.
+    head_only: bool,
     holds_loaded: bool,
     ro: bool,
     grant_deltas: Vec<(Id, i64)>,
@@ -366,7 +367,7 @@ impl<'a, 'c> Op<'a, 'c> {
             }
             // Under a transaction snapshot the caller locks the row once it knows the
             // account is the right one (`lock_row`).
-            (false, Some(k)) => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into(), ts(now).into()])?,
+            (false, Some(k)) => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into()])?,
         };
         if t.is_empty() {
             return Ok(None);
@@ -384,16 +385,17 @@ impl<'a, 'c> Op<'a, 'c> {
             topup: r.get::<i64>(10)?,
             topup_notified: r.get::<bool>(11)?.unwrap_or(false),
         };
-        let (slots_at, slot_of_at) = if spend_key.is_some() { (25, 26) } else { (12, 13) };
+        let (slots_at, slot_of_at) = if spend_key.is_some() { (20, 21) } else { (12, 13) };
         let slots = r.get::<i32>(slots_at)?.unwrap_or(1);
         let slot_of: Option<String> = r.get(slot_of_at)?;
-        let draw = match (r.get::<pgrx::Uuid>(slot_of_at + 1)?, r.get::<i64>(slot_of_at + 2)?.unwrap_or(0)) {
-            (Some(g), x) if x != 0 => Some((id_of(&g), x)),
+        let draw_grant = r.get::<pgrx::Uuid>(slot_of_at + 1)?.map(|g| id_of(&g));
+        let draw = match (draw_grant, r.get::<i64>(slot_of_at + 2)?.unwrap_or(0)) {
+            (Some(g), x) if x != 0 => Some((g, x)),
             _ => None,
         };
-        let num = r.get::<i64>(slot_of_at + 3)?.unwrap_or(0);
+        let head = draw_grant.zip(r.get::<i64>(slot_of_at + 3)?);
+        let num = r.get::<i64>(slot_of_at + 4)?.unwrap_or(0);
         let mut keyed = None;
-        let mut grants = None;
         if spend_key.is_some() {
             if let Some(entry_id) = r.get::<pgrx::Uuid>(12)? {
                 keyed = Some(Keyed {
@@ -407,24 +409,7 @@ impl<'a, 'c> Op<'a, 'c> {
                     ref_entry: r.get(19)?,
                 });
             }
-            // The live grants are the whole story only while nothing is due to expire.
-            if now.max(clock) < next_event {
-                let ids: Vec<pgrx::Uuid> = r.get(20)?.unwrap_or_default();
-                let remaining: Vec<i64> = r.get(21)?.unwrap_or_default();
-                let expires: Vec<TimestampWithTimeZone> = r.get(22)?.unwrap_or_default();
-                let priority: Vec<i32> = r.get(23)?.unwrap_or_default();
-                let seqs: Vec<i64> = r.get(24)?.unwrap_or_default();
-                let mut gs: Vec<Grant> = (0..ids.len())
-                    .map(|i| Grant { id: id_of(&ids[i]), remaining: remaining[i], expires_at: micros(expires[i]), priority: priority[i], seq: seqs[i] })
-                    .map(|g| drawn(g, draw))
-                    .filter(|g| g.live(now.max(clock)))
-                    .collect();
-                gs.sort_by_key(|g| g.order_key());
-                grants = Some(gs);
-            }
         }
-        let grants_loaded = grants.is_some();
-        let book = Book { grants: grants.unwrap_or_default(), ..book };
         let op = Op {
             c,
             customer: customer.to_string(),
@@ -436,7 +421,9 @@ impl<'a, 'c> Op<'a, 'c> {
             seq0: seq,
             clock,
             next_event,
-            grants_loaded,
+            grants_loaded: false,
+            head,
+            head_only: false,
             holds_loaded: false,
             ro,
             grant_deltas: vec![],
@@ -576,6 +563,7 @@ impl<'a, 'c> Op<'a, 'c> {
 
     /// Loads every open grant and active hold, so the book knows the next expiry exactly.
     fn load_all(&mut self) -> Result<()> {
+        self.drop_head_only()?;
         if !self.grants_loaded {
             let t = self.run(&GRANTS_OPEN, &[self.customer.as_str().into()])?;
             self.book.grants = self.read_grants(t)?;
@@ -608,8 +596,42 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(())
     }
 
+    /// The lines of a spend of `amount` when the first grant in spending order covers it
+    /// alone, without reading the grants: the customer row keeps that grant and its
+    /// remainder (`draw_left`) while they are known, and the allocation from it is then
+    /// exactly what `Book::allocate` over every live grant would give. `None`: read them.
+    pub fn take_from_head(&mut self, amount: i64) -> Option<Vec<(Acct, i64)>> {
+        let (id, left) = self.head?;
+        let fits = !self.grants_loaded
+            && self.book.grants.is_empty()
+            && self.now < self.next_event
+            && amount <= left
+            && amount <= self.book.balance.saturating_add(self.book.overdraft_limit);
+        if !fits {
+            return None;
+        }
+        // Only its remainder matters to this call: it spends (no credits go back, so its
+        // expiry, beyond next_event, is not needed), and nothing loads grants after.
+        self.book.grants = vec![Grant { id, remaining: left, expires_at: self.next_event, priority: 0, seq: 0 }];
+        self.head_only = true;
+        Some(vec![(Acct::Grant(id), amount)])
+    }
+
+    /// Leaves head-only mode before grants are read (nothing written in it yet).
+    fn drop_head_only(&mut self) -> Result<()> {
+        if self.head_only {
+            if self.wrote() {
+                return Err(BillingError::new(crate::error::INTERNAL, "billing: grants read after a head-only write"));
+            }
+            self.book.grants.clear();
+            self.head_only = false;
+        }
+        Ok(())
+    }
+
     /// Makes sure the book holds the live grants in spending order.
     pub fn load_live_grants(&mut self) -> Result<()> {
+        self.drop_head_only()?;
         if !self.grants_loaded {
             let t = self.run(&GRANTS_LIVE, &[self.customer.as_str().into(), ts(self.now).into()])?;
             self.book.grants = self.read_grants(t)?;
@@ -621,6 +643,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// Makes sure the book knows these grants (a refund or release may return credits to
     /// grants that are spent or expired, and so not loaded).
     pub fn load_grants(&mut self, ids: &[Id]) -> Result<()> {
+        self.drop_head_only()?;
         let missing: Vec<pgrx::Uuid> =
             ids.iter().filter(|id| !self.book.grants.iter().any(|g| &g.id == *id)).map(uuid).collect();
         if missing.is_empty() {
@@ -806,13 +829,20 @@ impl<'a, 'c> Op<'a, 'c> {
             }
             (_, None) => {}
         }
+        // The customer row keeps the first grant in spending order (as draw_grant, with or
+        // without a pending draw) and its remainder, when known (see `take_from_head`).
+        let (draw_grant, draw, draw_left) = match (draw, self.head_after(next)) {
+            (Some((g, x)), Some((h, left))) if g == h => (Some(g), x, Some(left)),
+            (None, Some((h, left))) => (Some(h), 0, Some(left)),
+            (d, _) => (d.map(|d| d.0), d.map_or(0, |d| d.1), None),
+        };
         let mut deltas: Vec<(pgrx::Uuid, i64)> = grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
         let last = deltas.pop();
         for (id, d) in deltas {
             crate::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;
         }
         let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(self.pending.take());
-        let args: [DatumWithOid; 25] = [
+        let args: [DatumWithOid; 26] = [
             self.customer.as_str().into(),
             self.book.balance.into(),
             self.book.od.into(),
@@ -824,13 +854,37 @@ impl<'a, 'c> Op<'a, 'c> {
             a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
             last.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |(id, _)| id.into()),
             last.map_or(0, |(_, d)| d).into(),
-            draw.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |(g, _)| uuid(&g).into()),
-            draw.map_or(0, |(_, x)| x).into(),
+            draw_grant.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |g| uuid(&g).into()),
+            draw.into(),
+            draw_left.map_or_else(DatumWithOid::null::<i64>, |l| l.into()),
         ];
         // Without a grant row to write, the statement without the grant update (one plan
         // node fewer to set up).
         crate::spi::run(self.c, if last.is_some() { &FINISH } else { &FINISH_NO_GRANT }, &args)?;
         Ok(())
+    }
+
+    /// The first grant in spending order with credits, and its remainder, once this call's
+    /// entries are applied, if known: exactly when the book holds every live grant, else
+    /// from the row's (when this call moved no other grant's credits). Only while nothing
+    /// is due (`now < next`): then every grant with credits is live, so the first one in
+    /// order stays first until a call changes the grants, and that call writes it again.
+    fn head_after(&self, next: Ts) -> Option<(Id, i64)> {
+        if self.now >= next {
+            return None;
+        }
+        if self.grants_loaded {
+            return self.book.grants.iter().filter(|g| g.live(self.now) && g.remaining > 0).min_by_key(|g| g.order_key()).map(|g| (g.id, g.remaining));
+        }
+        let (h, mut left) = self.head?;
+        for &(id, d) in &self.grant_deltas {
+            if id == h {
+                left += d;
+            } else if d != 0 {
+                return None;
+            }
+        }
+        (left > 0).then_some((h, left))
     }
 
     /// Lowers the next-event bound for something added outside `write` (a new grant).

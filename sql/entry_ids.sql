@@ -61,3 +61,21 @@ $$;
 COMMENT ON FUNCTION billing.verify IS 'Recomputes every balance and grant remainder from the journal; one row per inconsistency.';
 REVOKE ALL ON FUNCTION billing.verify() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION billing.verify() TO billing_reader;
+
+-- The journal entry with this id, found as refund() finds it (by the account's number and
+-- the entry's seq, or through the partial index): what `WHERE entry_id = $1` on the
+-- journal would return, without scanning it.
+CREATE FUNCTION billing.entry(entry_id uuid) RETURNS SETOF billing.journal
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+SELECT j.* FROM billing.customers c JOIN billing.journal j ON j.customer = c.customer
+ WHERE $1 >= 'ff000000-0000-0000-0000-000000000000'::uuid
+   AND c.num = ('x' || substr(replace($1::text, '-', ''), 3, 10))::bit(40)::bigint
+   AND j.seq = ('x' || substr(replace($1::text, '-', ''), 18, 10))::bit(40)::bigint
+   AND j.entry_id = $1
+UNION ALL
+SELECT j.* FROM billing.journal j
+ WHERE j.entry_id = $1 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid
+$$;
+COMMENT ON FUNCTION billing.entry IS 'The journal entry with this id (by the account number and seq the id carries), without scanning the journal.';
+REVOKE ALL ON FUNCTION billing.entry(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.entry(uuid) TO billing_reader;

@@ -66,6 +66,10 @@ mod tests {
         // An id naming no account at all: unknown, without scanning anything.
         assert_eq!(state("SELECT billing.refund('ff0000ff-ff00-8000-8000-0000000fffff'::uuid)"), "BL003");
         assert_eq!(state("SELECT billing.refund('ffffffff-ffff-8fff-bfff-ffffffffffff')"), "BL003");
+        // billing.entry() finds what the journal has under the id, and nothing for the others.
+        assert_eq!(q::<i64>(&format!("SELECT count(*) FROM billing.entry('{d}') WHERE idempotency_key = 'd'")), 1);
+        assert_eq!(q::<i64>(&format!("SELECT count(*) FROM billing.entry('{forged}')")), 0);
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.entry('ffffffff-ffff-8fff-bfff-ffffffffffff')"), 0);
         // The grant's entry is found too, and refused for what it is.
         let g = entry("ra", "g");
         assert_eq!(state(&format!("SELECT billing.refund('{g}')")), "22023");
@@ -86,6 +90,7 @@ mod tests {
         assert!(q::<bool>(&format!(
             "SELECT count(*) = 1 FROM billing.journal WHERE entry_id = '{d}' AND entry_id < {LOCATED}"
         )));
+        assert_eq!(q::<i64>(&format!("SELECT count(*) FROM billing.entry('{d}') WHERE kind = 'debit'")), 1);
         let (_, b, r) = Spi::get_three::<pgrx::Uuid, i64, bool>(&format!("SELECT * FROM billing.refund('{d}')")).unwrap();
         assert_eq!((b, r), (Some(100), Some(false)));
         let (_, b, r) = Spi::get_three::<pgrx::Uuid, i64, bool>(&format!("SELECT * FROM billing.refund('{d}')")).unwrap();

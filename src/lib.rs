@@ -32,7 +32,8 @@ extension_sql_file!("../sql/hot_path.sql", name = "hot_path", requires = ["privi
 extension_sql_file!("../sql/draw.sql", name = "draw", requires = ["hot_path"]);
 extension_sql_file!("../sql/slots.sql", name = "slots", requires = ["draw"]);
 // 0.6.0
-extension_sql_file!("../sql/head.sql", name = "head", requires = ["slots"]);
+extension_sql_file!("../sql/layout.sql", name = "layout", requires = ["slots"]);
+extension_sql_file!("../sql/head.sql", name = "head", requires = ["layout"]);
 extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", finalize);
 
 #[pg_guard]

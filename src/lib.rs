@@ -34,6 +34,7 @@ extension_sql_file!("../sql/slots.sql", name = "slots", requires = ["draw"]);
 // 0.6.0
 extension_sql_file!("../sql/layout.sql", name = "layout", requires = ["slots"]);
 extension_sql_file!("../sql/head.sql", name = "head", requires = ["layout"]);
+extension_sql_file!("../sql/access_order.sql", name = "access_order", requires = ["head"]);
 extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", finalize);
 
 #[pg_guard]

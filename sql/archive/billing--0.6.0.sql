@@ -1411,7 +1411,26 @@ COMMENT ON COLUMN billing.customers.draw_left IS 'When set: draw_grant is the fi
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/api.rs:77
+-- src/lib.rs:37
+-- requires:
+--   head
+
+-- billing 0.6.0: a customer's current subscription, read by an index in access's order.
+--
+-- access() and can_access() take a customer's subscription that has not ended first,
+-- then the latest paid-through (else period) end. With only the primary key the plan
+-- was an index scan and a Sort under LIMIT 1, and setting up the sort (a tuplesort and
+-- its memory contexts) for the one row was a large share of a check: a loop of
+-- can_access calls ran 30-45% faster with this index (src/access/api.rs, INPUTS). The
+-- index keys are that ORDER BY's expressions, so the scan reads the first entry and stops.
+-- It costs subscription writes one index entry (status and period ends change about
+-- once a billing period).
+CREATE INDEX subscriptions_current ON billing.subscriptions
+    (customer, (status IN ('canceled', 'incomplete_expired')), (coalesce(paid_through, current_period_end)) DESC NULLS LAST);
+/* </end connected objects> */
+
+/* <begin connected objects> */
+-- src/access/api.rs:81
 -- billing::access::api::access
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1429,13 +1448,13 @@ COMMENT ON COLUMN billing.customers.draw_left IS 'When set: draw_grant is the fi
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/api.rs:95
+-- src/access/api.rs:99
 -- billing::access::api::can_access
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/api.rs:135
+-- src/access/api.rs:139
 -- billing::access::api::charge
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1561,7 +1580,7 @@ COMMENT ON COLUMN billing.customers.draw_left IS 'When set: draw_grant is the fi
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/lib.rs:37
+-- src/lib.rs:38
 -- finalize
 -- billing 0.6.0: journal entry ids that say where their entry is.
 --

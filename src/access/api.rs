@@ -12,8 +12,12 @@ use pgrx::spi::SpiClient;
 use serde_json::json;
 
 static INPUTS: Stmt = Stmt {
+    // Whether the customer ever had a grant matters only without a subscription and
+    // with no credits (`decide`: no_credits or no_plan); the scan is skipped otherwise.
+    // The credits are those of the row unless something is due ($2) or it is slotted.
     sql: "SELECT c.frozen, c.balance, c.next_event_at,
-                 EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer),
+                 CASE WHEN s.status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
+                      THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer) END,
                  s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
                  s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end, c.slots
             FROM billing.customers c
@@ -24,7 +28,7 @@ static INPUTS: Stmt = Stmt {
                    LIMIT 1) s ON true
             LEFT JOIN billing.plans p ON p.plan = s.plan
            WHERE c.customer = $1",
-    args: &[TEXTOID],
+    args: &[TEXTOID, TIMESTAMPTZOID],
 };
 
 /// What access needs to know about a customer, read in one statement.
@@ -35,7 +39,7 @@ pub struct Inputs {
 }
 
 pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs> {
-    let t = run_ro(c, &INPUTS, &[customer.into()])?;
+    let t = run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?;
     if t.is_empty() {
         return Ok(Inputs { customer: Customer::default(), status: None, period_end: None });
     }

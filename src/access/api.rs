@@ -163,10 +163,14 @@ fn charge_impl(customer: Option<&str>, feature: Option<&str>, amount: Option<i64
 
 // ---- rate limits ----
 
+/// The limits that may apply (at most four: customer or plan, feature or every feature);
+/// `take_token` picks the most specific. Without ORDER BY ... LIMIT 1: a Sort's set-up
+/// costs more than these rows.
 static LIMIT: Stmt = Stmt {
-    sql: "SELECT l.requests, (extract(epoch FROM l.per) * 1000000)::int8, l.subject || ':' || l.feature FROM billing.limits l
-           WHERE (l.subject = $1 OR l.subject = $2) AND l.feature IN ($3, '')
-           ORDER BY l.subject = $1 DESC, l.feature = $3 DESC LIMIT 1",
+    sql: "SELECT l.requests, (extract(epoch FROM l.per) * 1000000)::int8, l.subject || ':' || l.feature,
+                 l.subject = $1, l.feature = $3
+            FROM billing.limits l
+           WHERE (l.subject = $1 OR l.subject = $2) AND l.feature IN ($3, '')",
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
 static BUCKET_ENSURE: Stmt = Stmt {
@@ -188,13 +192,17 @@ static BUCKET_SAVE: Stmt = Stmt {
 /// its own bucket per customer (keyed `subject:feature`), locked while it is used, so
 /// concurrent requests never let an extra one through.
 pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, feature: &str, now: i64) -> Result<()> {
-    let t = run(c, &LIMIT, &[customer.into(), plan.unwrap_or("").into(), feature.into()])?;
-    if t.is_empty() {
-        return Ok(());
+    let mut best: Option<((bool, bool), Limit, String)> = None;
+    for r in run(c, &LIMIT, &[customer.into(), plan.unwrap_or("").into(), feature.into()])? {
+        let rank = (r.get::<bool>(4)?.unwrap_or(false), r.get::<bool>(5)?.unwrap_or(false));
+        if best.as_ref().is_none_or(|b| rank > b.0) {
+            let limit = Limit { requests: r.get::<i32>(1)?.unwrap_or(1) as i64, per_us: r.get::<i64>(2)?.unwrap_or(1).max(1) };
+            best = Some((rank, limit, r.get(3)?.unwrap_or_default()));
+        }
     }
-    let r = t.first();
-    let limit = Limit { requests: r.get::<i32>(1)?.unwrap_or(1) as i64, per_us: r.get::<i64>(2)?.unwrap_or(1).max(1) };
-    let bucket_feature: String = r.get(3)?.unwrap_or_default();
+    let Some((_, limit, bucket_feature)) = best else {
+        return Ok(());
+    };
     let full = limit.full(now);
     run(c, &BUCKET_ENSURE, &[customer.into(), bucket_feature.as_str().into(), (full.tokens as i64).into(), ts(now).into()])?;
     let b = run(c, &BUCKET_LOCK, &[customer.into(), bucket_feature.as_str().into()])?;

@@ -180,6 +180,26 @@ mod tests {
     }
 
     #[pg_test]
+    fn rate_limit_precedence() {
+        setup();
+        sub("rl", "active", "2031-01-01", None, false, None);
+        Spi::run("SELECT billing.grant('rl', 100, 'g')").unwrap();
+        // The plan's limit for every feature, and a looser one for chat.
+        Spi::run("SELECT billing.define_limit('pro', '', 1, '1 minute')").unwrap();
+        Spi::run("SELECT billing.define_limit('pro', 'chat', 3, '1 minute')").unwrap();
+        assert_eq!(state("SELECT billing.charge('rl', 'images', 1, 'i1')"), "ok");
+        assert_eq!(state("SELECT billing.charge('rl', 'images', 1, 'i2')"), "BL006");
+        for k in ["c1", "c2", "c3"] {
+            assert_eq!(state(&format!("SELECT billing.charge('rl', 'chat', 1, '{k}')")), "ok");
+        }
+        assert_eq!(state("SELECT billing.charge('rl', 'chat', 1, 'c4')"), "BL006");
+        // The customer's own limit for every feature comes before the plan's for chat.
+        Spi::run("SELECT billing.define_limit('rl', '', 10, '1 minute')").unwrap();
+        assert_eq!(state("SELECT billing.charge('rl', 'chat', 1, 'c5')"), "ok");
+        assert_eq!(state("SELECT billing.charge('rl', 'images', 1, 'i3')"), "ok");
+    }
+
+    #[pg_test]
     fn metering_is_exact_and_rated_at_the_price_in_force() {
         setup();
         Spi::run("SELECT billing.grant('m', 100000, 'g')").unwrap();

@@ -396,7 +396,7 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
         }
         let lines = settle_lines(res.hold.id, &plan, &extra);
         let returned: Vec<_> = lines.iter().filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None }).collect();
-        op.load_grants(&returned)?;
+        op.load_returned_grants(&returned)?;
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Settle, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra { metadata: Some(json!({ "actual": actual })), ..Default::default() })?;
@@ -435,7 +435,7 @@ fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
         }
         let lines = res.hold.lines.clone();
         let returned: Vec<_> = lines.iter().filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None }).collect();
-        op.load_grants(&returned)?;
+        op.load_returned_grants(&returned)?;
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Release, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra::default())?;

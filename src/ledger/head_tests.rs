@@ -44,8 +44,15 @@ mod tests {
         let r = q::<pgrx::Uuid>("SELECT billing.reserve('ha', 5, 'r1')");
         assert_eq!(grant_reads(), before, "debits and a reserve the first grant covers read no grant");
         assert_eq!(head("ha"), Some(45));
-        // A settle returns the unused part to the same grant: it stays first.
+        // A settle returns the unused part to the same grant: it stays first, and neither
+        // the settle nor a release of a hold it covered reads a grant.
         q::<i64>(&format!("SELECT balance_after FROM billing.settle('{r}', 2)"));
+        assert_eq!(head("ha"), Some(48));
+        assert_eq!(grant_reads(), before, "the settle read no grant");
+        let r2 = q::<pgrx::Uuid>("SELECT billing.reserve('ha', 8, 'r2')");
+        assert_eq!(grant_reads(), before, "the reserve read no grant");
+        q::<i64>(&format!("SELECT balance_after FROM billing.release('{r2}')"));
+        assert_eq!(grant_reads(), before, "a settle and a release onto the first grant read no grant");
         assert_eq!(head("ha"), Some(48));
         // A debit beyond it reads the grants and takes the rest from the next one.
         assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('ha', 60, 'd6')"), 88);

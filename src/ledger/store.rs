@@ -656,6 +656,20 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(())
     }
 
+    /// `load_grants` for grants that credits go back to, except when they are only the
+    /// first grant the customer row keeps (`take_from_head`) with credits left: that one is
+    /// live until the next event and expires no sooner, so returning credits to it needs
+    /// neither its expiry nor an expiry entry, and `finish` keeps its remainder from the
+    /// row. (A settle or release of a hold the first grant covered: one statement fewer.)
+    pub fn load_returned_grants(&mut self, ids: &[Id]) -> Result<()> {
+        if let Some((h, left)) = self.head {
+            if !self.grants_loaded && self.book.grants.is_empty() && self.now < self.next_event && left > 0 && ids.iter().all(|id| *id == h) {
+                return Ok(());
+            }
+        }
+        self.load_grants(ids)
+    }
+
     /// The grants these mirrors (of a slot account) hold credits of.
     pub fn origins(&mut self, ids: &[Id]) -> Result<Vec<(Id, Id)>> {
         let ids: Vec<pgrx::Uuid> = ids.iter().map(uuid).collect();
@@ -817,6 +831,11 @@ impl<'a, 'c> Op<'a, 'c> {
             }
             ([(g, d)], Some((dg, x))) if *d < 0 && *g == dg && left(g) > 0 => {
                 draw = Some((dg, x - d));
+                grant_deltas.clear();
+            }
+            // Credits going back (a settle's unused part, a release) within what is drawn.
+            ([(g, d)], Some((dg, x))) if *d > 0 && *g == dg && *d <= x => {
+                draw = (x - d > 0).then_some((dg, x - d));
                 grant_deltas.clear();
             }
             ([], _) => {}

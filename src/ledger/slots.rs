@@ -108,7 +108,8 @@ pub fn spend<T>(
                 xact_unlock(LockClass::Customer, &[acct]);
             }
         };
-        let Some((mut op, keyed)) = Op::lock_for_spend_held(c, &acct, now, key)? else {
+        let parent = (k != 0).then_some(customer);
+        let Some((mut op, keyed)) = Op::lock_for_spend_held(c, &acct, now, key, parent)? else {
             give_back(&acct);
             if n > 1 {
                 learn(customer, 1); // a slot that does not exist: the count was wrong
@@ -139,11 +140,8 @@ pub fn spend<T>(
         if n == 1 {
             op.lock_row()?;
         }
-        let keyed = match keyed {
-            Some(kd) => Some(kd),
-            None if k != 0 => op.find_key_in(customer, key)?,
-            None => None,
-        };
+        // (On a slot account `keyed` includes the customer's own journal: see
+        // SPEND_LOOKUP_SLOT.)
         match attempt(&mut op, keyed)? {
             Try::Done(t) => {
                 op.finish()?;

@@ -206,6 +206,17 @@ macro_rules! spend_lookup_sql {
 /// the customer row (as LOOKUP) and the entry under its idempotency key. The grants are
 /// read only when the first one (`draw_left`, see `Op::take_from_head`) is not enough.
 static SPEND_LOOKUP: Stmt = Stmt { sql: spend_lookup_sql!(), args: &[TEXTOID, TEXTOID] };
+/// SPEND_LOOKUP of a slot account, with the entry under the key in its customer's own
+/// journal (`$3`) too: a key used before the customer was slotted, or by a call that
+/// gathered the slots, lives there (one statement instead of two).
+static SPEND_LOOKUP_SLOT: Stmt = Stmt {
+    sql: concat!(
+        "SELECT s.*, p.entry_id, p.kind, p.amount, p.balance_after, p.metadata, p.grant_id, p.reservation_id, p.ref_entry
+           FROM (", spend_lookup_sql!(), ") s
+           LEFT JOIN billing.journal p ON p.customer = $3 AND p.idempotency_key = $2"
+    ),
+    args: &[TEXTOID, TEXTOID, TEXTOID],
+};
 /// The row lock LOOKUP_XACT_SNAPSHOT takes, for a spending call that read its account with
 /// SPEND_LOOKUP under a transaction snapshot (see `Op::lock_row`).
 static LOCK_ROW: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE", args: &[TEXTOID] };
@@ -346,8 +357,10 @@ impl<'a, 'c> Op<'a, 'c> {
     /// caller that holds the account's lock (`slots::spend`), and finds the entry already
     /// made under the key, in one statement that also loads the live grants when nothing
     /// is due to expire (else `catch_up` loads all); `Ok(None)` if there is no such account.
-    pub fn lock_for_spend_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str) -> Result<Option<(Self, Option<Keyed>)>> {
-        Self::open(c, customer, now, false, false, Some(key))
+    /// On a slot account, `parent` is its customer, whose own journal is searched for the
+    /// key as well (the slot's entry first).
+    pub fn lock_for_spend_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str, parent: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
+        Self::open_as(c, customer, now, false, false, Some(key), parent)
     }
 
     /// `lock_existing` for a caller that holds the customer's lock already.
@@ -356,6 +369,18 @@ impl<'a, 'c> Op<'a, 'c> {
     }
 
     fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool, spend_key: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
+        Self::open_as(c, customer, now, create, ro, spend_key, None)
+    }
+
+    fn open_as(
+        c: &'a mut SpiClient<'c>,
+        customer: &str,
+        now: Ts,
+        create: bool,
+        ro: bool,
+        spend_key: Option<&str>,
+        parent: Option<&str>,
+    ) -> Result<Option<(Self, Option<Keyed>)>> {
         if create {
             crate::spi::run(c, &CREATE, &[customer.into()])?;
         }
@@ -367,7 +392,10 @@ impl<'a, 'c> Op<'a, 'c> {
             }
             // Under a transaction snapshot the caller locks the row once it knows the
             // account is the right one (`lock_row`).
-            (false, Some(k)) => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into()])?,
+            (false, Some(k)) => match parent {
+                None => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into()])?,
+                Some(p) => crate::spi::run(c, &SPEND_LOOKUP_SLOT, &[customer.into(), k.into(), p.into()])?,
+            },
         };
         if t.is_empty() {
             return Ok(None);
@@ -395,21 +423,29 @@ impl<'a, 'c> Op<'a, 'c> {
         };
         let head = draw_grant.zip(r.get::<i64>(slot_of_at + 3)?);
         let num = r.get::<i64>(slot_of_at + 4)?.unwrap_or(0);
-        let mut keyed = None;
-        if spend_key.is_some() {
-            if let Some(entry_id) = r.get::<pgrx::Uuid>(12)? {
-                keyed = Some(Keyed {
-                    entry_id,
-                    kind: r.get(13)?.unwrap_or_default(),
-                    amount: r.get(14)?.unwrap_or(0),
-                    balance_after: r.get(15)?.unwrap_or(0),
-                    metadata: r.get::<JsonB>(16)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
-                    grant_id: r.get(17)?,
-                    reservation_id: r.get(18)?,
-                    ref_entry: r.get(19)?,
-                });
-            }
-        }
+        // The entry under the key: the account's own (columns 12-19), else, on a slot
+        // account, its customer's (26-33).
+        let keyed_at = |i: usize| -> Result<Option<Keyed>> {
+            let Some(entry_id) = r.get::<pgrx::Uuid>(i)? else { return Ok(None) };
+            Ok(Some(Keyed {
+                entry_id,
+                kind: r.get(i + 1)?.unwrap_or_default(),
+                amount: r.get(i + 2)?.unwrap_or(0),
+                balance_after: r.get(i + 3)?.unwrap_or(0),
+                metadata: r.get::<JsonB>(i + 4)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+                grant_id: r.get(i + 5)?,
+                reservation_id: r.get(i + 6)?,
+                ref_entry: r.get(i + 7)?,
+            }))
+        };
+        let keyed = match (spend_key, parent) {
+            (None, _) => None,
+            (Some(_), None) => keyed_at(12)?,
+            (Some(_), Some(_)) => match keyed_at(12)? {
+                Some(k) => Some(k),
+                None => keyed_at(26)?,
+            },
+        };
         let op = Op {
             c,
             customer: customer.to_string(),

@@ -105,8 +105,8 @@ CREATE INDEX subscriptions_current ON billing.subscriptions
 -- its account and its place in that account's journal: 0xff, the account's number
 -- (customers.num, 40 bits), the uuid version 8, the entry's seq (40 bits) and random
 -- bits (src/ledger/entry_id.rs has the layout). refund() reads the account by number and
--- the entry by the journal's primary key. Ids made before their seq is known (grants,
--- transfer pairs), ids of numbers or seqs beyond 40 bits, and every id from before
+-- the entry by the journal's primary key. Ids made before their seq is known (transfer
+-- pairs), ids of numbers or seqs beyond 40 bits, and every id from before
 -- 0.6.0 are random (version 7, below 'ff...') and stay in a partial unique index.
 
 CREATE SEQUENCE billing.customer_num;

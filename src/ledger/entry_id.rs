@@ -5,8 +5,8 @@
 //! for it (a WAL record of ~75 bytes, a leaf page dirtied). An entry id now names its
 //! account and its place in that account's journal: the customer row's `num` and the
 //! entry's `seq`, so the lookup goes customer (by `num`) then journal (by its primary key)
-//! and needs no index of its own. Ids made before the entry's seq is known (a grant's,
-//! a transfer pair's) and every id from before 0.6.0 are random (version 7) and stay in
+//! and needs no index of its own. Ids made before the entry's seq is known (a
+//! transfer pair's), ids of numbers or seqs beyond 40 bits and every id from before 0.6.0 are random (version 7) and stay in
 //! a partial index of the ids below [`LOCATED_FROM`].
 //!
 //! Layout, as a 128-bit big-endian number: `0xff` (8 bits: above every version-7 id

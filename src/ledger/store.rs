@@ -355,10 +355,9 @@ impl<'a, 'c> Op<'a, 'c> {
 
     /// Opens an account for an operation that spends under idempotency key `key`, for a
     /// caller that holds the account's lock (`slots::spend`), and finds the entry already
-    /// made under the key, in one statement that also loads the live grants when nothing
-    /// is due to expire (else `catch_up` loads all); `Ok(None)` if there is no such account.
-    /// On a slot account, `parent` is its customer, whose own journal is searched for the
-    /// key as well (the slot's entry first).
+    /// made under the key, in one statement; `Ok(None)` if there is no such account. On a
+    /// slot account, `parent` is its customer, whose own journal is searched for the key
+    /// as well (the slot's entry first). Grants are read later, if at all (`draw`).
     pub fn lock_for_spend_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str, parent: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
         Self::open_as(c, customer, now, false, false, Some(key), parent)
     }

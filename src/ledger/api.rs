@@ -488,18 +488,17 @@ fn extend_impl(rid: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Result<Timesta
 
 // ---- refund ----
 
-/// An entry by a located id (`entry_id`): its account by number, then its row by seq.
-static ENTRY_AT: Stmt = Stmt {
+/// The entry with id `$3`, found as `billing.entry` finds it: by the account number `$1`
+/// and seq `$2` a located id names (`entry_id`; NULL for any other id), else through the
+/// partial index of the other ids.
+static ENTRY_ROW: Stmt = Stmt {
     sql: "SELECT j.customer, j.kind, j.accounts, j.deltas, j.reservation_id
             FROM billing.customers c JOIN billing.journal j ON j.customer = c.customer AND j.seq = $2
-           WHERE c.num = $1 AND j.entry_id = $3",
+           WHERE c.num = $1 AND j.entry_id = $3
+          UNION ALL
+          SELECT j.customer, j.kind, j.accounts, j.deltas, j.reservation_id FROM billing.journal j
+           WHERE j.entry_id = $3 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid",
     args: &[INT8OID, INT8OID, UUIDOID],
-};
-/// An entry by any other id, through the partial index of those ids.
-static ENTRY_ROW: Stmt = Stmt {
-    sql: "SELECT customer, kind, accounts, deltas, reservation_id FROM billing.journal
-           WHERE entry_id = $1 AND entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid",
-    args: &[UUIDOID],
 };
 static REFUNDS_OF: Stmt = Stmt {
     sql: "SELECT accounts, deltas FROM billing.journal WHERE customer = $1 AND ref_entry = $2 AND kind = 'refund'",
@@ -516,10 +515,8 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
     let entry = need(entry, "entry_id")?;
     let now = clock::now();
     connect(|c| {
-        let t = match entry_id::locate(&id_of(&entry)) {
-            Some((num, seq)) => run(c, &ENTRY_AT, &[num.into(), seq.into(), entry.into()])?,
-            None => run(c, &ENTRY_ROW, &[entry.into()])?,
-        };
+        let (num, seq) = entry_id::locate(&id_of(&entry)).unzip();
+        let t = run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?;
         if t.is_empty() {
             return Err(BillingError::new(UNKNOWN, format!("unknown journal entry {entry}")));
         }

@@ -108,8 +108,9 @@ pub fn spend<T>(
                 xact_unlock(LockClass::Customer, &[acct]);
             }
         };
-        let parent = (k != 0).then_some(customer);
-        let Some((mut op, keyed)) = Op::lock_for_spend_held(c, &acct, now, key, parent)? else {
+        // A slot account's call also looks for the key in the customer's own journal.
+        let own_journal = (k != 0).then_some(customer);
+        let Some((mut op, keyed)) = Op::lock_for_spend_held(c, &acct, now, key, own_journal)? else {
             give_back(&acct);
             if n > 1 {
                 learn(customer, 1); // a slot that does not exist: the count was wrong

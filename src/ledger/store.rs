@@ -172,17 +172,13 @@ static FINISH_NO_GRANT: Stmt = Stmt {
     args: FINISH_ARGS,
 };
 /// The balance after entry `$2` and the expiries that followed it (see `final_balance`).
+/// The entry by the seq `$3` its id names if it is located (`entry_id`), else through the
+/// partial index of the other ids.
 static FINAL_BALANCE: Stmt = Stmt {
     sql: "SELECT balance_after FROM billing.journal
-           WHERE customer = $1 AND ((entry_id = $2 AND entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid)
+           WHERE customer = $1 AND ((seq = $3 AND entry_id = $2)
+                                     OR (entry_id = $2 AND entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid)
                                      OR (ref_entry = $2 AND kind = 'expiry'))
-           ORDER BY seq DESC LIMIT 1",
-    args: &[TEXTOID, UUIDOID],
-};
-/// FINAL_BALANCE for a located entry id, whose seq is `$3`: by the primary key.
-static FINAL_BALANCE_AT: Stmt = Stmt {
-    sql: "SELECT balance_after FROM billing.journal
-           WHERE customer = $1 AND ((seq = $3 AND entry_id = $2) OR (ref_entry = $2 AND kind = 'expiry'))
            ORDER BY seq DESC LIMIT 1",
     args: &[TEXTOID, UUIDOID, INT8OID],
 };
@@ -636,13 +632,8 @@ impl<'a, 'c> Op<'a, 'c> {
     /// remainder (`draw_left`) while they are known, and the allocation from it is then
     /// exactly what `Book::allocate` over every live grant would give. `None`: read them.
     pub fn take_from_head(&mut self, amount: i64) -> Option<Vec<(Acct, i64)>> {
-        let (id, left) = self.head?;
-        let fits = !self.grants_loaded
-            && self.book.grants.is_empty()
-            && self.now < self.next_event
-            && amount <= left
-            && amount <= self.book.balance.saturating_add(self.book.overdraft_limit);
-        if !fits {
+        let (id, left) = self.usable_head()?;
+        if amount > left || amount > self.book.balance.saturating_add(self.book.overdraft_limit) {
             return None;
         }
         // Only its remainder matters to this call: it spends (no credits go back, so its
@@ -650,6 +641,12 @@ impl<'a, 'c> Op<'a, 'c> {
         self.book.grants = vec![Grant { id, remaining: left, expires_at: self.next_event, priority: 0, seq: 0 }];
         self.head_only = true;
         Some(vec![(Acct::Grant(id), amount)])
+    }
+
+    /// The first grant the customer row keeps, when the book has read no grant and nothing
+    /// is due (so every grant with credits is live and that one is first among them).
+    fn usable_head(&self) -> Option<(Id, i64)> {
+        self.head.filter(|_| !self.grants_loaded && self.book.grants.is_empty() && self.now < self.next_event)
     }
 
     /// Leaves head-only mode before grants are read (nothing written in it yet).
@@ -697,12 +694,10 @@ impl<'a, 'c> Op<'a, 'c> {
     /// neither its expiry nor an expiry entry, and `finish` keeps its remainder from the
     /// row. (A settle or release of a hold the first grant covered: one statement fewer.)
     pub fn load_returned_grants(&mut self, ids: &[Id]) -> Result<()> {
-        if let Some((h, left)) = self.head {
-            if !self.grants_loaded && self.book.grants.is_empty() && self.now < self.next_event && left > 0 && ids.iter().all(|id| *id == h) {
-                return Ok(());
-            }
+        match self.usable_head() {
+            Some((h, left)) if left > 0 && ids.iter().all(|id| *id == h) => Ok(()),
+            _ => self.load_grants(ids),
         }
-        self.load_grants(ids)
     }
 
     /// The grants these mirrors (of a slot account) hold credits of.
@@ -814,10 +809,8 @@ impl<'a, 'c> Op<'a, 'c> {
     /// that followed it): what a replay of that operation returns.
     pub fn final_balance(&mut self, entry: &pgrx::Uuid) -> Result<i64> {
         let customer = self.customer.clone();
-        let t = match super::entry_id::locate(&id_of(entry)) {
-            Some((_, seq)) => self.run(&FINAL_BALANCE_AT, &[customer.as_str().into(), (*entry).into(), seq.into()])?,
-            None => self.run(&FINAL_BALANCE, &[customer.as_str().into(), (*entry).into()])?,
-        };
+        let seq = super::entry_id::locate(&id_of(entry)).map(|(_, seq)| seq);
+        let t = self.run(&FINAL_BALANCE, &[customer.as_str().into(), (*entry).into(), seq.into()])?;
         Ok(t.first().get::<i64>(1)?.unwrap_or(0))
     }
 

@@ -17,4 +17,5 @@ gen() {  # gen <from> <to> <files...>
 [ -f sql/archive/billing--0.3.0.sql ] && [ -f sql/billing--0.2.0--0.3.0.sql ] || gen 0.2.0 0.3.0 sql/access.sql sql/fixes_0_3_0.sql sql/privileges_access.sql
 [ -f sql/archive/billing--0.4.0.sql ] && [ -f sql/billing--0.3.0--0.4.0.sql ] || gen 0.3.0 0.4.0 sql/hot_path.sql
 [ -f sql/archive/billing--0.5.0.sql ] && [ -f sql/billing--0.4.0--0.5.0.sql ] || gen 0.4.0 0.5.0 sql/draw.sql sql/slots.sql
-gen 0.5.0 0.6.0 sql/layout.sql sql/head.sql sql/access_order.sql sql/entry_ids.sql
+[ -f sql/archive/billing--0.6.0.sql ] && [ -f sql/billing--0.5.0--0.6.0.sql ] || gen 0.5.0 0.6.0 sql/layout.sql sql/head.sql sql/access_order.sql sql/entry_ids.sql
+gen 0.6.0 0.7.0 sql/outbox_wake.sql

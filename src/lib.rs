@@ -35,7 +35,9 @@ extension_sql_file!("../sql/slots.sql", name = "slots", requires = ["draw"]);
 extension_sql_file!("../sql/layout.sql", name = "layout", requires = ["slots"]);
 extension_sql_file!("../sql/head.sql", name = "head", requires = ["layout"]);
 extension_sql_file!("../sql/access_order.sql", name = "access_order", requires = ["head"]);
-extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", finalize);
+extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", requires = ["access_order"]);
+// 0.7.0
+extension_sql_file!("../sql/outbox_wake.sql", name = "outbox_wake", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -146,8 +146,27 @@ fn tag(class: LockClass, parts: &[&str]) -> pg_sys::LOCKTAG {
 }
 
 fn acquire(class: LockClass, parts: &[&str], dont_wait: bool) -> pg_sys::LockAcquireResult::Type {
+    lock_in_mode(class, parts, pg_sys::ExclusiveLock, false, dont_wait)
+}
+
+/// The same key space in another lock mode, transaction- or session-scoped (what the
+/// outbox's wake-up uses: writers and waiting consumers in two modes that conflict only
+/// with each other).
+pub fn lock_in_mode(class: LockClass, parts: &[&str], mode: u32, session: bool, dont_wait: bool) -> pg_sys::LockAcquireResult::Type {
     let tag = tag(class, parts);
-    unsafe { pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, dont_wait) }
+    unsafe { pg_sys::LockAcquire(&tag, mode as pg_sys::LOCKMODE, session, dont_wait) }
+}
+
+/// Whether this backend holds the lock in `mode` (in either scope).
+pub fn held_in_mode(class: LockClass, parts: &[&str], mode: u32) -> bool {
+    let tag = tag(class, parts);
+    unsafe { pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE) }
+}
+
+/// Gives back one acquisition of `lock_in_mode`.
+pub fn unlock_in_mode(class: LockClass, parts: &[&str], mode: u32, session: bool) {
+    let tag = tag(class, parts);
+    unsafe { pg_sys::LockRelease(&tag, mode as pg_sys::LOCKMODE, session) };
 }
 
 /// The extension's advisory lock classes (`pg_locks.objsubid` of its locks).
@@ -158,6 +177,8 @@ pub enum LockClass {
     Customer = 0x4243, // "BC"
     /// One webhook event id, while it is stored and applied.
     Event = 0x4245, // "BE"
+    /// The outbox's wake-up (`access::outbox`): writers and waiting consumers.
+    Outbox = 0x424f, // "BO"
 }
 
 /// Runs `f` in a subtransaction: on success it is kept; on an error (ours, or a Postgres

@@ -1,4 +1,5 @@
 //! Access checks (SPEC section 3): the pure decision and its SQL functions.
 pub mod api;
 pub mod decide;
+pub mod outbox;
 mod tests;

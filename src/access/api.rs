@@ -6,29 +6,50 @@ use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
 use crate::ledger::store::Op;
 use crate::spi::{micros, run, run_ro, ts, Stmt};
 use crate::usage::bucket::{Bucket, Limit};
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::json;
 
-static INPUTS: Stmt = Stmt {
-    // Whether the customer ever had a grant matters only without a subscription and
-    // with no credits (`decide`: no_credits or no_plan); the scan is skipped otherwise.
-    // The credits are those of the row unless something is due ($2) or it is slotted.
-    sql: "SELECT c.frozen, c.balance, c.next_event_at,
+/// The statement of `inputs`, with `$extra` columns after the fifteen it reads.
+macro_rules! inputs_sql {
+    ($extra:literal) => {
+        concat!(
+            "SELECT c.frozen, c.balance, c.next_event_at,
                  CASE WHEN s.status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
                       THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer) END,
                  s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
-                 s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end, c.slots
-            FROM billing.customers c
+                 s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end, c.slots, c.access_reason",
+            $extra,
+            " FROM billing.customers c
             LEFT JOIN LATERAL (
                   SELECT * FROM billing.subscriptions s WHERE s.customer = c.customer
                    ORDER BY s.status IN ('canceled', 'incomplete_expired'),
                             coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST
                    LIMIT 1) s ON true
             LEFT JOIN billing.plans p ON p.plan = s.plan
-           WHERE c.customer = $1",
+           WHERE c.customer = $1"
+        )
+    };
+}
+
+static INPUTS: Stmt = Stmt {
+    // Whether the customer ever had a grant matters only without a subscription and
+    // with no credits (`decide`: no_credits or no_plan); the scan is skipped otherwise.
+    // The credits are those of the row unless something is due ($2) or it is slotted.
+    sql: inputs_sql!(""),
     args: &[TEXTOID, TIMESTAMPTZOID],
+};
+/// `INPUTS` for the access note after an applied event, and whether failed events of the
+/// customer (by its id or the provider's, $3) wait for a replay: one statement, where the
+/// replay's own query ran after every applied event and almost always found none.
+static INPUTS_WAITING: Stmt = Stmt {
+    sql: inputs_sql!(
+        ", EXISTS (SELECT FROM billing.events e WHERE e.status = 'failed' AND e.provider = 'stripe'
+                      AND (e.customer = $1 OR e.provider_customer = $3))"
+    ),
+    args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID],
 };
 
 /// What access needs to know about a customer, read in one statement.
@@ -36,12 +57,23 @@ pub struct Inputs {
     pub customer: Customer,
     pub status: Option<String>,
     pub period_end: Option<i64>,
+    /// The access reason last noted in the outbox (`note_access`).
+    pub noted: Option<String>,
 }
 
 pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs> {
-    let t = run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?;
+    Ok(read_inputs(c, customer, now, None)?.0)
+}
+
+/// `inputs`, and with `waiting` (`Some(provider customer)`) whether failed events of the
+/// customer wait (true, to look, for a customer with no row).
+fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, waiting: Option<Option<&str>>) -> Result<(Inputs, bool)> {
+    let t = match waiting {
+        None => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
+        Some(pc) => run_ro(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?,
+    };
     if t.is_empty() {
-        return Ok(Inputs { customer: Customer::default(), status: None, period_end: None });
+        return Ok((Inputs { customer: Customer::default(), status: None, period_end: None, noted: None }, true));
     }
     let r = t.first();
     let t_of = |i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
@@ -73,7 +105,9 @@ pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs>
         balance = balance.saturating_add(crate::ledger::slots::slot_balances(c, customer, slots, now)?);
     }
     let period_end = sub.as_ref().and_then(|s| s.period_end);
-    Ok(Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end })
+    let noted = r.get::<String>(14)?;
+    let waits = waiting.is_some() && r.get::<bool>(15)?.unwrap_or(true);
+    Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end, noted }, waits))
 }
 
 type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Option<TimestampWithTimeZone>);
@@ -237,13 +271,28 @@ static ACCESS_NOTE: Stmt = Stmt {
 /// last one noted. Called where access can change: applied webhook events, freezes, and
 /// `maintenance()` for changes that only time brings (a grace period ending).
 pub fn note_access(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<()> {
-    let i = inputs(c, customer, now)?;
+    note(c, customer, now, None).map(|_| ())
+}
+
+/// `note_access` after an applied event, reading in the same statement whether failed
+/// events of the customer (or of provider customer `pc`) wait for a replay.
+pub fn note_access_waiting(c: &mut SpiClient<'_>, customer: &str, pc: Option<&str>, now: i64) -> Result<bool> {
+    note(c, customer, now, Some(pc))
+}
+
+fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, waiting: Option<Option<&str>>) -> Result<bool> {
+    let (i, waits) = read_inputs(c, customer, now, waiting)?;
     if !i.customer.known {
-        return Ok(());
+        return Ok(waits);
     }
     let r = decide(&i.customer, None, now);
-    run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
-    Ok(())
+    // Unchanged as this statement saw it: no write (most applied events change nothing).
+    // A concurrent change not yet committed is noted by its own transaction, and
+    // `maintenance()` notes again whatever a race left behind.
+    if i.noted.as_deref() != Some(r.as_str()) {
+        run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
+    }
+    Ok(waits)
 }
 
 static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions", args: &[] };

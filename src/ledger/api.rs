@@ -120,6 +120,22 @@ pub fn grant_impl(
     priority: Option<i32>,
     metadata: Option<JsonB>,
 ) -> Result<pgrx::Uuid> {
+    grant_as(new_id(), customer, amount, key, source, expires_at, priority, metadata)
+}
+
+/// `grant_impl` with the new grant's id chosen by the caller (a purchase records it
+/// before the grant is made). A replayed key returns the id of the grant it made.
+#[allow(clippy::too_many_arguments)]
+pub fn grant_as(
+    id: [u8; 16],
+    customer: Option<&str>,
+    amount: Option<i64>,
+    key: Option<&str>,
+    source: Option<&str>,
+    expires_at: Option<TimestampWithTimeZone>,
+    priority: Option<i32>,
+    metadata: Option<JsonB>,
+) -> Result<pgrx::Uuid> {
     let customer = customer_arg(customer)?;
     let amount = amount_arg(amount, "amount", customer)?;
     let key = key_arg(key, customer)?;
@@ -149,7 +165,6 @@ pub fn grant_impl(
             return Err(BillingError::invalid(format!("expires_at of the grant for customer \"{customer}\" is not in the future")));
         }
         op.catch_up()?;
-        let id = new_id();
         let entry_id = op.entry_id_at(op.next_seq());
         op.run(
             &GRANT_INSERT,

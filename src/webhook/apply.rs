@@ -8,7 +8,7 @@
 //! by the business object (purchase, invoice, cumulative refund), not by the event.
 use super::event::{self, CustomerRef, Event};
 use crate::error::{BillingError, Result, UNKNOWN};
-use crate::ledger::api::{grant_impl, revoke};
+use crate::ledger::api::{grant_as, grant_impl, revoke};
 use crate::spi::{run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -59,8 +59,11 @@ static ENSURE_CUSTOMER: Stmt = Stmt {
     sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
     args: &[TEXTOID],
 };
-static LINK: Stmt = Stmt {
-    sql: "INSERT INTO billing.provider_customers (provider, provider_customer, customer) VALUES ($1, $2, $3)
+/// `ENSURE_CUSTOMER` and the link of the provider customer, in one statement (the link's
+/// foreign key check runs at its end and sees the customer the CTE made).
+static ENSURE_LINKED: Stmt = Stmt {
+    sql: "WITH c AS (INSERT INTO billing.customers (customer) VALUES ($3) ON CONFLICT (customer) DO NOTHING)
+          INSERT INTO billing.provider_customers (provider, provider_customer, customer) VALUES ($1, $2, $3)
           ON CONFLICT (provider, provider_customer) DO NOTHING",
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
@@ -72,9 +75,25 @@ fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
         if app.is_empty() || app.len() > crate::ledger::api::MAX_CUSTOMER {
             return Err(BillingError::invalid(format!("customer id {app:?} in the event is not a valid customer id")));
         }
-        run(c, &ENSURE_CUSTOMER, &[app.as_str().into()])?;
-        if let Some(p) = &r.provider {
-            run(c, &LINK, &[PROVIDER.into(), p.as_str().into(), app.as_str().into()])?;
+        match &r.provider {
+            Some(p) => {
+                // Linked already (the usual case): the customer exists, as the link's
+                // foreign key says, and there is nothing to write.
+                let t = run(c, &LINKED, &[PROVIDER.into(), p.as_str().into()])?;
+                let owner = if t.is_empty() { None } else { t.first().get::<String>(1)? };
+                match owner {
+                    Some(owner) if owner == *app => {}
+                    Some(_) => {
+                        run(c, &ENSURE_CUSTOMER, &[app.as_str().into()])?;
+                    }
+                    None => {
+                        run(c, &ENSURE_LINKED, &[PROVIDER.into(), p.as_str().into(), app.as_str().into()])?;
+                    }
+                }
+            }
+            None => {
+                run(c, &ENSURE_CUSTOMER, &[app.as_str().into()])?;
+            }
         }
         return Ok(Some(app.clone()));
     }
@@ -118,11 +137,12 @@ pub fn apply(e: &Event) -> Result<Applied> {
 // ---- credit top-ups ----
 
 static TOPUP: Stmt = Stmt { sql: "SELECT credits FROM billing.topup_credits WHERE match = lower($1)", args: &[TEXTOID] };
+/// The purchase, with the id its grant is about to get (`grant_as`).
 static PURCHASE_CLAIM: Stmt = Stmt {
     sql: "INSERT INTO billing.purchases (customer, provider, purchase_id, credits, amount, currency, grant_id, created_at)
-          VALUES ($1, $2, $3, $4, $5, $6, '00000000-0000-0000-0000-000000000000', now())
+          VALUES ($1, $2, $3, $4, $5, $6, $7, now())
           ON CONFLICT (provider, purchase_id) DO NOTHING RETURNING purchase_id",
-    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID],
+    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID],
 };
 static PURCHASE_GRANT: Stmt = Stmt {
     sql: "UPDATE billing.purchases SET grant_id = $3 WHERE customer = $1 AND purchase_id = $2",
@@ -141,6 +161,7 @@ fn mapped_credits(c: &mut SpiClient<'_>, keys: &[String]) -> Result<Option<i64>>
 
 /// Grants a purchase's credits once, however many events describe it.
 fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, credits: i64) -> Result<Outcome> {
+    let id = crate::spi::new_id();
     let claimed = run(
         c,
         &PURCHASE_CLAIM,
@@ -151,6 +172,7 @@ fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, 
             credits.into(),
             p.amount.map_or_else(DatumWithOid::null::<i64>, |a| a.into()),
             p.currency.as_deref().map_or_else(DatumWithOid::null::<&str>, |x| x.into()),
+            crate::spi::uuid(&id).into(),
         ],
     )?;
     if claimed.is_empty() {
@@ -158,8 +180,11 @@ fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, 
     }
     let key = format!("stripe:purchase:{}", p.purchase);
     let metadata = json!({ "provider": PROVIDER, "purchase": p.purchase, "event": e.id });
-    let gid = grant_impl(Some(customer), Some(credits), Some(&key), Some("purchase"), None, Some(0), Some(JsonB(metadata)))?;
-    run(c, &PURCHASE_GRANT, &[customer.into(), p.purchase.as_str().into(), gid.into()])?;
+    let gid = grant_as(id, Some(customer), Some(credits), Some(&key), Some("purchase"), None, Some(0), Some(JsonB(metadata)))?;
+    if gid != crate::spi::uuid(&id) {
+        // The key was used before (a grant made by hand under it): the purchase names that grant.
+        run(c, &PURCHASE_GRANT, &[customer.into(), p.purchase.as_str().into(), gid.into()])?;
+    }
     Ok(Outcome::Applied(format!("granted {credits} credits for purchase {}", p.purchase)))
 }
 

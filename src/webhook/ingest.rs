@@ -278,10 +278,14 @@ fn after_apply(c: &mut SpiClient<'_>, e: &event::Event, o: &Outcome, cascade: bo
         run(c, &EVENT_FAILED, &[e.id.as_str().into(), e.kind.as_str().into(), o.detail.as_str().into()])?;
     }
     if let (Some(cust), "applied") = (&o.customer, o.status.as_str()) {
-        crate::access::api::note_access(c, cust, crate::clock::now())?;
+        let now = crate::clock::now();
         if cascade {
             let pc = e.object.as_ref().and_then(|o| event::id_of(o, "customer"));
-            replay_waiting(c, Some(cust), pc.as_deref())?;
+            if crate::access::api::note_access_waiting(c, cust, pc.as_deref(), now)? {
+                replay_waiting(c, Some(cust), pc.as_deref())?;
+            }
+        } else {
+            crate::access::api::note_access(c, cust, now)?;
         }
     }
     Ok(())

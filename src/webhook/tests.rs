@@ -426,4 +426,33 @@ mod tests {
         let bad = format!("INSERT INTO billing.inbox (endpoint, headers, body) VALUES ('s', '{{}}'::jsonb, {})", lit(&body));
         assert_eq!(state(&bad), "BL010");
     }
+
+    /// What an applied event writes, and only that: the purchase names its grant as the
+    /// grant was made (one statement, no update), the access note is written when the
+    /// customer's access changes and not for an event that leaves it as it was, and a
+    /// provider customer linked to one customer stays linked when an event names another.
+    #[pg_test]
+    fn applied_events_write_what_changed() {
+        setup();
+        let cs = |id: &str, pi: &str, app: &str| {
+            event(id, "checkout.session.completed", T0, json!({"id": format!("cs_{pi}"), "object": "checkout.session", "mode": "payment",
+                "payment_status": "paid", "payment_intent": pi, "client_reference_id": app, "customer": "cus_w",
+                "amount_total": 500, "currency": "usd", "metadata": {"credits": "1000"}}))
+        };
+        let notes = || q::<i64>("SELECT count(*) FROM billing.outbox WHERE kind = 'access_changed' AND customer = 'w1'");
+        assert_eq!(ingest(&cs("evt_w1", "pi_w1", "w1")), "applied");
+        assert_eq!(notes(), 1);
+        assert_eq!(ingest(&cs("evt_w2", "pi_w2", "w1")), "applied");
+        assert_eq!(notes(), 1, "access unchanged: no second note");
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.purchases p JOIN billing.grants g ON g.customer = p.customer AND g.id = p.grant_id WHERE p.customer = 'w1'"), 2);
+        assert_eq!(q::<i64>("SELECT billing.balance('w1')"), 2000);
+        // another customer named with the same provider customer: made, and not linked
+        assert_eq!(ingest(&cs("evt_w3", "pi_w3", "w2")), "applied");
+        assert_eq!(q::<String>("SELECT string_agg(customer, ',') FROM billing.provider_customers WHERE provider_customer = 'cus_w'"), "w1");
+        assert_eq!(q::<i64>("SELECT billing.balance('w2')"), 1000);
+        // a freeze changes access: noted again
+        Spi::run("SELECT billing.set_frozen('w1')").unwrap();
+        assert_eq!(notes(), 2);
+        clean();
+    }
 }

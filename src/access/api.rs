@@ -158,6 +158,13 @@ static HAS_KEY: Stmt = Stmt {
 
 /// Checks access (and takes a rate-limit token) for an operation that needs it.
 pub fn admit(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64) -> Result<()> {
+    let plan = allowed_plan(c, customer, feature, now)?;
+    take_token(c, customer, plan.as_deref(), feature.unwrap_or(""), now)
+}
+
+/// The access decision of `admit` without the token: an error unless the customer may
+/// use `feature` now; else its plan (for the rate limit the caller then takes).
+pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64) -> Result<Option<String>> {
     let i = inputs(c, customer, now)?;
     if !i.customer.known {
         return Err(crate::ledger::store::unknown_customer(customer));
@@ -166,8 +173,7 @@ pub fn admit(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: 
     if !reason.allowed() {
         return Err(denied(customer, reason, feature));
     }
-    let plan = i.customer.sub.as_ref().and_then(|s| s.plan.clone());
-    take_token(c, customer, plan.as_deref(), feature.unwrap_or(""), now)
+    Ok(i.customer.sub.as_ref().and_then(|s| s.plan.clone()))
 }
 
 #[pg_extern(sql = false)]

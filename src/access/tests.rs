@@ -199,6 +199,29 @@ mod tests {
         assert_eq!(state("SELECT billing.charge('rl', 'images', 1, 'i3')"), "ok");
     }
 
+    /// record_usage takes one token, from the most specific limit on its meter, as charge
+    /// does for a feature (it took one for every feature and a second for the meter, both
+    /// from a customer's every-feature bucket, and never applied a plan's meter limit).
+    #[pg_test]
+    fn record_usage_takes_one_token() {
+        setup();
+        Spi::run("SELECT billing.define_meter('tk', 1, 1, '2029-01-01')").unwrap();
+        Spi::run("SELECT billing.grant('ru', 100, 'g')").unwrap();
+        Spi::run("SELECT billing.define_limit('ru', '', 3, '1 minute')").unwrap();
+        for k in ["u1", "u2", "u3"] {
+            assert_eq!(state(&format!("SELECT billing.record_usage('ru', 'tk', 1, '{k}')")), "ok", "{k}");
+        }
+        assert_eq!(state("SELECT billing.record_usage('ru', 'tk', 1, 'u4')"), "BL006");
+        // A plan's limit on the meter applies to its subscribers.
+        sub("rp", "active", "2031-01-01", None, false, None);
+        Spi::run("SELECT billing.grant('rp', 100, 'g')").unwrap();
+        Spi::run("SELECT billing.define_limit('pro', 'tk', 2, '1 minute')").unwrap();
+        assert_eq!(state("SELECT billing.record_usage('rp', 'tk', 1, 'p1')"), "ok");
+        assert_eq!(state("SELECT billing.record_usage('rp', 'tk', 1, 'p2')"), "ok");
+        assert_eq!(state("SELECT billing.record_usage('rp', 'tk', 1, 'p3')"), "BL006");
+        assert_eq!(q::<i64>("SELECT billing.balance('rp')"), 98);
+    }
+
     #[pg_test]
     fn metering_is_exact_and_rated_at_the_price_in_force() {
         setup();

@@ -107,24 +107,12 @@ fn grant(
     priority: Option<i32>,
     metadata: Option<JsonB>,
 ) -> Option<pgrx::Uuid> {
-    deliver(grant_impl(customer, amount, idempotency_key, source, expires_at, priority, metadata).map(Some), || None)
+    deliver(grant_as(new_id(), customer, amount, idempotency_key, source, expires_at, priority, metadata).map(Some), || None)
 }
 crate::sql_entry!(pg_finfo_billing_grant, billing_grant, grant_wrapper, jsonb = [6]);
 
-pub fn grant_impl(
-    customer: Option<&str>,
-    amount: Option<i64>,
-    key: Option<&str>,
-    source: Option<&str>,
-    expires_at: Option<TimestampWithTimeZone>,
-    priority: Option<i32>,
-    metadata: Option<JsonB>,
-) -> Result<pgrx::Uuid> {
-    grant_as(new_id(), customer, amount, key, source, expires_at, priority, metadata)
-}
-
-/// `grant_impl` with the new grant's id chosen by the caller (a purchase records it
-/// before the grant is made). A replayed key returns the id of the grant it made.
+/// A grant whose id, if it is made, is `id` (a purchase records the id before its grant
+/// is made). A replayed key returns the id of the grant it made.
 #[allow(clippy::too_many_arguments)]
 pub fn grant_as(
     id: [u8; 16],

@@ -1,7 +1,7 @@
 //! `define_meter`, `record_usage`, and the balance thresholds that feed the outbox
 //! (`set_low_balance`, `set_auto_topup`, `report_topup`).
 use super::rating::{rate, Carry, Price};
-use crate::access::api::admit;
+use crate::access::api::allowed_plan;
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg, need, settle_impl};
@@ -130,8 +130,10 @@ fn record_usage_impl(
             return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation")));
         }
         if rid.is_none() {
-            admit(c, customer, None, now)?;
-            crate::access::api::take_token(c, customer, None, meter, now)?;
+            // Access as for any request, then one token from the most specific limit on
+            // the meter (the customer's or its plan's, the meter's or every feature's).
+            let plan = allowed_plan(c, customer, None, now)?;
+            crate::access::api::take_token(c, customer, plan.as_deref(), meter, now)?;
         }
         let p = run(c, &PRICE_AND_CARRY, &[meter.into(), ts(occurred).into(), customer.into()])?;
         if p.is_empty() {

@@ -8,7 +8,7 @@
 //! by the business object (purchase, invoice, cumulative refund), not by the event.
 use super::event::{self, CustomerRef, Event};
 use crate::error::{BillingError, Result, UNKNOWN};
-use crate::ledger::api::{grant_as, grant_impl, revoke};
+use crate::ledger::api::{grant_as, revoke};
 use crate::spi::{run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -384,7 +384,7 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
             let key = format!("stripe:invoice:{}", inv.id);
             let expires = crate::spi::ts(end.saturating_mul(1_000_000) - 946_684_800_000_000);
             let metadata = JsonB(json!({ "provider": PROVIDER, "invoice": inv.id, "subscription": sub_id }));
-            grant_impl(Some(&customer), Some(n), Some(&key), Some(&format!("plan:{plan}")), Some(expires), Some(0), Some(metadata))?;
+            grant_as(crate::spi::new_id(), Some(&customer), Some(n), Some(&key), Some(&format!("plan:{plan}")), Some(expires), Some(0), Some(metadata))?;
             format!("subscription {sub_id} paid: {n} credits of plan {plan} until the period ends")
         }
         (_, _) => format!("subscription {sub_id} paid; the period has already ended, no allowance granted"),

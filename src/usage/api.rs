@@ -43,24 +43,22 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
     })
 }
 
-/// Whether the customer exists, the usage recorded under the key (if any), and whether
-/// the key is taken in the journal by another kind of operation: one statement.
+/// Whether the customer exists, the usage recorded under the key (if any), whether the
+/// key is taken in the journal by another kind of operation, and the meter's price in
+/// force at `$4` (columns 10-12; 12 false: no price then) with the customer's carried
+/// fraction (13-14): one statement. The customer's lock serialises the carry.
 static USAGE_KEY: Stmt = Stmt {
     sql: "SELECT EXISTS (SELECT FROM billing.customers c WHERE c.customer = $1),
                  u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
-                 EXISTS (SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2)
+                 EXISTS (SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2),
+                 p.credits, p.per_units, p.credits IS NOT NULL, k.num, k.den
             FROM (VALUES (1)) AS one (x)
-            LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2",
-    args: &[TEXTOID, TEXTOID],
-};
-/// The meter's price in force at `$2` and the customer's carried fraction (no row: no
-/// price then). The customer's lock serialises the carry.
-static PRICE_AND_CARRY: Stmt = Stmt {
-    sql: "SELECT p.credits, p.per_units, c.num, c.den
-            FROM (SELECT m.credits, m.per_units FROM billing.meter_prices m WHERE m.meter = $1 AND m.effective_from <= $2
-                   ORDER BY m.effective_from DESC LIMIT 1) p
-            LEFT JOIN billing.usage_carry c ON c.customer = $3 AND c.meter = $1",
-    args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID],
+            LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2
+            LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
+                                WHERE m.meter = $3 AND m.effective_from <= $4
+                                ORDER BY m.effective_from DESC LIMIT 1) p ON true
+            LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 /// The new carry and the usage row, in one statement.
 static USAGE_SAVE: Stmt = Stmt {
@@ -105,7 +103,7 @@ fn record_usage_impl(
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(customer);
-        let t = run(c, &USAGE_KEY, &[customer.into(), key.into()])?;
+        let t = run(c, &USAGE_KEY, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
         let r = t.first();
         if !r.get::<bool>(1)?.unwrap_or(false) {
             return Err(unknown_customer(customer));
@@ -129,22 +127,22 @@ fn record_usage_impl(
         if r.get::<bool>(9)?.unwrap_or(false) {
             return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation")));
         }
+        // Read before the access statements run.
+        let priced = r.get::<bool>(12)?.unwrap_or(false);
+        let price = Price { credits: r.get::<i64>(10)?.unwrap_or(0), per_units: r.get::<i64>(11)?.unwrap_or(1) };
+        let carry = match (r.get::<i64>(13)?, r.get::<i64>(14)?) {
+            (Some(num), Some(den)) => Carry { num, den },
+            _ => Carry::default(),
+        };
         if rid.is_none() {
             // Access as for any request, then one token from the most specific limit on
             // the meter (the customer's or its plan's, the meter's or every feature's).
             let plan = allowed_plan(c, customer, None, now)?;
             crate::access::api::take_token(c, customer, plan.as_deref(), meter, now)?;
         }
-        let p = run(c, &PRICE_AND_CARRY, &[meter.into(), ts(occurred).into(), customer.into()])?;
-        if p.is_empty() {
+        if !priced {
             return Err(BillingError::new(UNKNOWN, format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")")));
         }
-        let p = p.first();
-        let price = Price { credits: p.get::<i64>(1)?.unwrap_or(0), per_units: p.get::<i64>(2)?.unwrap_or(1) };
-        let carry = match (p.get::<i64>(3)?, p.get::<i64>(4)?) {
-            (Some(num), Some(den)) => Carry { num, den },
-            _ => Carry::default(),
-        };
         let (credits, carry) = rate(carry, price, quantity)
             .ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
         let metadata = pgrx::JsonB(json!({ "meter": meter, "quantity": quantity }));

@@ -44,6 +44,7 @@ extension_sql_file!("../sql/event_storage.sql", name = "event_storage", finalize
 pub extern "C-unwind" fn _PG_init() {
     clock::register();
     webhook::ingest::register();
+    access::outbox::register();
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"billing".as_ptr()) };
 }
 

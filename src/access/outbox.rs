@@ -15,9 +15,25 @@
 //! notify), then claims once more, with a fresh snapshot: a row committed without a
 //! notify is claimed before the consumer sleeps.
 use crate::spi::{held_in_mode, lock_in_mode, unlock_in_mode, LockClass};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::c_char;
+
+/// Every outbox row notifies, as before 0.7.0: for consumers that `LISTEN` and read the
+/// outbox without `claim_outbox` (they never wait in the sense above).
+pub static NOTIFY_ALWAYS: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+pub fn register() {
+    GucRegistry::define_bool_guc(
+        c"billing.outbox_notify_always",
+        c"Send NOTIFY billing for every transaction that writes an outbox row, not only while a consumer waits.",
+        c"Each notifying commit holds a cluster-wide lock until it is flushed: notifying commits run one at a time.",
+        &NOTIFY_ALWAYS,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+}
 
 const WRITER: u32 = pg_sys::RowExclusiveLock;
 const WAITER: u32 = pg_sys::ShareLock;
@@ -45,7 +61,7 @@ fn xact_snapshot() -> bool {
 /// For each outbox row written (the `outbox_wake` trigger).
 fn wake() {
     // This session's own consumer waits too: it is not woken by a lock it holds itself.
-    if waiting_here() || lock_in_mode(LockClass::Outbox, &[], WRITER, false, true) == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+    if NOTIFY_ALWAYS.get() || waiting_here() || lock_in_mode(LockClass::Outbox, &[], WRITER, false, true) == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
         notify();
     }
 }

@@ -2,7 +2,7 @@
 --
 -- A notifying transaction holds a cluster-wide lock through its commit's WAL flush, so
 -- every notifying commit ran alone: with an outbox row for about every other webhook
--- event, that lock cost ingest ~40% of its rate under 8 clients. Now a consumer whose
+-- event, that lock cost ingest ~30% of its rate under 8 clients. Now a consumer whose
 -- claim_outbox comes back empty holds a session lock that makes writers notify, until a
 -- claim returns rows again; while every consumer is busy claiming, writers notify nobody.
 -- The trigger is per row now: the statement trigger fired (and notified) for an INSERT

@@ -1526,7 +1526,7 @@ GRANT EXECUTE ON FUNCTION billing.entry(uuid) TO billing_reader;
 --
 -- A notifying transaction holds a cluster-wide lock through its commit's WAL flush, so
 -- every notifying commit ran alone: with an outbox row for about every other webhook
--- event, that lock cost ingest ~40% of its rate under 8 clients. Now a consumer whose
+-- event, that lock cost ingest ~30% of its rate under 8 clients. Now a consumer whose
 -- claim_outbox comes back empty holds a session lock that makes writers notify, until a
 -- claim returns rows again; while every consumer is busy claiming, writers notify nobody.
 -- The trigger is per row now: the statement trigger fired (and notified) for an INSERT
@@ -1578,37 +1578,37 @@ REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/api.rs:84
+-- src/access/api.rs:115
 -- billing::access::api::access
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:650
+-- src/ledger/api.rs:638
 -- billing::ledger::api::balance
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:673
+-- src/ledger/api.rs:661
 -- billing::ledger::api::balance_at
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/api.rs:102
+-- src/access/api.rs:133
 -- billing::access::api::can_access
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/api.rs:142
+-- src/access/api.rs:179
 -- billing::access::api::charge
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:195
+-- src/ledger/api.rs:183
 -- billing::ledger::api::debit
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1620,7 +1620,7 @@ REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:477
+-- src/ledger/api.rs:465
 -- billing::ledger::api::extend
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1638,49 +1638,49 @@ REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhook/ingest.rs:365
+-- src/webhook/ingest.rs:369
 -- billing::webhook::ingest::link_customer
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:772
+-- src/ledger/api.rs:760
 -- billing::ledger::api::maintenance
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/outbox.rs:82
+-- src/access/outbox.rs:98
 -- billing::access::outbox::outbox_awake
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/access/outbox.rs:63
+-- src/access/outbox.rs:79
 -- billing::access::outbox::outbox_wait
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/usage/api.rs:78
+-- src/usage/api.rs:76
 -- billing::usage::api::record_usage
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:523
+-- src/ledger/api.rs:511
 -- billing::ledger::api::refund
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:426
+-- src/ledger/api.rs:414
 -- billing::ledger::api::release
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/webhook/ingest.rs:348
+-- src/webhook/ingest.rs:352
 -- billing::webhook::ingest::replay
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1692,7 +1692,7 @@ REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:269
+-- src/ledger/api.rs:257
 -- billing::ledger::api::reserve
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1704,7 +1704,7 @@ REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:744
+-- src/ledger/api.rs:732
 -- billing::ledger::api::set_frozen
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
@@ -1716,19 +1716,19 @@ REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:723
+-- src/ledger/api.rs:711
 -- billing::ledger::api::set_overdraft
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:636
+-- src/ledger/api.rs:624
 -- billing::ledger::api::set_slots
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */
 
 /* <begin connected objects> */
--- src/ledger/api.rs:368
+-- src/ledger/api.rs:356
 -- billing::ledger::api::settle
 -- Skipped due to `#[pgrx(sql = false)]`
 /* </end connected objects> */

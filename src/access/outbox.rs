@@ -3,7 +3,7 @@
 //! A transaction that notifies holds one cluster-wide lock from its pre-commit through its
 //! commit's WAL flush (`PreCommit_Notify`, so that queue entries follow commit order): the
 //! commits of all notifying transactions run one at a time, a flush each. Ingest writes an
-//! outbox row for about every other event, and that lock alone cost it ~40% of its rate.
+//! outbox row for about every other event, and that lock alone cost it ~30% of its rate.
 //!
 //! So a writer notifies only when a consumer may be asleep. A consumer whose
 //! `claim_outbox` came back empty holds the outbox lock in Share mode, session-scoped,

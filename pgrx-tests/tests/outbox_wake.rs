@@ -1,7 +1,7 @@
 //! The outbox's wake-up (0.7.0) under real concurrency. Writers notify only while a
 //! consumer waits, so the guarantee to prove is the other half: a consumer that found
 //! the outbox empty and sleeps is always woken by the next row. Four writers insert rows
-//! (a third of them in transactions that commit 2 ms after the insert) while one
+//! (a third of them in transactions that read the outbox before they commit) while one
 //! consumer claims, acknowledges and, on an empty claim, sleeps until a notification. A
 //! sleep that ends without one while writers are still writing, or rows left pending
 //! once they are done, is a lost wake-up.
@@ -66,9 +66,10 @@ fn run(tag: &str, release_on_empty: bool) -> (usize, usize) {
                     }
                     let row = format!("INSERT INTO billing.outbox (customer, kind) VALUES ('w{w}-{i}', 'low_balance')");
                     if i % 3 == 0 {
-                        // holds the row's writer lock 2 ms before the commit: the window
-                        // in which a consumer finds the outbox empty and must wait for it
-                        c.batch_execute(&format!("BEGIN; {row}; SELECT pg_sleep(0.002); COMMIT")).unwrap();
+                        // holds the row's writer lock over another statement before the
+                        // commit: the window in which a consumer finds the outbox empty
+                        // and must wait for it
+                        c.batch_execute(&format!("BEGIN; {row}; SELECT count(*) FROM billing.outbox; COMMIT")).unwrap();
                     } else {
                         c.batch_execute(&row).unwrap();
                     }

@@ -19,21 +19,14 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_wait';
 CREATE FUNCTION billing._outbox_awake() RETURNS void VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_awake';
 
--- The claim itself, as 0.3.0 had it.
-CREATE FUNCTION billing._claim_outbox(n int, lease interval)
-RETURNS SETOF billing.outbox LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE billing.outbox o SET claimed_until = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $2,
-                                attempts = o.attempts OPERATOR(pg_catalog.+) 1
-     WHERE o.id IN (SELECT p.id FROM billing.outbox p
-                     WHERE p.acked_at IS NULL
-                       AND (p.claimed_until IS NULL OR p.claimed_until OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp())
-                     ORDER BY p.id LIMIT $1 FOR UPDATE SKIP LOCKED)
-    RETURNING o.*
-$$;
+-- The claim itself is 0.3.0's function, kept under another name (not written again).
+ALTER FUNCTION billing.claim_outbox(int, interval) RENAME TO _claim_outbox;
+REVOKE ALL ON FUNCTION billing._claim_outbox(int, interval) FROM PUBLIC, billing_app;
+COMMENT ON FUNCTION billing._claim_outbox IS 'The claim of billing.claim_outbox, without the wake-up.';
 
 -- Empty: wait for the writers that did not notify to commit, then claim once more (each
 -- statement of a READ COMMITTED transaction sees what committed before it began).
-CREATE OR REPLACE FUNCTION billing.claim_outbox(n int DEFAULT 100, lease interval DEFAULT '1 minute')
+CREATE FUNCTION billing.claim_outbox(n int DEFAULT 100, lease interval DEFAULT '1 minute')
 RETURNS SETOF billing.outbox LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY SELECT * FROM billing._claim_outbox(n, lease);
@@ -50,4 +43,5 @@ END $$;
 COMMENT ON FUNCTION billing.claim_outbox IS 'Claims up to n unacknowledged rows for a lease; rows claimed by others are skipped, not waited for. Empty: NOTIFY billing wakes this session when a row is written.';
 
 REVOKE ALL ON FUNCTION billing._outbox_wake(), billing._outbox_wait(), billing._outbox_awake(),
-    billing._claim_outbox(int, interval) FROM PUBLIC;
+    billing.claim_outbox(int, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.claim_outbox(int, interval) TO billing_app;

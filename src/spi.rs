@@ -123,8 +123,7 @@ pub fn xact_lock_new(class: LockClass, parts: &[&str]) -> bool {
 /// Gives back one acquisition of a lock taken by `xact_lock_new` (before the transaction
 /// ends): only for a caller that read under it and wrote nothing.
 pub fn xact_unlock(class: LockClass, parts: &[&str]) {
-    let tag = tag(class, parts);
-    unsafe { pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false) };
+    unlock_in_mode(class, parts, pg_sys::ExclusiveLock, false);
 }
 
 fn tag(class: LockClass, parts: &[&str]) -> pg_sys::LOCKTAG {

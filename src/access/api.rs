@@ -57,23 +57,38 @@ pub struct Inputs {
     pub customer: Customer,
     pub status: Option<String>,
     pub period_end: Option<i64>,
-    /// The access reason last noted in the outbox (`note_access`).
-    pub noted: Option<String>,
+}
+
+/// Who reads the inputs: an access decision, the access note (which also reads the
+/// reason noted last), or the note after an applied event (and whether failed events
+/// of the customer, or of this provider customer, wait for a replay).
+enum Reader<'a> {
+    Access,
+    Note,
+    NoteAfterEvent(Option<&'a str>),
+}
+
+/// What the note reads beside the inputs.
+struct Noted {
+    reason: Option<String>,
+    events_wait: bool,
 }
 
 pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs> {
-    Ok(read_inputs(c, customer, now, None)?.0)
+    Ok(read_inputs(c, customer, now, Reader::Access)?.0)
 }
 
-/// `inputs`, and with `waiting` (`Some(provider customer)`) whether failed events of the
-/// customer wait (true, to look, for a customer with no row).
-fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, waiting: Option<Option<&str>>) -> Result<(Inputs, bool)> {
-    let t = match waiting {
-        None => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
-        Some(pc) => run_ro(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?,
+fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Result<(Inputs, Noted)> {
+    let t = match reader {
+        Reader::Access | Reader::Note => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
+        Reader::NoteAfterEvent(pc) => {
+            run_ro(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?
+        }
     };
     if t.is_empty() {
-        return Ok((Inputs { customer: Customer::default(), status: None, period_end: None, noted: None }, true));
+        // No customer row: the replay's own query looks for events by the provider's id.
+        let noted = Noted { reason: None, events_wait: true };
+        return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
     }
     let r = t.first();
     let t_of = |i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
@@ -105,9 +120,12 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, waiting: Option<
         balance = balance.saturating_add(crate::ledger::slots::slot_balances(c, customer, slots, now)?);
     }
     let period_end = sub.as_ref().and_then(|s| s.period_end);
-    let noted = r.get::<String>(14)?;
-    let waits = waiting.is_some() && r.get::<bool>(15)?.unwrap_or(true);
-    Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end, noted }, waits))
+    let noted = match reader {
+        Reader::Access => Noted { reason: None, events_wait: false },
+        Reader::Note => Noted { reason: r.get(14)?, events_wait: false },
+        Reader::NoteAfterEvent(_) => Noted { reason: r.get(14)?, events_wait: r.get::<bool>(15)?.unwrap_or(true) },
+    };
+    Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end }, noted))
 }
 
 type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Option<TimestampWithTimeZone>);
@@ -277,28 +295,28 @@ static ACCESS_NOTE: Stmt = Stmt {
 /// last one noted. Called where access can change: applied webhook events, freezes, and
 /// `maintenance()` for changes that only time brings (a grace period ending).
 pub fn note_access(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<()> {
-    note(c, customer, now, None).map(|_| ())
+    note(c, customer, now, Reader::Note).map(|_| ())
 }
 
 /// `note_access` after an applied event, reading in the same statement whether failed
 /// events of the customer (or of provider customer `pc`) wait for a replay.
 pub fn note_access_waiting(c: &mut SpiClient<'_>, customer: &str, pc: Option<&str>, now: i64) -> Result<bool> {
-    note(c, customer, now, Some(pc))
+    note(c, customer, now, Reader::NoteAfterEvent(pc))
 }
 
-fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, waiting: Option<Option<&str>>) -> Result<bool> {
-    let (i, waits) = read_inputs(c, customer, now, waiting)?;
+fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Result<bool> {
+    let (i, noted) = read_inputs(c, customer, now, reader)?;
     if !i.customer.known {
-        return Ok(waits);
+        return Ok(noted.events_wait);
     }
     let r = decide(&i.customer, None, now);
     // Unchanged as this statement saw it: no write (most applied events change nothing).
     // A concurrent change not yet committed is noted by its own transaction, and
     // `maintenance()` notes again whatever a race left behind.
-    if i.noted.as_deref() != Some(r.as_str()) {
+    if noted.reason.as_deref() != Some(r.as_str()) {
         run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
     }
-    Ok(waits)
+    Ok(noted.events_wait)
 }
 
 static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions", args: &[] };

@@ -88,7 +88,9 @@ struct Thresholds {
     topup: Option<i64>,
     topup_notified: bool,
 }
-static CREATE: Stmt = Stmt {
+/// A customer's row, made if it does not exist (ledger calls that create their customer,
+/// webhook events that name one, `link_customer`).
+pub static CREATE: Stmt = Stmt {
     sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
     args: &[TEXTOID],
 };

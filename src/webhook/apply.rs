@@ -55,12 +55,8 @@ static LINKED: Stmt = Stmt {
     sql: "SELECT customer FROM billing.provider_customers WHERE provider = $1 AND provider_customer = $2",
     args: &[TEXTOID, TEXTOID],
 };
-static ENSURE_CUSTOMER: Stmt = Stmt {
-    sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
-    args: &[TEXTOID],
-};
-/// `ENSURE_CUSTOMER` and the link of the provider customer, in one statement (the link's
-/// foreign key check runs at its end and sees the customer the CTE made).
+/// The customer's row (as `store::CREATE`) and the link of the provider customer, in one
+/// statement (the link's foreign key check runs at its end and sees the customer the CTE made).
 static ENSURE_LINKED: Stmt = Stmt {
     sql: "WITH c AS (INSERT INTO billing.customers (customer) VALUES ($3) ON CONFLICT (customer) DO NOTHING)
           INSERT INTO billing.provider_customers (provider, provider_customer, customer) VALUES ($1, $2, $3)
@@ -75,24 +71,23 @@ fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
         if app.is_empty() || app.len() > crate::ledger::api::MAX_CUSTOMER {
             return Err(BillingError::invalid(format!("customer id {app:?} in the event is not a valid customer id")));
         }
-        match &r.provider {
+        let owner = match &r.provider {
             Some(p) => {
-                // Linked already (the usual case): the customer exists, as the link's
-                // foreign key says, and there is nothing to write.
                 let t = run(c, &LINKED, &[PROVIDER.into(), p.as_str().into()])?;
-                let owner = if t.is_empty() { None } else { t.first().get::<String>(1)? };
-                match owner {
-                    Some(owner) if owner == *app => {}
-                    Some(_) => {
-                        run(c, &ENSURE_CUSTOMER, &[app.as_str().into()])?;
-                    }
-                    None => {
-                        run(c, &ENSURE_LINKED, &[PROVIDER.into(), p.as_str().into(), app.as_str().into()])?;
-                    }
-                }
+                if t.is_empty() { None } else { t.first().get::<String>(1)? }
             }
-            None => {
-                run(c, &ENSURE_CUSTOMER, &[app.as_str().into()])?;
+            None => None,
+        };
+        match (&r.provider, owner) {
+            // Linked already (the usual case): the customer exists, as the link's foreign
+            // key says, and there is nothing to write.
+            (Some(_), Some(owner)) if owner == *app => {}
+            (Some(p), None) => {
+                run(c, &ENSURE_LINKED, &[PROVIDER.into(), p.as_str().into(), app.as_str().into()])?;
+            }
+            // No provider customer, or one linked to another customer (which stays so).
+            _ => {
+                run(c, &crate::ledger::store::CREATE, &[app.as_str().into()])?;
             }
         }
         return Ok(Some(app.clone()));

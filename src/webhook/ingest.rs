@@ -383,7 +383,7 @@ fn link_impl(customer: Option<&str>, pc: Option<&str>, provider: Option<&str>) -
         return Err(BillingError::invalid(format!("unknown provider {provider:?}: customers are linked for stripe")));
     }
     Spi::connect_mut(|c| {
-        run(c, &ENSURE, &[customer.into()])?;
+        run(c, &crate::ledger::store::CREATE, &[customer.into()])?;
         let owner = run(c, &LINK, &[provider.into(), pc.into(), customer.into()])?.first().get::<String>(1)?.unwrap_or_default();
         if owner != customer {
             return Err(BillingError::invalid(format!("provider customer {pc} is already linked to customer \"{owner}\", not \"{customer}\"")));
@@ -391,5 +391,3 @@ fn link_impl(customer: Option<&str>, pc: Option<&str>, provider: Option<&str>) -
         replay_waiting(c, Some(customer), Some(pc))
     })
 }
-
-static ENSURE: Stmt = Stmt { sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING", args: &[TEXTOID] };

@@ -9,6 +9,7 @@ pub mod access;
 pub mod clock;
 pub mod error;
 pub mod ledger;
+pub mod one_row;
 pub mod spi;
 pub mod usage;
 pub mod webhook;

@@ -134,7 +134,7 @@ type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Opt
 fn access(customer: Option<&str>, feature: Option<&str>) -> TableIterator<'static, (name!(allowed, bool), name!(reason, String), name!(plan, Option<String>), name!(status, Option<String>), name!(balance, Option<i64>), name!(period_end, Option<TimestampWithTimeZone>))> {
     deliver(access_impl(customer, feature).map(TableIterator::once), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_access, billing_access, access_wrapper);
+crate::sql_entry!(pg_finfo_billing_access, billing_access, access_wrapper, jsonb = [], one_row);
 
 fn access_impl(customer: Option<&str>, feature: Option<&str>) -> Result<AccessRow> {
     let customer = customer_arg(customer)?;
@@ -198,7 +198,7 @@ pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>
 fn charge(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
     deliver(charge_impl(customer, feature, amount, idempotency_key).map(TableIterator::once), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_charge, billing_charge, charge_wrapper);
+crate::sql_entry!(pg_finfo_billing_charge, billing_charge, charge_wrapper, jsonb = [], one_row);
 
 fn charge_impl(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, key: Option<&str>) -> Result<(pgrx::Uuid, i64, bool)> {
     let customer = customer_arg(customer)?;

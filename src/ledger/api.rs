@@ -189,7 +189,7 @@ fn debit(
 ) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
     row(debit_impl(customer, amount, idempotency_key, metadata))
 }
-crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper, jsonb = [3]);
+crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper, jsonb = [3], one_row);
 
 pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>) -> Result<(pgrx::Uuid, i64, bool)> {
     let customer = customer_arg(customer)?;
@@ -357,7 +357,7 @@ fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, rid: &pgrx::Uuid, now: i64) -> Re
 fn settle(reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
     row(settle_impl(reservation_id, actual))
 }
-crate::sql_entry!(pg_finfo_billing_settle, billing_settle, settle_wrapper);
+crate::sql_entry!(pg_finfo_billing_settle, billing_settle, settle_wrapper, jsonb = [], one_row);
 
 pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx::Uuid, i64, bool)> {
     let rid = need(rid, "reservation_id")?;
@@ -415,7 +415,7 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
 fn release(reservation_id: Option<pgrx::Uuid>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
     row(release_impl(reservation_id))
 }
-crate::sql_entry!(pg_finfo_billing_release, billing_release, release_wrapper);
+crate::sql_entry!(pg_finfo_billing_release, billing_release, release_wrapper, jsonb = [], one_row);
 
 fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
     let rid = need(rid, "reservation_id")?;
@@ -512,7 +512,7 @@ static REFUNDS_OF: Stmt = Stmt {
 fn refund(entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
     row(refund_impl(entry_id, amount, idempotency_key))
 }
-crate::sql_entry!(pg_finfo_billing_refund, billing_refund, refund_wrapper);
+crate::sql_entry!(pg_finfo_billing_refund, billing_refund, refund_wrapper, jsonb = [], one_row);
 
 fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>) -> Result<(pgrx::Uuid, i64, bool)> {
     let entry = need(entry, "entry_id")?;

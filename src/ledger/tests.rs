@@ -52,6 +52,40 @@ mod tests {
         clean();
     }
 
+    /// The one-row functions answer in materialize mode (`one_row`): every way SQL calls a
+    /// set-returning function gets the one row, once per call, and errors still raise.
+    #[pg_test]
+    fn one_row_results_in_every_calling_form() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
+        // In FROM, as a LATERAL per outer row, and in the target list (ProjectSet).
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 1, 'f1')"), 99);
+        assert_eq!(q::<i64>("SELECT sum(d.balance_after)::bigint FROM generate_series(1, 3) i, LATERAL billing.debit('a', 1, 'l' || i) d"), 98 + 97 + 96);
+        assert_eq!(q::<i64>("SELECT count(*) FROM (SELECT billing.debit('a', 1, 't' || i) FROM generate_series(1, 4) i) s"), 4);
+        assert_eq!(bal("a"), 92);
+        assert_eq!(q::<i64>("SELECT (billing.debit('a', 2, 'x')).balance_after"), 90);
+        // A replay through a different form gives the first answer again.
+        assert_eq!(q::<bool>("SELECT (billing.debit('a', 2, 'x')).replayed"), true);
+        assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 1, 't1')"), 95);
+        // PL/pgSQL: SELECT INTO and FOR over the result, and an error inside the loop.
+        Spi::run(
+            "DO $$ DECLARE r record; BEGIN
+               SELECT * INTO r FROM billing.debit('a', 5, 'p1');
+               FOR r IN SELECT * FROM billing.debit('a', 5, 'p2') LOOP
+                 PERFORM set_config('t.b', r.balance_after::text, true);
+               END LOOP; END $$",
+        )
+        .unwrap();
+        assert_eq!(q::<String>("SELECT current_setting('t.b')"), "80");
+        assert_eq!(state("SELECT * FROM generate_series(1, 2) i, LATERAL billing.debit('a', 1000, 'big' || i)"), "BL001");
+        assert_eq!(state("SELECT billing.debit('a', 1, 'f1', '{\"other\": 1}')"), "BL002");
+        assert_eq!(bal("a"), 80);
+        // The other one-row functions in the target list.
+        let h: pgrx::Uuid = q("SELECT billing.reserve('a', 10, 'h')");
+        assert_eq!(q::<i64>(&format!("SELECT (billing.settle('{h}', 4)).balance_after")), 76);
+        clean();
+    }
+
     #[pg_test]
     fn debit_replays_and_refuses() {
         setup();

@@ -84,7 +84,7 @@ fn record_usage(
 ) -> TableIterator<'static, (name!(entry_id, Option<pgrx::Uuid>), name!(credits, i64), name!(balance_after, i64), name!(replayed, bool))> {
     deliver(record_usage_impl(customer, meter, quantity, idempotency_key, occurred_at, reservation_id).map(TableIterator::once), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_record_usage, billing_record_usage, record_usage_wrapper);
+crate::sql_entry!(pg_finfo_billing_record_usage, billing_record_usage, record_usage_wrapper, jsonb = [], one_row);
 
 fn record_usage_impl(
     customer: Option<&str>,

@@ -173,7 +173,7 @@ fn parse_delivery(provider: Provider, endpoint: &str, body: &str, webhook_id: Op
 fn ingest(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
     deliver(ingest_impl(endpoint, headers, body).map(TableIterator::once), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper, jsonb = [1]);
+crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper, jsonb = [1], one_row);
 
 fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> Result<EventRow> {
     let endpoint = need(endpoint, "endpoint")?;
@@ -358,7 +358,7 @@ fn replay(provider: Option<&str>, event_id: Option<&str>) -> TableIterator<'stat
     })();
     deliver(r.map(TableIterator::once), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_replay, billing_replay, replay_wrapper);
+crate::sql_entry!(pg_finfo_billing_replay, billing_replay, replay_wrapper, jsonb = [], one_row);
 
 static LINK: Stmt = Stmt {
     sql: "INSERT INTO billing.provider_customers AS p (provider, provider_customer, customer) VALUES ($1, $2, $3)

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Instructions per call of each contender, counted by callgrind in a single-user backend:
+# the same numbers on a busy machine and a quiet one, so a change of a few percent shows
+# where pgbench's rounds (10-15% apart on 2 shared cores) cannot. Complements run.sh, which
+# measures what the instructions turn into (tps, latency, WAL) under concurrency.
+#   bench/instructions.sh                       # every workload, installed build
+#   WORKLOADS="debit usage" CALLS=500 bench/instructions.sh
+# Environment: WORKLOADS (debit usage access ingest), CALLS [1000] counted calls per run,
+#   WARM [300] calls before them (plans and caches warm), SKIP_INSTALL=1 to use the build
+#   already installed (default: scripts/install-ext.sh --release), KEEP_DATA=dir to reuse
+#   a data directory made by an earlier run (same data, faster), BENCH_OUT to save the report.
+# Each contender runs twice on a fresh copy of the same data: WARM calls, then WARM + CALLS;
+# the difference over CALLS is its cost per call. Both runs pay the backend start, so it
+# cancels. Statements go through PREPARE/EXECUTE, as pgbench -M prepared sends them; the
+# EXECUTE itself (~35,000 instructions with its commit) is in every contender's count.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WORKLOADS=${WORKLOADS:-"debit usage access ingest"}
+CALLS=${CALLS:-1000}
+WARM=${WARM:-300}
+command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+if [ "${SKIP_INSTALL:-}" != 1 ]; then ./scripts/install-ext.sh --release >&2; fi
+source scripts/cluster.sh
+WORK=$(mktemp -d /tmp/instr.XXXXXX); chmod 755 "$WORK"
+trap 'cluster_stop; rm -rf "$WORK"' EXIT
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---- the data: bench/setup.sql, then every journal and key table seeded, so plans are
+# the ones a running system has (a generic plan made on an empty journal scans it) ----
+if [ -n "${KEEP_DATA:-}" ] && [ -d "$KEEP_DATA/data" ]; then
+  DATA=$KEEP_DATA/data
+else
+  log "creating the data (bench/peers.sql, bench/setup.sql, 20,000 seed calls per contender)"
+  cluster_start 54993 shared_buffers=512MB max_wal_size=8GB
+  export PGDATABASE=postgres
+  psql -X -qAt -c "CREATE DATABASE bench"
+  export PGDATABASE=bench
+  psql -X -qAt -v ON_ERROR_STOP=1 -f bench/peers.sql >/dev/null
+  psql -X -qAt -v ON_ERROR_STOP=1 -f bench/setup.sql >/dev/null
+  psql -X -qAt -v ON_ERROR_STOP=1 >/dev/null <<SQL
+SELECT count(*) FROM generate_series(1, 20000) i, LATERAL billing.debit('c' || (i % 10000 + 1), 1, 'seed' || i);
+SELECT count(*) FROM generate_series(1, 20000) i, LATERAL peer.pl_debit('c' || (i % 10000 + 1), 1, 'seed' || i);
+SELECT count(*) FROM generate_series(1, 20000) i, LATERAL billing.record_usage('c' || (i % 10000 + 1), 'llm_tokens', 2500, 'useed' || i);
+SELECT count(*) FROM generate_series(1, 20000) i, LATERAL peer.pl_record_usage('c' || (i % 10000 + 1), 'llm_tokens', 2500, 'useed' || i);
+WITH u AS (UPDATE peer.floor_accounts SET balance = balance - 1, seq = seq + 1 RETURNING id, seq, balance),
+     j AS (INSERT INTO peer.floor_journal (customer, seq, kind, amount, balance_after) SELECT id, seq, 'debit', -1, balance FROM u)
+INSERT INTO peer.floor_keys (customer, key, seq) SELECT id, 'seed' || seq, seq FROM u;
+SELECT bench.gen_deliveries('instr', 3 * ($WARM + $CALLS) + 100);
+VACUUM ANALYZE;
+CHECKPOINT;
+SQL
+  as_pg "$PGBIN/pg_ctl" stop -m fast -D "$CLUSTER_DIR/data" >/dev/null
+  DATA=$CLUSTER_DIR/data
+  if [ -n "${KEEP_DATA:-}" ]; then mkdir -p "$KEEP_DATA"; rm -rf "$KEEP_DATA/data"; cp -a "$DATA" "$KEEP_DATA/"; DATA=$KEEP_DATA/data; fi
+fi
+
+# ---- one contender: the PREPARE, and the EXECUTE of call i (i, c: customer, k: key) ----
+prep() {   # contender -> PREPARE statement
+  case $1 in
+    debit.billing) echo "PREPARE s(int) AS SELECT * FROM billing.debit('c' || (\$1 % 10000 + 1), 1, 'k' || \$1)" ;;
+    debit.slotted) echo "PREPARE s(int) AS SELECT * FROM billing.debit('hot', 1, 'k' || \$1)" ;;
+    debit.floor) echo "PREPARE s(int) AS WITH u AS (UPDATE peer.floor_accounts SET balance = balance - 1, seq = seq + 1 WHERE id = 'c' || (\$1 % 10000 + 1) AND balance >= 1 RETURNING id, seq, balance), j AS (INSERT INTO peer.floor_journal (customer, seq, kind, amount, balance_after) SELECT id, seq, 'debit', -1, balance FROM u) INSERT INTO peer.floor_keys (customer, key, seq) SELECT id, 'k' || \$1, seq FROM u" ;;
+    debit.plpgsql) echo "PREPARE s(int) AS SELECT * FROM peer.pl_debit('c' || (\$1 % 10000 + 1), 1, 'k' || \$1)" ;;
+    usage.billing) echo "PREPARE s(int) AS SELECT credits FROM billing.record_usage('c' || (\$1 % 10000 + 1), 'llm_tokens', 2500, 'u' || \$1)" ;;
+    usage.floor) echo "PREPARE s(int) AS WITH u AS (UPDATE peer.floor_accounts SET balance = balance - 7, seq = seq + 1 WHERE id = 'c' || (\$1 % 10000 + 1) AND balance >= 7 RETURNING id, seq, balance), j AS (INSERT INTO peer.floor_journal (customer, seq, kind, amount, balance_after) SELECT id, seq, 'debit', -7, balance FROM u) INSERT INTO peer.floor_usage (customer, key, meter, quantity, credits, seq) SELECT id, 'u' || \$1, 'llm_tokens', 2500, 7, seq FROM u" ;;
+    usage.plpgsql) echo "PREPARE s(int) AS SELECT credits FROM peer.pl_record_usage('c' || (\$1 % 10000 + 1), 'llm_tokens', 2500, 'u' || \$1)" ;;
+    access.billing) echo "PREPARE s(int) AS SELECT billing.can_access('c' || (\$1 % 10000 + 1))" ;;
+    access.floor) echo "PREPARE s(int) AS $(sed -n '/^SELECT NOT/,$p' bench/access_floor.sql | tr '\n' ' ' | sed "s/'c' || :cid::text/'c' || (\$1 % 10000 + 1)/; s/;[[:space:]]*$//")" ;;
+    access.plpgsql) echo "PREPARE s(int) AS SELECT peer.pl_can_access('c' || (\$1 % 10000 + 1))" ;;
+    # ingest: each contender takes its own third of the precomputed deliveries
+    ingest.billing) echo "PREPARE s(int) AS SELECT r.status FROM bench.deliv d, billing.ingest('stripe-bench', d.headers, d.body) r WHERE d.n = \$1" ;;
+    ingest.floor) echo "PREPARE s(int) AS INSERT INTO peer.floor_events (event_id, headers, body) SELECT d.event_id, d.headers, d.body FROM bench.deliv d WHERE d.n = \$1 ON CONFLICT (event_id) DO NOTHING" ;;
+    ingest.plpgsql) echo "PREPARE s(int) AS SELECT peer.pl_ingest('stripe-bench', d.headers, d.body) FROM bench.deliv d WHERE d.n = \$1" ;;
+    *) echo "unknown contender $1" >&2; return 1 ;;
+  esac
+}
+declare -A CONTENDERS=([debit]="billing floor plpgsql slotted" [usage]="billing floor plpgsql" [access]="billing floor plpgsql" [ingest]="billing floor plpgsql")
+declare -A OFFSET=([billing]=0 [floor]=1 [plpgsql]=2 [slotted]=0)
+
+count() {   # contender calls -> instructions of a backend that runs WARM + calls calls
+  local c=$1 n=$2 in=$WORK/in.sql out=$WORK/cg.out
+  rm -rf "$WORK/d"; cp -a "$DATA" "$WORK/d"; chown -R postgres:postgres "$WORK/d"
+  local base=$(( ${OFFSET[${c#*.}]} * (WARM + CALLS) + 1 ))
+  { prep "$c"; seq "$base" $((base + WARM + n - 1)) | sed 's/.*/EXECUTE s(&);/'; } >"$in"
+  as_pg valgrind --tool=callgrind --callgrind-out-file="$out" "$PGBIN/postgres" --single -D "$WORK/d" \
+    -c fsync=off -c synchronous_commit=off -c autovacuum=off bench <"$in" >"$WORK/log" 2>&1
+  if grep -q "ERROR" "$WORK/log"; then grep -m3 ERROR "$WORK/log" >&2; echo "errors in $c" >&2; return 1; fi
+  sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$WORK/log" | head -1
+}
+
+RES=$WORK/res.tsv; : >"$RES"
+for w in $WORKLOADS; do
+  for c in ${CONTENDERS[$w]:?unknown workload $w}; do
+    a=$(count "$w.$c" 0); b=$(count "$w.$c" "$CALLS")
+    per=$(( (b - a) / CALLS ))
+    printf '%s\t%s\t%s\n' "$w" "$c" "$per" >>"$RES"
+    log "$w $c: $per instructions per call"
+  done
+done
+
+REV=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src sql Cargo.toml 2>/dev/null || echo "+dirty")
+REPORT=$(python3 - "$RES" "$REV" "$CALLS" "$WARM" <<'PY'
+import sys, csv
+res, rev, calls, warm = sys.argv[1:5]
+rows = [r for r in csv.reader(open(res), delimiter='\t')]
+by = {(w, c): int(n) for w, c, n in rows}
+print(f"Instructions per call (callgrind, single-user backend, {calls} calls after {warm}), billing git {rev}\n")
+print("| workload | contender | instructions per call | vs floor | vs PL/pgSQL |")
+print("|---|---|---:|---:|---:|")
+for (w, c), n in by.items():
+    f, p = by.get((w, 'floor')), by.get((w, 'plpgsql'))
+    # fewer instructions is better: the ratio is the other's count over this one's
+    vf = f"{f / n:.2f}x" if f and c != 'floor' else "–"
+    vp = f"{p / n:.2f}x" if p and c not in ('plpgsql', 'floor') else "–"
+    print(f"| {w} | {c} | {n:,} | {vf} | {vp} |")
+print("\nA ratio above 1 means this contender needs fewer instructions than that peer.")
+PY
+)
+echo "$REPORT"
+[ -n "${BENCH_OUT:-}" ] && echo "$REPORT" >"$BENCH_OUT"
+exit 0

@@ -11,7 +11,9 @@ cluster_start() {   # cluster_start <port> [extra postgres -c options...]
   local port=$1; shift
   CLUSTER_DIR=$(mktemp -d /tmp/bl.XXXXXX)
   chown postgres:postgres "$CLUSTER_DIR" 2>/dev/null || true
-  as_pg "$PGBIN/initdb" --no-locale -E UTF8 -U postgres -A trust -D "$CLUSTER_DIR/data" >"$CLUSTER_DIR/initdb.log" 2>&1 \
+  # CLUSTER_LOCALE: the cluster's locale (default none: C, the locale the tests assume).
+  local locale=--no-locale; [ -n "${CLUSTER_LOCALE:-}" ] && locale="--locale=$CLUSTER_LOCALE"
+  as_pg "$PGBIN/initdb" $locale -E UTF8 -U postgres -A trust -D "$CLUSTER_DIR/data" >"$CLUSTER_DIR/initdb.log" 2>&1 \
     || { cat "$CLUSTER_DIR/initdb.log"; return 1; }
   local opts="-c listen_addresses='' -k $CLUSTER_DIR -p $port -c fsync=on -c synchronous_commit=on"
   for o in "$@"; do opts="$opts -c $o"; done

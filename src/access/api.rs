@@ -15,11 +15,17 @@ use serde_json::json;
 /// The statement of `inputs`, with `$extra` columns after the fifteen it reads.
 macro_rules! inputs_sql {
     ($extra:literal) => {
+        inputs_sql!(
+            "CASE WHEN s.status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
+                  THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer) END",
+            $extra
+        )
+    };
+    ($granted:literal, $extra:literal) => {
         concat!(
-            "SELECT c.frozen, c.balance, c.next_event_at,
-                 CASE WHEN s.status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
-                      THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer) END,
-                 s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
+            "SELECT c.frozen, c.balance, c.next_event_at, ",
+            $granted,
+            ", s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
                  s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end, c.slots, c.access_reason",
             $extra,
             " FROM billing.customers c
@@ -41,6 +47,11 @@ static INPUTS: Stmt = Stmt {
     sql: inputs_sql!(""),
     args: &[TEXTOID, TIMESTAMPTZOID],
 };
+/// `INPUTS` for `can_access`, which needs the answer, not the reason: whether the customer
+/// ever had a grant only tells no_credits from no_plan, both refusals. Without it the plan
+/// has no subplan to set up and lock on every call (callgrind, in a loop as a policy runs
+/// it: 154,500 instructions a call instead of 185,100).
+static INPUTS_ALLOWED: Stmt = Stmt { sql: inputs_sql!("NULL::bool", ""), args: &[TEXTOID, TIMESTAMPTZOID] };
 /// `INPUTS` for the access note after an applied event, and whether failed events of the
 /// customer (by its id or the provider's, $3) wait for a replay: one statement, where the
 /// replay's own query ran after every applied event and almost always found none.
@@ -63,6 +74,8 @@ pub struct Inputs {
 /// reason noted last), or the note after an applied event (and whether failed events
 /// of the customer, or of this provider customer, wait for a replay).
 enum Reader<'a> {
+    /// `can_access`: the answer only (the reason may read no_plan for no_credits).
+    Allowed,
     Access,
     Note,
     NoteAfterEvent(Option<&'a str>),
@@ -80,6 +93,7 @@ pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs>
 
 fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Result<(Inputs, Noted)> {
     let t = match reader {
+        Reader::Allowed => run_ro(c, &INPUTS_ALLOWED, &[customer.into(), ts(now).into()])?,
         Reader::Access | Reader::Note => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
         Reader::NoteAfterEvent(pc) => {
             run_ro(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?
@@ -121,7 +135,7 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
     }
     let period_end = sub.as_ref().and_then(|s| s.period_end);
     let noted = match reader {
-        Reader::Access => Noted { reason: None, events_wait: false },
+        Reader::Allowed | Reader::Access => Noted { reason: None, events_wait: false },
         Reader::Note => Noted { reason: r.get(14)?, events_wait: false },
         Reader::NoteAfterEvent(_) => Noted { reason: r.get(14)?, events_wait: r.get::<bool>(15)?.unwrap_or(true) },
     };
@@ -160,7 +174,7 @@ fn can_access_impl(customer: Option<&str>, feature: Option<&str>) -> Result<bool
         return Ok(false);
     };
     let now = clock::now();
-    Spi::connect_mut(|c| Ok(decide(&inputs(c, customer, now)?.customer, feature, now).allowed()))
+    Spi::connect_mut(|c| Ok(decide(&read_inputs(c, customer, now, Reader::Allowed)?.0.customer, feature, now).allowed()))
 }
 
 pub fn denied(customer: &str, reason: Reason, feature: Option<&str>) -> BillingError {

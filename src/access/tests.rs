@@ -158,6 +158,25 @@ mod tests {
         assert_eq!(state("SELECT billing.charge('a', 'chat', 1, NULL)"), "22023");
     }
 
+    /// Admission reads the answer without the ever-granted check, and again for the reason
+    /// when it refuses: a customer who spent every credit is refused with BL001
+    /// (no_credits), one who never had any with BL004 (no_plan).
+    #[pg_test]
+    fn refusals_keep_their_reason() {
+        setup();
+        Spi::run("SELECT billing.define_meter('tk', 1, 1, '2029-01-01')").unwrap();
+        Spi::run("SELECT billing.grant('spent', 5, 'g')").unwrap();
+        Spi::run("SELECT billing.debit('spent', 5, 'd')").unwrap();
+        Spi::run("INSERT INTO billing.customers (customer) VALUES ('never')").unwrap();
+        for (c, code) in [("spent", "BL001"), ("never", "BL004")] {
+            assert_eq!(state(&format!("SELECT billing.charge('{c}', NULL, 1, 'c')")), code, "charge of {c}");
+            assert_eq!(state(&format!("SELECT billing.record_usage('{c}', 'tk', 1, 'u')")), code, "record_usage of {c}");
+            assert!(!q::<bool>(&format!("SELECT billing.can_access('{c}')")));
+        }
+        assert_eq!(access("spent", None), (false, "no_credits".into()));
+        assert_eq!(access("never", None), (false, "no_plan".into()));
+    }
+
     #[pg_test]
     fn rate_limits_per_customer_then_plan() {
         setup();

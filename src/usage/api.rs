@@ -60,15 +60,35 @@ static USAGE_KEY: Stmt = Stmt {
             LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3",
     args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
-/// The new carry and the usage row, in one statement.
-static USAGE_SAVE: Stmt = Stmt {
-    sql: "WITH carry AS (
-            INSERT INTO billing.usage_carry AS u (customer, meter, num, den) VALUES ($1, $3, $10, $11)
-            ON CONFLICT (customer, meter) DO UPDATE SET num = EXCLUDED.num, den = EXCLUDED.den)
-          INSERT INTO billing.usage_events (customer, idempotency_key, meter, quantity, occurred_at, credits, entry_id, reservation_id, recorded_at)
-          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT8OID, UUIDOID, UUIDOID, TIMESTAMPTZOID, INT8OID, INT8OID],
+/// The usage row (`$1`-`$9`) and the new carry (`$10`/`$11`), in one statement. Which of the
+/// three depends on what USAGE_KEY read under the customer's lock: a carry row to update,
+/// a carry this usage left as it was (no carry statement), or none yet. Only the last
+/// upserts (under REPEATABLE READ a row another transaction made since the snapshot then
+/// fails with 40001, not 23505); the upsert probed the index, locked the row (a WAL
+/// record) and then updated it on every call.
+macro_rules! usage_save_sql {
+    ($carry:literal) => {
+        concat!(
+            $carry,
+            " INSERT INTO billing.usage_events (customer, idempotency_key, meter, quantity, occurred_at, credits, entry_id, reservation_id, recorded_at)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        )
+    };
+}
+const USAGE_SAVE_ARGS: &[pgrx::pg_sys::PgBuiltInOids] =
+    &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT8OID, UUIDOID, UUIDOID, TIMESTAMPTZOID, INT8OID, INT8OID];
+static USAGE_SAVE_UPDATE: Stmt = Stmt {
+    sql: usage_save_sql!("WITH carry AS (UPDATE billing.usage_carry SET num = $10, den = $11 WHERE customer = $1 AND meter = $3)"),
+    args: USAGE_SAVE_ARGS,
 };
+static USAGE_SAVE_UPSERT: Stmt = Stmt {
+    sql: usage_save_sql!(
+        "WITH carry AS (INSERT INTO billing.usage_carry (customer, meter, num, den) VALUES ($1, $3, $10, $11)
+                        ON CONFLICT (customer, meter) DO UPDATE SET num = EXCLUDED.num, den = EXCLUDED.den)"
+    ),
+    args: USAGE_SAVE_ARGS,
+};
+static USAGE_SAVE_KEPT: Stmt = Stmt { sql: usage_save_sql!("WITH carry AS (SELECT $10::int8, $11::int8)"), args: USAGE_SAVE_ARGS };
 static RES_OWNER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
 
 type UsageRow = (Option<pgrx::Uuid>, i64, i64, bool);
@@ -130,10 +150,11 @@ fn record_usage_impl(
         // Read before the access statements run.
         let priced = r.get::<bool>(12)?.unwrap_or(false);
         let price = Price { credits: r.get::<i64>(10)?.unwrap_or(0), per_units: r.get::<i64>(11)?.unwrap_or(1) };
-        let carry = match (r.get::<i64>(13)?, r.get::<i64>(14)?) {
-            (Some(num), Some(den)) => Carry { num, den },
-            _ => Carry::default(),
+        let stored = match (r.get::<i64>(13)?, r.get::<i64>(14)?) {
+            (Some(num), Some(den)) => Some(Carry { num, den }),
+            _ => None,
         };
+        let carry = stored.unwrap_or_default();
         if rid.is_none() {
             // Access as for any request, then one token from the most specific limit on
             // the meter (the customer's or its plan's, the meter's or every feature's).
@@ -143,7 +164,7 @@ fn record_usage_impl(
         if !priced {
             return Err(BillingError::new(UNKNOWN, format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")")));
         }
-        let (credits, carry) = rate(carry, price, quantity)
+        let (credits, next) = rate(carry, price, quantity)
             .ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
         let metadata = pgrx::JsonB(json!({ "meter": meter, "quantity": quantity }));
         let (entry, balance) = match rid {
@@ -161,9 +182,14 @@ fn record_usage_impl(
             }
             None => (None, Op::read(c, customer, now)?.peek_balance()?),
         };
+        let save = match stored {
+            Some(old) if old == next => &USAGE_SAVE_KEPT,
+            Some(_) => &USAGE_SAVE_UPDATE,
+            None => &USAGE_SAVE_UPSERT,
+        };
         run(
             c,
-            &USAGE_SAVE,
+            save,
             &[
                 customer.into(),
                 key.into(),
@@ -174,8 +200,8 @@ fn record_usage_impl(
                 entry.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |e| e.into()),
                 rid.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |e| e.into()),
                 ts(now).into(),
-                carry.num.into(),
-                carry.den.into(),
+                next.num.into(),
+                next.den.into(),
             ],
         )?;
         Ok((entry, credits, balance, false))

@@ -49,9 +49,9 @@ static INPUTS: Stmt = Stmt {
 };
 /// `INPUTS` for what needs the answer, not the reason (`can_access`; the admission of
 /// `charge` and `record_usage`, which read again with `INPUTS` when they refuse): whether
-/// the customer ever had a grant only tells no_credits from no_plan, both refusals. Without it the plan
-/// has no subplan to set up and lock on every call (callgrind, in a loop as a policy runs
-/// it: 154,500 instructions a call instead of 185,100).
+/// the customer ever had a grant only tells no_credits from no_plan, both refusals.
+/// Without it the plan has no subplan to set up and lock on every call (callgrind, in a
+/// loop as a policy runs it: 154,500 instructions a call instead of 185,100).
 static INPUTS_ALLOWED: Stmt = Stmt { sql: inputs_sql!("NULL::bool", ""), args: &[TEXTOID, TIMESTAMPTZOID] };
 /// `INPUTS` for the access note after an applied event, and whether failed events of the
 /// customer (by its id or the provider's, $3) wait for a replay: one statement, where the

@@ -20,7 +20,9 @@ ROOT=$PWD
 WORKLOADS=${WORKLOADS:-"debit usage access ingest"}
 CALLS=${CALLS:-1000}
 WARM=${WARM:-300}
-command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null
+if ! command -v valgrind >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends valgrind >/dev/null
+fi
 if [ "${SKIP_INSTALL:-}" != 1 ]; then ./scripts/install-ext.sh --release >&2; fi
 source scripts/cluster.sh
 WORK=$(mktemp -d /tmp/instr.XXXXXX); chmod 777 "$WORK"   # the backend (postgres) writes its profile here

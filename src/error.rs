@@ -160,13 +160,13 @@ macro_rules! sql_entry {
         $crate::sql_entry!($finfo, $entry, $wrapper, jsonb = []);
     };
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*]) => {
-        $crate::sql_entry!($finfo, $entry, $wrapper, jsonb = [$($j),*], |_fcinfo, d| d);
+        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], false);
     };
     // A `RETURNS TABLE` function that answers exactly one row: see `one_row`.
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*], one_row) => {
-        $crate::sql_entry!($finfo, $entry, $wrapper, jsonb = [$($j),*], |fcinfo, d| $crate::one_row::finish(fcinfo, d));
+        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], true);
     };
-    ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*], |$f:ident, $d:ident| $after:expr) => {
+    (@entry $finfo:ident, $entry:ident, $wrapper:path, [$($j:expr),*], $one_row:literal) => {
         #[no_mangle]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -181,8 +181,11 @@ macro_rules! sql_entry {
             $crate::error::raise_pending();
             let d = $wrapper(fcinfo);
             $crate::error::raise_pending();
-            let ($f, $d) = (fcinfo, d);
-            $after
+            if $one_row {
+                $crate::one_row::finish(fcinfo, d)
+            } else {
+                d
+            }
         }
     };
 }

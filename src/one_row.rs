@@ -5,10 +5,11 @@
 //! row and once more to hear that there is no other. Every call of a `SECURITY DEFINER`
 //! function with `SET` clauses goes through `fmgr_security_definer`, which installs and
 //! removes those settings (the pinned `search_path`, the hot path's `enable_seqscan`):
-//! about 12,000 instructions of a debit's 446,000 went to that second call (callgrind,
-//! `bench/README.md`). After the first call returns its row, [`finish`] puts it in a
-//! tuplestore, ends the multi-call context (which drops pgrx's iterator, as its own last
-//! call would) and tells the executor the set is complete: one call per row.
+//! about 12,000 instructions of a debit's 449,717 went to that second call
+//! (`bench/instructions.sh`, `bench/README.md`). After the first call returns its row,
+//! [`finish`] puts it in a tuplestore, ends the multi-call context (which drops pgrx's
+//! iterator, as its own last call would) and tells the executor the set is complete: one
+//! call per row.
 use pgrx::pg_sys;
 
 /// Turns the value-per-call answer `d` of a one-row function's first call into a

@@ -95,7 +95,7 @@ thread_local! {
 /// Bytes from a per-backend splitmix64 stream, seeded from `pg_strong_random` in the
 /// backend that first draws (a preloaded library is mapped by the postmaster: the pid
 /// check keeps two backends from sharing a stream). For bits that only keep ids apart,
-/// never for secrets: a strong draw costs ~8,000 instructions, a third of what the rest
+/// never for secrets: a strong draw costs ~8,500 instructions, a third of what the rest
 /// of a debit's Rust code takes (callgrind).
 pub fn quick_random_bytes(b: &mut [u8]) {
     let pid = unsafe { pg_sys::MyProcPid };

@@ -13,6 +13,7 @@ pub mod one_row;
 pub mod spi;
 pub mod usage;
 pub mod webhook;
+pub mod whole_row;
 #[cfg(test)] mod proptests;
 #[cfg(any(test, feature = "pg_test"))] pub mod test_sql;
 

@@ -6,31 +6,32 @@ use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
 use crate::ledger::store::Op;
 use crate::spi::{micros, run, run_ro, ts, Stmt};
 use crate::usage::bucket::{Bucket, Limit};
+use crate::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use serde_json::json;
 
-/// The statement of `inputs`, with `$extra` columns after the fifteen it reads.
+/// The statement of `inputs`, with `$extra` columns after the five it reads: the
+/// customer's and the subscription's rows whole, the plan's features and grace, and
+/// whether the customer ever had a grant.
 macro_rules! inputs_sql {
     ($extra:literal) => {
         inputs_sql!(
-            "CASE WHEN s.status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
+            "CASE WHEN (s.sub).status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
                   THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer) END",
             $extra
         )
     };
     ($granted:literal, $extra:literal) => {
         concat!(
-            "SELECT c.frozen, c.balance, c.next_event_at, ",
+            "SELECT c, s.sub, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8, ",
             $granted,
-            ", s.status, s.plan, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8,
-                 s.current_period_end, s.paid_through, s.cancel_at_period_end, s.trial_end, c.slots, c.access_reason",
             $extra,
             " FROM billing.customers c
             LEFT JOIN LATERAL (
-                  SELECT * FROM billing.subscriptions s WHERE s.customer = c.customer
+                  SELECT s AS sub, s.plan FROM billing.subscriptions s WHERE s.customer = c.customer
                    ORDER BY s.status IN ('canceled', 'incomplete_expired'),
                             coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST
                    LIMIT 1) s ON true
@@ -39,6 +40,10 @@ macro_rules! inputs_sql {
         )
     };
 }
+
+/// The rows INPUTS reads whole (see `whole_row`): the customer's, and its subscription's.
+static CUSTOMER: Fields = Fields(&["frozen", "balance", "next_event_at", "slots", "access_reason"]);
+static SUBSCRIPTION: Fields = Fields(&["status", "plan", "current_period_end", "paid_through", "cancel_at_period_end", "trial_end"]);
 
 static INPUTS: Stmt = Stmt {
     // Whether the customer ever had a grant matters only without a subscription and
@@ -105,31 +110,38 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
         let noted = Noted { reason: None, events_wait: true };
         return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
     }
-    let r = t.first();
-    let t_of = |i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
-    let mut balance = r.get::<i64>(2)?.unwrap_or(0);
-    let next_event = t_of(3)?.unwrap_or(i64::MAX);
-    let status: Option<String> = r.get(5)?;
-    let sub = match &status {
-        Some(st) => Some(Sub {
-            status: st.clone(),
-            plan: r.get(6)?,
-            features: r.get::<Vec<Option<String>>>(7)?.unwrap_or_default().into_iter().flatten().collect(),
-            grace_us: r.get::<i64>(8)?.unwrap_or(0),
-            period_end: t_of(9)?,
-            paid_through: t_of(10)?,
-            cancel_at_period_end: r.get::<bool>(11)?.unwrap_or(false),
-            trial_end: t_of(12)?,
-        }),
+    let t = t.first();
+    let internal = || BillingError::new(crate::error::INTERNAL, "billing: internal error: customer row read as NULL");
+    let c_row = crate::whole_row::read(&t, 1, &CUSTOMER)?.ok_or_else(internal)?;
+    let s_row = crate::whole_row::read(&t, 2, &SUBSCRIPTION)?;
+    let r = &t;
+    let ts_of = |r: &crate::whole_row::Row, i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
+    let mut balance = c_row.get::<i64>(1)?.unwrap_or(0);
+    let next_event = ts_of(&c_row, 2)?.unwrap_or(i64::MAX);
+    let status: Option<String> = match &s_row {
+        Some(s) => s.get(0)?,
         None => None,
     };
-    let frozen = r.get::<bool>(1)?.unwrap_or(false);
-    let ever_granted = r.get::<bool>(4)?.unwrap_or(false);
+    let sub = match (&status, &s_row) {
+        (Some(st), Some(s)) => Some(Sub {
+            status: st.clone(),
+            plan: s.get(1)?,
+            features: r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect(),
+            grace_us: r.get::<i64>(4)?.unwrap_or(0),
+            period_end: ts_of(s, 2)?,
+            paid_through: ts_of(s, 3)?,
+            cancel_at_period_end: s.get::<bool>(4)?.unwrap_or(false),
+            trial_end: ts_of(s, 5)?,
+        }),
+        _ => None,
+    };
+    let frozen = c_row.get::<bool>(0)?.unwrap_or(false);
+    let ever_granted = r.get::<bool>(5)?.unwrap_or(false);
     // The cached balance is exact until the customer's next expiry; past it, compute.
     if now >= next_event {
         balance = Op::read(c, customer, now)?.peek_balance()?;
     }
-    let slots = r.get::<i32>(13)?.unwrap_or(1);
+    let slots = c_row.get::<i32>(3)?.unwrap_or(1);
     if slots > 1 {
         // A slotted customer's credits are spread over its accounts.
         balance = balance.saturating_add(crate::ledger::slots::slot_balances(c, customer, slots, now)?);
@@ -137,8 +149,8 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
     let period_end = sub.as_ref().and_then(|s| s.period_end);
     let noted = match reader {
         Reader::Allowed | Reader::Access => Noted { reason: None, events_wait: false },
-        Reader::Note => Noted { reason: r.get(14)?, events_wait: false },
-        Reader::NoteAfterEvent(_) => Noted { reason: r.get(14)?, events_wait: r.get::<bool>(15)?.unwrap_or(true) },
+        Reader::Note => Noted { reason: c_row.get(4)?, events_wait: false },
+        Reader::NoteAfterEvent(_) => Noted { reason: c_row.get(4)?, events_wait: r.get::<bool>(6)?.unwrap_or(true) },
     };
     Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end }, noted))
 }

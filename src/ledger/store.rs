@@ -3,6 +3,7 @@
 use super::rules::{Acct, Book, Entry, Grant, Hold, Id, Kind, Ts, NEVER};
 use crate::error::{BillingError, Result, UNKNOWN};
 use crate::spi::{id_of, micros, new_id, run_ro, ts, uuid, Stmt};
+use crate::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -39,13 +40,20 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
     lines.iter().map(|&(a, x)| (encode(a), x)).unzip()
 }
 
+/// A customer row read whole (see `whole_row`): one output column for the executor to
+/// describe and project instead of seventeen.
 macro_rules! lookup_sql {
     () => {
-        "SELECT balance, od, overdraft_limit, frozen, seq, last_at, next_event_at,
-                low_balance, low_notified, topup_below, topup_notified, slots, slot_of, draw_grant, draw, draw_left, num
-           FROM billing.customers WHERE customer = $1"
+        "SELECT c FROM billing.customers c WHERE c.customer = $1"
     };
 }
+/// The customer columns an operation reads (`Op::open_as`), in `CUSTOMER`'s order.
+static CUSTOMER: Fields = Fields(&[
+    "balance", "od", "overdraft_limit", "frozen", "seq", "last_at", "next_event_at", "low_balance", "low_notified",
+    "topup_below", "topup_notified", "slots", "slot_of", "draw_grant", "draw", "draw_left", "num",
+]);
+/// The journal columns of an entry found under an idempotency key (`Keyed`).
+static KEYED: Fields = Fields(&["entry_id", "kind", "amount", "balance_after", "metadata", "grant_id", "reservation_id", "ref_entry"]);
 static LOOKUP: Stmt = Stmt { sql: lookup_sql!(), args: &[TEXTOID] };
 /// Under REPEATABLE READ and SERIALIZABLE the reads after the lock see the transaction's
 /// snapshot, which may predate a change another session committed (a grant: then the
@@ -185,34 +193,29 @@ static FINAL_BALANCE: Stmt = Stmt {
     args: &[TEXTOID, UUIDOID, INT8OID],
 };
 static KEY: Stmt = Stmt {
-    sql: "SELECT entry_id, kind, amount, balance_after, metadata, grant_id, reservation_id, ref_entry
-            FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
+    sql: "SELECT j FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
     args: &[TEXTOID, TEXTOID],
 };
 macro_rules! spend_lookup_sql {
     () => {
-        "SELECT c.balance, c.od, c.overdraft_limit, c.frozen, c.seq, c.last_at, c.next_event_at,
-                c.low_balance, c.low_notified, c.topup_below, c.topup_notified,
-                k.entry_id, k.kind, k.amount, k.balance_after, k.metadata, k.grant_id, k.reservation_id, k.ref_entry,
-                c.slots, c.slot_of, c.draw_grant, c.draw, c.draw_left, c.num
-           FROM billing.customers c
+        "SELECT c, k FROM billing.customers c
            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
           WHERE c.customer = $1"
     };
 }
 /// What a spending operation reads once it holds the customer's lock, in one statement:
-/// the customer row (as LOOKUP) and the entry under its idempotency key. The grants are
-/// read only when the first one (`draw_left`, see `Op::take_from_head`) is not enough.
+/// the customer row (as LOOKUP) and the entry under its idempotency key, each whole. The
+/// grants are read only when the first one (`draw_left`, see `Op::take_from_head`) is
+/// not enough.
 static SPEND_LOOKUP: Stmt = Stmt { sql: spend_lookup_sql!(), args: &[TEXTOID, TEXTOID] };
 /// SPEND_LOOKUP of a slot account, with the entry under the key in its customer's own
 /// journal (`$3`) too: a key used before the customer was slotted, or by a call that
 /// gathered the slots, lives there (one statement instead of two).
 static SPEND_LOOKUP_SLOT: Stmt = Stmt {
-    sql: concat!(
-        "SELECT s.*, p.entry_id, p.kind, p.amount, p.balance_after, p.metadata, p.grant_id, p.reservation_id, p.ref_entry
-           FROM (", spend_lookup_sql!(), ") s
-           LEFT JOIN billing.journal p ON p.customer = $3 AND p.idempotency_key = $2"
-    ),
+    sql: "SELECT c, k, p FROM billing.customers c
+            LEFT JOIN billing.journal k ON k.customer = c.customer AND k.idempotency_key = $2
+            LEFT JOIN billing.journal p ON p.customer = $3 AND p.idempotency_key = $2
+           WHERE c.customer = $1",
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
 /// The row lock LOOKUP_XACT_SNAPSHOT takes, for a spending call that read its account with
@@ -229,6 +232,23 @@ pub struct Keyed {
     pub grant_id: Option<pgrx::Uuid>,
     pub reservation_id: Option<pgrx::Uuid>,
     pub ref_entry: Option<pgrx::Uuid>,
+}
+
+/// The journal entry read whole in column `ordinal` (`KEYED`), if there is one: NULL, or
+/// the null-extended side of a LEFT JOIN, is none.
+fn keyed_whole(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Option<Keyed>> {
+    let Some(r) = crate::whole_row::read(t, ordinal, &KEYED)? else { return Ok(None) };
+    let Some(entry_id) = r.get::<pgrx::Uuid>(0)? else { return Ok(None) };
+    Ok(Some(Keyed {
+        entry_id,
+        kind: r.get(1)?.unwrap_or_default(),
+        amount: r.get(2)?.unwrap_or(0),
+        balance_after: r.get(3)?.unwrap_or(0),
+        metadata: r.get::<JsonB>(4)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
+        grant_id: r.get(5)?,
+        reservation_id: r.get(6)?,
+        ref_entry: r.get(7)?,
+    }))
 }
 
 /// What to write with an entry besides the rules' lines.
@@ -402,50 +422,37 @@ impl<'a, 'c> Op<'a, 'c> {
         if t.is_empty() {
             return Ok(None);
         }
-        let r = t.first();
+        let t = t.first();
+        let r = crate::whole_row::read(&t, 1, &CUSTOMER)?.ok_or_else(|| BillingError::new(crate::error::INTERNAL, "billing: internal error: customer row read as NULL"))?;
         let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
-        let book = Book { grants: vec![], holds: vec![], od: get(2)?, balance: get(1)?, overdraft_limit: get(3)? };
-        let frozen = r.get::<bool>(4)?.unwrap_or(false);
-        let seq = get(5)?;
-        let clock = r.get::<TimestampWithTimeZone>(6)?.map(micros).unwrap_or(i64::MIN);
-        let next_event = r.get::<TimestampWithTimeZone>(7)?.map(micros).unwrap_or(NEVER);
+        let book = Book { grants: vec![], holds: vec![], od: get(1)?, balance: get(0)?, overdraft_limit: get(2)? };
+        let frozen = r.get::<bool>(3)?.unwrap_or(false);
+        let seq = get(4)?;
+        let clock = r.get::<TimestampWithTimeZone>(5)?.map(micros).unwrap_or(i64::MIN);
+        let next_event = r.get::<TimestampWithTimeZone>(6)?.map(micros).unwrap_or(NEVER);
         let thresholds = Thresholds {
-            low: r.get::<i64>(8)?,
-            low_notified: r.get::<bool>(9)?.unwrap_or(false),
-            topup: r.get::<i64>(10)?,
-            topup_notified: r.get::<bool>(11)?.unwrap_or(false),
+            low: r.get::<i64>(7)?,
+            low_notified: r.get::<bool>(8)?.unwrap_or(false),
+            topup: r.get::<i64>(9)?,
+            topup_notified: r.get::<bool>(10)?.unwrap_or(false),
         };
-        let (slots_at, slot_of_at) = if spend_key.is_some() { (20, 21) } else { (12, 13) };
-        let slots = r.get::<i32>(slots_at)?.unwrap_or(1);
-        let slot_of: Option<String> = r.get(slot_of_at)?;
-        let draw_grant = r.get::<pgrx::Uuid>(slot_of_at + 1)?.map(|g| id_of(&g));
-        let draw = match (draw_grant, r.get::<i64>(slot_of_at + 2)?.unwrap_or(0)) {
+        let slots = r.get::<i32>(11)?.unwrap_or(1);
+        let slot_of: Option<String> = r.get(12)?;
+        let draw_grant = r.get::<pgrx::Uuid>(13)?.map(|g| id_of(&g));
+        let draw = match (draw_grant, r.get::<i64>(14)?.unwrap_or(0)) {
             (Some(g), x) if x != 0 => Some((g, x)),
             _ => None,
         };
-        let head = draw_grant.zip(r.get::<i64>(slot_of_at + 3)?);
-        let num = r.get::<i64>(slot_of_at + 4)?.unwrap_or(0);
-        // The entry under the key: the account's own (columns 12-19), else, on a slot
-        // account, its customer's (26-33).
-        let keyed_at = |i: usize| -> Result<Option<Keyed>> {
-            let Some(entry_id) = r.get::<pgrx::Uuid>(i)? else { return Ok(None) };
-            Ok(Some(Keyed {
-                entry_id,
-                kind: r.get(i + 1)?.unwrap_or_default(),
-                amount: r.get(i + 2)?.unwrap_or(0),
-                balance_after: r.get(i + 3)?.unwrap_or(0),
-                metadata: r.get::<JsonB>(i + 4)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
-                grant_id: r.get(i + 5)?,
-                reservation_id: r.get(i + 6)?,
-                ref_entry: r.get(i + 7)?,
-            }))
-        };
+        let head = draw_grant.zip(r.get::<i64>(15)?);
+        let num = get(16)?;
+        // The entry under the key: the account's own (column 2), else, on a slot
+        // account, its customer's (3).
         let keyed = match (spend_key, parent) {
             (None, _) => None,
-            (Some(_), None) => keyed_at(12)?,
-            (Some(_), Some(_)) => match keyed_at(12)? {
+            (Some(_), None) => keyed_whole(&t, 2)?,
+            (Some(_), Some(_)) => match keyed_whole(&t, 2)? {
                 Some(k) => Some(k),
-                None => keyed_at(26)?,
+                None => keyed_whole(&t, 3)?,
             },
         };
         let op = Op {
@@ -551,17 +558,7 @@ impl<'a, 'c> Op<'a, 'c> {
         if t.is_empty() {
             return Ok(None);
         }
-        let r = t.first();
-        Ok(Some(Keyed {
-            entry_id: r.get(1)?.unwrap_or_else(crate::spi::nil),
-            kind: r.get(2)?.unwrap_or_default(),
-            amount: r.get(3)?.unwrap_or(0),
-            balance_after: r.get(4)?.unwrap_or(0),
-            metadata: r.get::<JsonB>(5)?.map(|j| j.0).unwrap_or(serde_json::Value::Null),
-            grant_id: r.get(6)?,
-            reservation_id: r.get(7)?,
-            ref_entry: r.get(8)?,
-        }))
+        keyed_whole(&t.first(), 1)
     }
 
     fn read_grants(&mut self, t: pgrx::spi::SpiTupleTable) -> Result<Vec<Grant>> {

@@ -177,12 +177,15 @@ macro_rules! sql_entry {
         #[doc(hidden)]
         pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
             $crate::error::clear_pending();
+            if $one_row {
+                $crate::one_row::clear();
+            }
             $crate::error::check_jsonb_args(fcinfo, &[$($j),*]);
             $crate::error::raise_pending();
             let d = $wrapper(fcinfo);
             $crate::error::raise_pending();
             if $one_row {
-                $crate::one_row::finish(fcinfo, d)
+                $crate::one_row::finish(fcinfo)
             } else {
                 d
             }

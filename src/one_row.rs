@@ -1,62 +1,105 @@
 //! Functions declared `RETURNS TABLE` that always answer one row (`debit`, `settle`,
-//! `ingest`, ...), handed back in materialize mode.
+//! `ingest`, ...), handed back in materialize mode without pgrx's set machinery.
 //!
-//! pgrx's `TableIterator` speaks value-per-call: Postgres calls the function once for the
-//! row and once more to hear that there is no other. Every call of a `SECURITY DEFINER`
-//! function with `SET` clauses goes through `fmgr_security_definer`, which installs and
-//! removes those settings (the pinned `search_path`, the hot path's `enable_seqscan`):
-//! about 12,000 instructions of a debit's 449,717 went to that second call
-//! (`bench/instructions.sh`, `bench/README.md`). After the first call returns its row,
-//! [`finish`] puts it in a tuplestore, ends the multi-call context (which drops pgrx's
-//! iterator, as its own last call would) and tells the executor the set is complete: one
-//! call per row.
-use pgrx::pg_sys;
+//! pgrx's `TableIterator` speaks value-per-call: Postgres called the function once for
+//! the row and once more to hear that there was no other, each time through
+//! `fmgr_security_definer` (which installs and removes the `SET` clauses), and the first
+//! call made a multi-call memory context and built the row type from `pg_proc` with
+//! `get_call_result_type`. Together about 21,000 instructions a debit (callgrind,
+//! `bench/README.md`).
+//!
+//! Instead, the Rust function hands its row to [`answer`] and returns nothing; the entry
+//! point ([`finish`], through `sql_entry!`) puts the row in a tuplestore described by
+//! the row type the executor expects, and tells it the set is complete: one call per row,
+//! no row type built per call.
+use crate::error::{deliver, Result};
+use pgrx::pg_sys::{self, Datum};
+use pgrx::IntoDatum;
+use std::cell::RefCell;
 
-/// Turns the value-per-call answer `d` of a one-row function's first call into a
-/// materialized result. Leaves everything as it was when the caller does not accept a
-/// materialized set, gave no expected row type, or the call was not a first row.
+thread_local! {
+    /// The row of the call in progress, between `answer` and `finish`.
+    static ROW: RefCell<Option<Vec<Option<Datum>>>> = const { RefCell::new(None) };
+}
+
+/// A one-row function's row: its columns in the declared order.
+pub trait Row {
+    fn datums(self) -> Vec<Option<Datum>>;
+}
+
+macro_rules! impl_row {
+    ($($t:ident),+) => {
+        impl<$($t: IntoDatum),+> Row for ($($t,)+) {
+            #[allow(non_snake_case)]
+            fn datums(self) -> Vec<Option<Datum>> {
+                let ($($t,)+) = self;
+                vec![$($t.into_datum()),+]
+            }
+        }
+    };
+}
+impl_row!(A, B, C);
+impl_row!(A, B, C, D);
+impl_row!(A, B, C, D, E, F);
+
+/// The answer of a one-row function: its row, or its error (raised by the entry point,
+/// see `error::deliver`). Pass-by-reference values are made in the calling memory
+/// context, which outlives the call's return to `finish`.
+pub fn answer<T: Row>(r: Result<T>) {
+    if let Some(row) = deliver(r.map(Some), || None) {
+        ROW.with(|x| *x.borrow_mut() = Some(row.datums()));
+    }
+}
+
+/// Forgets a row left by a call that errored out after answering. Called at every entry.
+pub fn clear() {
+    ROW.with(|x| x.borrow_mut().take());
+}
+
+/// Returns the row `answer` left, materialized.
 ///
 /// # Safety
-/// `fcinfo` is the call's own, and `d` what pgrx's wrapper just returned for it.
-pub unsafe fn finish(fcinfo: pg_sys::FunctionCallInfo, d: pg_sys::Datum) -> pg_sys::Datum {
-    use pg_sys::{ExprDoneCond::*, SetFunctionReturnMode::*};
-    unsafe {
-        let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
-        if rsinfo.is_null()
-            || (*rsinfo).type_ != pg_sys::NodeTag::T_ReturnSetInfo
-            || (*rsinfo).returnMode != SFRM_ValuePerCall
-            || (*rsinfo).isDone != ExprMultipleResult
-            || (*rsinfo).allowedModes & SFRM_Materialize as i32 == 0
-            || (*rsinfo).expectedDesc.is_null()
-            || (*fcinfo).isnull
-        {
-            return d;
+/// `fcinfo` is the call's own, of a function declared to return a row type.
+pub unsafe fn finish(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
+    use pg_sys::{ExprDoneCond::ExprEndResult, SetFunctionReturnMode::*};
+    let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+    let rsinfo = (!rsinfo.is_null() && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo).then_some(rsinfo);
+    let Some(row) = ROW.with(|x| x.borrow_mut().take()) else {
+        // No row and no error: cannot happen (`answer` leaves one or the other). An empty set.
+        if let Some(rs) = rsinfo {
+            (*rs).isDone = ExprEndResult;
         }
-        let funcctx = (*(*fcinfo).flinfo).fn_extra as *mut pg_sys::FuncCallContext;
-        if funcctx.is_null() {
-            return d;
-        }
-        let old = pg_sys::MemoryContextSwitchTo((*(*rsinfo).econtext).ecxt_per_query_memory);
-        let desc = pg_sys::CreateTupleDescCopy((*rsinfo).expectedDesc);
-        let random = (*rsinfo).allowedModes & SFRM_Materialize_Random as i32 != 0;
-        let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
-        pg_sys::MemoryContextSwitchTo(old);
-        // The row is a composite datum (a plain 4-byte varlena, just formed by pgrx) in
-        // the multi-call context: copy it in before that context goes.
-        let header = d.cast_mut_ptr::<pg_sys::HeapTupleHeaderData>();
-        let mut tuple = pg_sys::HeapTupleData {
-            t_len: pgrx::varlena::varsize_4b(header.cast()) as u32,
-            t_self: pg_sys::ItemPointerData::default(),
-            t_tableOid: pg_sys::InvalidOid,
-            t_data: header,
-        };
-        pg_sys::tuplestore_puttuple(store, &mut tuple);
-        pg_sys::end_MultiFuncCall(fcinfo, funcctx);
-        (*rsinfo).returnMode = SFRM_Materialize;
-        (*rsinfo).isDone = ExprSingleResult;
-        (*rsinfo).setResult = store;
-        (*rsinfo).setDesc = desc;
         (*fcinfo).isnull = true;
-        pg_sys::Datum::from(0usize)
+        return Datum::from(0usize);
+    };
+    let mut values: Vec<Datum> = row.iter().map(|v| v.unwrap_or(Datum::from(0usize))).collect();
+    let mut nulls: Vec<bool> = row.iter().map(Option::is_none).collect();
+    // As core's materializing functions (InitMaterializedSRF): every executor path
+    // (a function scan, a target list, PL/pgSQL) accepts a materialized set.
+    let rs = match rsinfo {
+        Some(rs) if (*rs).allowedModes & SFRM_Materialize as i32 != 0 && !(*rs).expectedDesc.is_null() => rs,
+        _ => {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                "billing: set-valued function called in context that cannot accept a set"
+            );
+        }
+    };
+    let desc = (*rs).expectedDesc;
+    if (*desc).natts as usize != values.len() {
+        pgrx::error!("billing: internal error: a row of {} columns for a row type of {}", values.len(), (*desc).natts);
     }
+    let old = pg_sys::MemoryContextSwitchTo((*(*rs).econtext).ecxt_per_query_memory);
+    let random = (*rs).allowedModes & SFRM_Materialize_Random as i32 != 0;
+    let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+    // The executor frees a set's descriptor when done with it: hand it a copy.
+    let set_desc = pg_sys::CreateTupleDescCopy(desc);
+    pg_sys::MemoryContextSwitchTo(old);
+    pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    (*rs).returnMode = SFRM_Materialize;
+    (*rs).setResult = store;
+    (*rs).setDesc = set_desc;
+    (*fcinfo).isnull = true;
+    Datum::from(0usize)
 }

@@ -157,9 +157,10 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
 
 type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Option<TimestampWithTimeZone>);
 
+/// `(allowed, reason, plan, status, balance, period_end)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
-fn access(customer: Option<&str>, feature: Option<&str>) -> TableIterator<'static, (name!(allowed, bool), name!(reason, String), name!(plan, Option<String>), name!(status, Option<String>), name!(balance, Option<i64>), name!(period_end, Option<TimestampWithTimeZone>))> {
-    deliver(access_impl(customer, feature).map(TableIterator::once), TableIterator::empty)
+fn access(customer: Option<&str>, feature: Option<&str>) {
+    crate::one_row::answer(access_impl(customer, feature))
 }
 crate::sql_entry!(pg_finfo_billing_access, billing_access, access_wrapper, jsonb = [], one_row);
 
@@ -223,9 +224,10 @@ pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>
     Ok(i.customer.sub.as_ref().and_then(|s| s.plan.clone()))
 }
 
+/// `(entry_id uuid, balance_after bigint, replayed boolean)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
-fn charge(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
-    deliver(charge_impl(customer, feature, amount, idempotency_key).map(TableIterator::once), TableIterator::empty)
+fn charge(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>) {
+    crate::one_row::answer(charge_impl(customer, feature, amount, idempotency_key))
 }
 crate::sql_entry!(pg_finfo_billing_charge, billing_charge, charge_wrapper, jsonb = [], one_row);
 

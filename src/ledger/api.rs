@@ -19,8 +19,10 @@ pub const MAX_CUSTOMER: usize = 255;
 
 type EntryRow = (pgrx::Uuid, i64, bool);
 
-fn row(r: Result<EntryRow>) -> TableIterator<'static, EntryRow> {
-    deliver(r.map(TableIterator::once), TableIterator::empty)
+/// The answer of the functions that return `(entry_id uuid, balance_after bigint,
+/// replayed boolean)` (see `one_row`).
+fn row(r: Result<EntryRow>) {
+    crate::one_row::answer(r)
 }
 
 // ---- argument checks: 22023 with the argument's name ----
@@ -186,7 +188,7 @@ fn debit(
     amount: Option<i64>,
     idempotency_key: Option<&str>,
     metadata: Option<JsonB>,
-) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+) {
     row(debit_impl(customer, amount, idempotency_key, metadata))
 }
 crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper, jsonb = [3], one_row);
@@ -354,7 +356,7 @@ fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, rid: &pgrx::Uuid, now: i64) -> Re
 }
 
 #[pg_extern(sql = false)]
-fn settle(reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+fn settle(reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) {
     row(settle_impl(reservation_id, actual))
 }
 crate::sql_entry!(pg_finfo_billing_settle, billing_settle, settle_wrapper, jsonb = [], one_row);
@@ -412,7 +414,7 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
 }
 
 #[pg_extern(sql = false)]
-fn release(reservation_id: Option<pgrx::Uuid>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+fn release(reservation_id: Option<pgrx::Uuid>) {
     row(release_impl(reservation_id))
 }
 crate::sql_entry!(pg_finfo_billing_release, billing_release, release_wrapper, jsonb = [], one_row);
@@ -509,7 +511,7 @@ static REFUNDS_OF: Stmt = Stmt {
 };
 
 #[pg_extern(sql = false)]
-fn refund(entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) -> TableIterator<'static, (name!(entry_id, pgrx::Uuid), name!(balance_after, i64), name!(replayed, bool))> {
+fn refund(entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) {
     row(refund_impl(entry_id, amount, idempotency_key))
 }
 crate::sql_entry!(pg_finfo_billing_refund, billing_refund, refund_wrapper, jsonb = [], one_row);

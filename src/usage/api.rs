@@ -101,8 +101,9 @@ fn record_usage(
     idempotency_key: Option<&str>,
     occurred_at: Option<TimestampWithTimeZone>,
     reservation_id: Option<pgrx::Uuid>,
-) -> TableIterator<'static, (name!(entry_id, Option<pgrx::Uuid>), name!(credits, i64), name!(balance_after, i64), name!(replayed, bool))> {
-    deliver(record_usage_impl(customer, meter, quantity, idempotency_key, occurred_at, reservation_id).map(TableIterator::once), TableIterator::empty)
+) {
+    // (entry_id uuid, credits bigint, balance_after bigint, replayed boolean), one row (see `one_row`)
+    crate::one_row::answer(record_usage_impl(customer, meter, quantity, idempotency_key, occurred_at, reservation_id))
 }
 crate::sql_entry!(pg_finfo_billing_record_usage, billing_record_usage, record_usage_wrapper, jsonb = [], one_row);
 

@@ -169,9 +169,10 @@ fn parse_delivery(provider: Provider, endpoint: &str, body: &str, webhook_id: Op
     }
 }
 
+/// `(event_id text, status text, detail text)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
-fn ingest(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
-    deliver(ingest_impl(endpoint, headers, body).map(TableIterator::once), TableIterator::empty)
+fn ingest(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) {
+    crate::one_row::answer(ingest_impl(endpoint, headers, body))
 }
 crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper, jsonb = [1], one_row);
 
@@ -349,14 +350,15 @@ fn replay_one(c: &mut SpiClient<'_>, provider: &str, id: &str) -> Result<EventRo
     Ok((id.to_string(), o.status, Some(o.detail)))
 }
 
+/// `(event_id text, status text, detail text)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
-fn replay(provider: Option<&str>, event_id: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
+fn replay(provider: Option<&str>, event_id: Option<&str>) {
     let r = (|| {
         let p = need(provider, "provider")?;
         let id = need(event_id, "event_id")?;
         Spi::connect_mut(|c| replay_one(c, p, id))
     })();
-    deliver(r.map(TableIterator::once), TableIterator::empty)
+    crate::one_row::answer(r)
 }
 crate::sql_entry!(pg_finfo_billing_replay, billing_replay, replay_wrapper, jsonb = [], one_row);
 

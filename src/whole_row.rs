@@ -42,9 +42,13 @@ pub struct Row {
 }
 
 impl Row {
-    /// The `i`-th field of the reader's `Fields`, or None if it is NULL.
-    pub fn get<T: FromDatum>(&self, i: usize) -> Result<Option<T>> {
+    /// The `i`-th field of the reader's `Fields`, or None if it is NULL. A Rust type that
+    /// does not match the column's is an internal error, as pgrx's own SPI reads make it.
+    pub fn get<T: FromDatum + IntoDatum>(&self, i: usize) -> Result<Option<T>> {
         let (at, typ) = self.layout[i];
+        if !T::is_compatible_with(typ) {
+            return Err(BillingError::new(INTERNAL, format!("billing: internal error: field {i} read as the wrong type ({typ:?})")));
+        }
         if self.nulls[at] {
             return Ok(None);
         }

@@ -47,12 +47,12 @@ macro_rules! lookup_sql {
         "SELECT c FROM billing.customers c WHERE c.customer = $1"
     };
 }
-/// The customer columns an operation reads (`Op::open_as`), in `CUSTOMER`'s order.
+/// The customer columns an operation reads, as `Op::open_as` numbers them (0-16).
 static CUSTOMER: Fields = Fields(&[
     "balance", "od", "overdraft_limit", "frozen", "seq", "last_at", "next_event_at", "low_balance", "low_notified",
     "topup_below", "topup_notified", "slots", "slot_of", "draw_grant", "draw", "draw_left", "num",
 ]);
-/// The journal columns of an entry found under an idempotency key (`Keyed`).
+/// The journal columns of an entry found under an idempotency key (`keyed_whole`).
 static KEYED: Fields = Fields(&["entry_id", "kind", "amount", "balance_after", "metadata", "grant_id", "reservation_id", "ref_entry"]);
 static LOOKUP: Stmt = Stmt { sql: lookup_sql!(), args: &[TEXTOID] };
 /// Under REPEATABLE READ and SERIALIZABLE the reads after the lock see the transaction's

@@ -61,31 +61,27 @@ pub fn clear() {
 /// # Safety
 /// `fcinfo` is the call's own, of a function declared to return a row type.
 pub unsafe fn finish(fcinfo: pg_sys::FunctionCallInfo) -> Datum {
-    use pg_sys::{ExprDoneCond::ExprEndResult, SetFunctionReturnMode::*};
-    let rsinfo = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
-    let rsinfo = (!rsinfo.is_null() && (*rsinfo).type_ == pg_sys::NodeTag::T_ReturnSetInfo).then_some(rsinfo);
+    use pg_sys::SetFunctionReturnMode::*;
     let Some(row) = ROW.with(|x| x.borrow_mut().take()) else {
-        // No row and no error: cannot happen (`answer` leaves one or the other). An empty set.
-        if let Some(rs) = rsinfo {
-            (*rs).isDone = ExprEndResult;
-        }
-        (*fcinfo).isnull = true;
-        return Datum::from(0usize);
+        // `answer` leaves a row or an error (raised before this): a function that called
+        // neither is a bug, not an empty answer.
+        pgrx::error!("billing: internal error: a one-row function answered nothing");
     };
     let mut values: Vec<Datum> = row.iter().map(|v| v.unwrap_or(Datum::from(0usize))).collect();
     let mut nulls: Vec<bool> = row.iter().map(Option::is_none).collect();
     // As core's materializing functions (InitMaterializedSRF): every executor path
     // (a function scan, a target list, PL/pgSQL) accepts a materialized set.
-    let rs = match rsinfo {
-        Some(rs) if (*rs).allowedModes & SFRM_Materialize as i32 != 0 && !(*rs).expectedDesc.is_null() => rs,
-        _ => {
-            pgrx::ereport!(
-                ERROR,
-                pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "billing: set-valued function called in context that cannot accept a set"
-            );
-        }
-    };
+    let rs = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+    let accepts = rs.as_ref().is_some_and(|r| {
+        r.type_ == pg_sys::NodeTag::T_ReturnSetInfo && r.allowedModes & SFRM_Materialize as i32 != 0 && !r.expectedDesc.is_null()
+    });
+    if !accepts {
+        pgrx::ereport!(
+            ERROR,
+            pgrx::PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "billing: set-valued function called in context that cannot accept a set"
+        );
+    }
     let desc = (*rs).expectedDesc;
     if (*desc).natts as usize != values.len() {
         pgrx::error!("billing: internal error: a row of {} columns for a row type of {}", values.len(), (*desc).natts);

@@ -58,10 +58,16 @@ impl Row {
     }
 }
 
-/// Takes apart the composite value in column `ordinal` of the table's current row:
-/// None if that column is NULL. A fields name the row type lacks is an internal error
-/// (the extension's own statements read its own tables).
-pub fn read(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> Result<Option<Row>> {
+/// Takes apart the composite value in column `ordinal` of the table's current row, a row
+/// the statement always has (the table it selects from): NULL is an internal error.
+pub fn read(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> Result<Row> {
+    read_opt(t, ordinal, fields)?.ok_or_else(|| BillingError::new(INTERNAL, format!("billing: internal error: column {ordinal} read as NULL")))
+}
+
+/// `read` of a row that may be missing (the outer side of a LEFT JOIN): None if NULL. A
+/// name of `fields` the row type lacks is an internal error (the extension's own
+/// statements read its own tables).
+pub fn read_opt(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> Result<Option<Row>> {
     let Some(d) = t.get_datum_by_ordinal(ordinal)? else { return Ok(None) };
     // SAFETY: the column is a composite (the statement selects a whole row) and not null;
     // pg_detoast_datum gives a 4-byte-header copy if it was stored short or compressed.

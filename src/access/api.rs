@@ -110,31 +110,28 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
         let noted = Noted { reason: None, events_wait: true };
         return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
     }
-    let t = t.first();
-    let internal = || BillingError::new(crate::error::INTERNAL, "billing: internal error: customer row read as NULL");
-    let c_row = crate::whole_row::read(&t, 1, &CUSTOMER)?.ok_or_else(internal)?;
-    let s_row = crate::whole_row::read(&t, 2, &SUBSCRIPTION)?;
-    let r = &t;
-    let ts_of = |r: &crate::whole_row::Row, i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
+    let r = t.first();
+    let c_row = crate::whole_row::read(&r, 1, &CUSTOMER)?;
+    let ts_of = |row: &crate::whole_row::Row, i| -> Result<Option<i64>> { Ok(row.get::<TimestampWithTimeZone>(i)?.map(micros)) };
     let mut balance = c_row.get::<i64>(1)?.unwrap_or(0);
     let next_event = ts_of(&c_row, 2)?.unwrap_or(i64::MAX);
-    let status: Option<String> = match &s_row {
-        Some(s) => s.get(0)?,
+    let sub = match crate::whole_row::read_opt(&r, 2, &SUBSCRIPTION)? {
+        Some(s) => match s.get::<String>(0)? {
+            Some(status) => Some(Sub {
+                status,
+                plan: s.get(1)?,
+                features: r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect(),
+                grace_us: r.get::<i64>(4)?.unwrap_or(0),
+                period_end: ts_of(&s, 2)?,
+                paid_through: ts_of(&s, 3)?,
+                cancel_at_period_end: s.get::<bool>(4)?.unwrap_or(false),
+                trial_end: ts_of(&s, 5)?,
+            }),
+            None => None,
+        },
         None => None,
     };
-    let sub = match (&status, &s_row) {
-        (Some(st), Some(s)) => Some(Sub {
-            status: st.clone(),
-            plan: s.get(1)?,
-            features: r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect(),
-            grace_us: r.get::<i64>(4)?.unwrap_or(0),
-            period_end: ts_of(s, 2)?,
-            paid_through: ts_of(s, 3)?,
-            cancel_at_period_end: s.get::<bool>(4)?.unwrap_or(false),
-            trial_end: ts_of(s, 5)?,
-        }),
-        _ => None,
-    };
+    let status = sub.as_ref().map(|s| s.status.clone());
     let frozen = c_row.get::<bool>(0)?.unwrap_or(false);
     let ever_granted = r.get::<bool>(5)?.unwrap_or(false);
     // The cached balance is exact until the customer's next expiry; past it, compute.

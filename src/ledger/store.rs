@@ -237,7 +237,7 @@ pub struct Keyed {
 /// The journal entry read whole in column `ordinal` (`KEYED`), if there is one: NULL, or
 /// the null-extended side of a LEFT JOIN, is none.
 fn keyed_whole(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Option<Keyed>> {
-    let Some(r) = crate::whole_row::read(t, ordinal, &KEYED)? else { return Ok(None) };
+    let Some(r) = crate::whole_row::read_opt(t, ordinal, &KEYED)? else { return Ok(None) };
     let Some(entry_id) = r.get::<pgrx::Uuid>(0)? else { return Ok(None) };
     Ok(Some(Keyed {
         entry_id,
@@ -423,7 +423,7 @@ impl<'a, 'c> Op<'a, 'c> {
             return Ok(None);
         }
         let t = t.first();
-        let r = crate::whole_row::read(&t, 1, &CUSTOMER)?.ok_or_else(|| BillingError::new(crate::error::INTERNAL, "billing: internal error: customer row read as NULL"))?;
+        let r = crate::whole_row::read(&t, 1, &CUSTOMER)?;
         let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
         let book = Book { grants: vec![], holds: vec![], od: get(1)?, balance: get(0)?, overdraft_limit: get(2)? };
         let frozen = r.get::<bool>(3)?.unwrap_or(false);

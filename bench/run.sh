@@ -2,7 +2,7 @@
 # The benchmark suite (issue 6): billing against its peers, interleaved, in one run.
 #   bench/run.sh
 # Environment (defaults in brackets):
-#   ROUNDS [3]        rounds; each round runs every contender of a workload once (A B C, then B C A, ...)
+#   ROUNDS [5]        rounds; each round runs every contender of a workload once (A B C, then B C A, ...)
 #   DURATION [7]      seconds per pgbench run
 #   WORKLOADS         subset of: debit8 debit32 hot8 hot64 rs usage ingest access rls [all]
 #   LOOP_CALLS [1000000]  calls in the can_access loop;  LOOP_REPS [1]
@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-7}
 WORKLOADS=${WORKLOADS:-"debit8 debit32 hot8 hot64 rs usage ingest access rls"}
 LOOP_CALLS=${LOOP_CALLS:-1000000}
@@ -129,8 +129,8 @@ run_one() {   # workload contender script clients ncust user round
 declare -A WL=(
   [debit8]="8 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
   [debit32]="32 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
-  [hot8]="8 1 postgres | billing:debit_ext slotted:debit_slots floor:debit_floor plpgsql:debit_plpgsql"
-  [hot64]="64 1 postgres | billing:debit_ext slotted:debit_slots floor:debit_floor plpgsql:debit_plpgsql"
+  [hot8]="8 1 postgres | billing:debit_ext slotted:debit_slots slotted64:debit_slots64 floor:debit_floor plpgsql:debit_plpgsql"
+  [hot64]="64 1 postgres | billing:debit_ext slotted:debit_slots slotted64:debit_slots64 floor:debit_floor plpgsql:debit_plpgsql"
   [rs]="8 $CUSTOMERS postgres | billing:rs_ext floor:rs_floor plpgsql:rs_plpgsql"
   [usage]="8 $CUSTOMERS postgres | billing:usage_ext floor:usage_floor plpgsql:usage_plpgsql"
   [ingest]="8 0 postgres | billing:ingest_ext inbox:ingest_inbox floor:ingest_floor plpgsql:ingest_plpgsql"

@@ -26,6 +26,11 @@ SELECT billing.grant('hot', 1000000000000, 'seed:hot:purchase', 'purchase'),
        billing.grant('hot', 1000000, 'seed:hot:promo', 'promotion', '2099-01-01', 10),
        billing.grant('hot', 1000000, 'seed:hot:plan', 'plan:pro', '2098-01-01', 0);
 SELECT billing.set_slots('hot', 16);
+-- The same with 64 slots (billing.set_slots' most): 8 clients rarely meet on one slot.
+SELECT billing.grant('hot64', 1000000000000, 'seed:hot64:purchase', 'purchase'),
+       billing.grant('hot64', 1000000, 'seed:hot64:promo', 'promotion', '2099-01-01', 10),
+       billing.grant('hot64', 1000000, 'seed:hot64:plan', 'plan:pro', '2098-01-01', 0);
+SELECT billing.set_slots('hot64', 64);
 INSERT INTO peer.floor_accounts (id, balance) SELECT 'c' || i, 1000002000000 FROM generate_series(1, :customers) i;
 INSERT INTO peer.pl_accounts (id, balance) SELECT 'c' || i, 1000002000000 FROM generate_series(1, :customers) i;
 

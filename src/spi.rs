@@ -58,6 +58,40 @@ fn run_as<'c>(c: &mut SpiClient<'c>, s: &Stmt, args: &[DatumWithOid], ro: bool) 
     }
 }
 
+/// Statement parameters built with the element types' layouts known here: pgrx's `Vec`
+/// conversion looks the array type and the element's layout up in the catalog caches on
+/// every call (about 2,000 instructions per array on a debit's journal row).
+pub fn uuid_array<'a>(v: &[pgrx::Uuid]) -> DatumWithOid<'a> {
+    // construct_array copies each element from the pointer it is given.
+    let mut elems: Vec<pg_sys::Datum> = v.iter().map(|u| pg_sys::Datum::from(u.as_bytes().as_ptr())).collect();
+    let a = unsafe { pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, pg_sys::UUIDOID, 16, false, pg_sys::TYPALIGN_CHAR as std::ffi::c_char) };
+    unsafe { DatumWithOid::new(pg_sys::Datum::from(a), PgBuiltInOids::UUIDARRAYOID.value()) }
+}
+
+/// `int8[]`, as `uuid_array` (int8 is passed by value on the 64-bit platforms pgrx builds for).
+pub fn int8_array<'a>(v: &[i64]) -> DatumWithOid<'a> {
+    const _: () = assert!(std::mem::size_of::<pg_sys::Datum>() == 8);
+    let mut elems: Vec<pg_sys::Datum> = v.iter().map(|x| pg_sys::Datum::from(*x)).collect();
+    let a = unsafe { pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, pg_sys::INT8OID, 8, true, pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char) };
+    unsafe { DatumWithOid::new(pg_sys::Datum::from(a), PgBuiltInOids::INT8ARRAYOID.value()) }
+}
+
+/// A `jsonb` parameter; `{}` (what most entries carry) built directly, the rest through
+/// pgrx's text round trip.
+pub fn jsonb_param<'a>(v: serde_json::Value) -> DatumWithOid<'a> {
+    if !v.as_object().is_some_and(|m| m.is_empty()) {
+        return pgrx::JsonB(v).into();
+    }
+    // A jsonb container's header: the JB_FOBJECT flag and a count of zero pairs.
+    const JB_FOBJECT: u32 = 0x2000_0000;
+    unsafe {
+        let p = pg_sys::palloc(8) as *mut u8;
+        pgrx::varlena::set_varsize_4b(p as *mut pg_sys::varlena, 8);
+        (p.add(4) as *mut u32).write(JB_FOBJECT);
+        DatumWithOid::new(pg_sys::Datum::from(p), PgBuiltInOids::JSONBOID.value())
+    }
+}
+
 pub fn nil() -> pgrx::Uuid {
     pgrx::Uuid::from_bytes([0u8; 16])
 }

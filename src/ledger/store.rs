@@ -330,7 +330,7 @@ impl Pending {
             return [
                 D::null::<i64>(), D::null::<pgrx::Uuid>(), D::null::<TimestampWithTimeZone>(), D::null::<&str>(),
                 D::null::<i64>(), D::null::<i64>(), D::null::<&str>(), D::null::<pgrx::Uuid>(), D::null::<pgrx::Uuid>(),
-                D::null::<pgrx::Uuid>(), D::null::<Vec<pgrx::Uuid>>(), D::null::<Vec<i64>>(), D::null::<JsonB>(),
+                D::null::<pgrx::Uuid>(), D::null_oid(UUIDARRAYOID.value()), D::null_oid(INT8ARRAYOID.value()), D::null::<JsonB>(),
             ];
         };
         let opt = |u: Option<pgrx::Uuid>| u.map_or_else(D::null::<pgrx::Uuid>, |u| u.into());
@@ -345,9 +345,9 @@ impl Pending {
             opt(p.grant),
             opt(p.hold),
             opt(p.ref_entry),
-            p.accts.into(),
-            p.deltas.into(),
-            JsonB(p.metadata).into(),
+            crate::spi::uuid_array(&p.accts),
+            crate::spi::int8_array(&p.deltas),
+            crate::spi::jsonb_param(p.metadata),
         ]
     }
 }

@@ -375,4 +375,34 @@ mod tests {
                               AND has_function_privilege('public', p.oid, 'EXECUTE')");
         assert_eq!(public, 0);
     }
+
+    /// The parameters `spi` builds by hand are the values SQL makes of the same input.
+    #[pg_test]
+    fn hand_built_parameters_equal_what_sql_makes() {
+        use crate::spi::{int8_array, jsonb_param, uuid_array};
+        let u = |b: u8| pgrx::Uuid::from_bytes([b; 16]);
+        let same: Vec<bool> = Spi::connect(|c| {
+            let t = c.select(
+                "SELECT $1 = '{}'::jsonb AND $1::text = '{}' AND jsonb_typeof($1) = 'object',
+                        $2 = '{\"a\": [1, \"x\"]}'::jsonb,
+                        $3 = ARRAY['01010101-0101-0101-0101-010101010101', 'fefefefe-fefe-fefe-fefe-fefefefefefe']::uuid[],
+                        $4 = '{}'::uuid[] AND array_ndims($4) IS NULL,
+                        $5 = ARRAY[1, -2, 9223372036854775807, -9223372036854775808]::int8[],
+                        $6 = '{}'::int8[]",
+                None,
+                &[
+                    jsonb_param(serde_json::json!({})),
+                    jsonb_param(serde_json::json!({"a": [1, "x"]})),
+                    uuid_array(&[u(1), u(0xfe)]),
+                    uuid_array(&[]),
+                    int8_array(&[1, -2, i64::MAX, i64::MIN]),
+                    int8_array(&[]),
+                ],
+            )?;
+            let r = t.first();
+            (1..=6).map(|i| r.get::<bool>(i).map(|b| b == Some(true))).collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
+        assert_eq!(same, vec![true; 6]);
+    }
 }

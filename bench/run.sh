@@ -72,7 +72,9 @@ RUN=0
 RESULTS=$WORK/results.tsv
 declare -A POOL_NEXT   # webhook deliveries to precompute for the next run of a contender
 run_one() {   # workload contender script clients ncust user round
-  local w=$1 c=$2 script=$3 clients=$4 ncust=$5 user=$6 round=$7 pool=0 status=ok
+  local w=$1 c=$2 script=${3%%,*} clients=$4 ncust=$5 user=$6 round=$7 pool=0 status=ok
+  local vars=() v x
+  if [[ $3 == *,* ]]; then IFS=, read -r -a v <<<"${3#*,}"; for x in "${v[@]}"; do vars+=(-D "$x"); done; fi
   RUN=$((RUN + 1))
   if [ "$w" = ingest ]; then
     local rate=8000; [ "$c" = floor ] && rate=20000   # first guess (0.7.0 ran ~4,000 and ~12,000 tps here); then twice what the last run used
@@ -94,7 +96,7 @@ run_one() {   # workload contender script clients ncust user round
   python3 bench/cpu.py snap "$PM" >"$WORK/cpu.0"
   lsn0=$(q -c "SELECT pg_current_wal_lsn()")
   pgbench -n -M prepared -c "$clients" -j "$threads" -T "$DURATION" -U "$user" \
-    -D run="$RUN" -D k=0 -D ncust="$ncust" -l --log-prefix="$WORK/lat.$RUN" \
+    -D run="$RUN" -D k=0 -D ncust="$ncust" "${vars[@]}" -l --log-prefix="$WORK/lat.$RUN" \
     -f "bench/$script.sql" bench >"$out" 2>&1 || status=error
   lsn1=$(q -c "SELECT pg_current_wal_lsn()")
   python3 bench/cpu.py snap "$PM" >"$WORK/cpu.1"
@@ -125,12 +127,13 @@ run_one() {   # workload contender script clients ncust user round
   log "  $w round $round $c: ${tps:-0} tps (CPU of other processes: ${other%%$'\t'*} s)"
 }
 
-# workload -> "clients ncust user | contender:script ..."
+# workload -> "clients ncust user | contender:script[,var=value...] ..." (each var=value
+# is passed to pgbench as -D var=value)
 declare -A WL=(
   [debit8]="8 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
   [debit32]="32 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
-  [hot8]="8 1 postgres | billing:debit_ext slotted:debit_slots slotted64:debit_slots64 floor:debit_floor plpgsql:debit_plpgsql"
-  [hot64]="64 1 postgres | billing:debit_ext slotted:debit_slots slotted64:debit_slots64 floor:debit_floor plpgsql:debit_plpgsql"
+  [hot8]="8 1 postgres | billing:debit_ext slotted:debit_slots,acct=hot slotted64:debit_slots,acct=hot64 floor:debit_floor plpgsql:debit_plpgsql"
+  [hot64]="64 1 postgres | billing:debit_ext slotted:debit_slots,acct=hot slotted64:debit_slots,acct=hot64 floor:debit_floor plpgsql:debit_plpgsql"
   [rs]="8 $CUSTOMERS postgres | billing:rs_ext floor:rs_floor plpgsql:rs_plpgsql"
   [usage]="8 $CUSTOMERS postgres | billing:usage_ext floor:usage_floor plpgsql:usage_plpgsql"
   [ingest]="8 0 postgres | billing:ingest_ext inbox:ingest_inbox floor:ingest_floor plpgsql:ingest_plpgsql"

@@ -3,7 +3,7 @@
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::entry_id;
 use super::slots::{self, Try};
-use super::store::{decode_lines, encode_lines, unknown_customer, Extra, Keyed, Op};
+use super::store::{decode_lines, line_params, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
 use crate::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
@@ -166,7 +166,7 @@ pub fn grant_as(
                 amount.into(),
                 ts(expires).into(),
                 priority.into(),
-                JsonB(metadata.clone()).into(),
+                crate::spi::jsonb_param(metadata.clone()),
                 uuid(&entry_id).into(),
                 ts(op.now).into(),
             ],
@@ -287,13 +287,13 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
             let expires = op.now.saturating_add(ttl_us);
             let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
             let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
-            let (accts, amounts) = encode_lines(&take);
+            let [accts, amounts] = line_params(&take);
             let now = op.now;
             // The hold lives in the account it drew from (a slot's, for a slotted customer).
             let account = op.customer.clone();
             op.run_beside(
                 &RES_INSERT,
-                &[account.as_str().into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts.into(), amounts.into(), w.entry_id.into(), ts(now).into()],
+                &[account.as_str().into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts, amounts, w.entry_id.into(), ts(now).into()],
             )?;
             op.add_hold(Hold { id, lines: take, expires_at: expires });
             Ok(Try::Done(uuid(&id)))
@@ -405,9 +405,9 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Settle, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra { metadata: Some(json!({ "actual": actual })), ..Default::default() })?;
-        let (ca, cm) = encode_lines(&settle_consumed(res.hold.id, &plan, &extra));
+        let [ca, cm] = line_params(&settle_consumed(res.hold.id, &plan, &extra));
         let cust = op.customer.clone();
-        op.run_beside(&RES_END, &[cust.as_str().into(), rid.into(), "settled".into(), actual.into(), ca.into(), cm.into(), w.entry_id.into()])?;
+        op.run_beside(&RES_END, &[cust.as_str().into(), rid.into(), "settled".into(), actual.into(), ca, cm, w.entry_id.into()])?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
     })
@@ -457,10 +457,10 @@ impl DatumWithOidNull {
         pgrx::datum::DatumWithOid::null::<i64>()
     }
     fn i64s() -> pgrx::datum::DatumWithOid<'static> {
-        pgrx::datum::DatumWithOid::null::<Vec<i64>>()
+        pgrx::datum::DatumWithOid::null_oid(pgrx::pg_sys::PgBuiltInOids::INT8ARRAYOID.value())
     }
     fn uuids() -> pgrx::datum::DatumWithOid<'static> {
-        pgrx::datum::DatumWithOid::null::<Vec<pgrx::Uuid>>()
+        pgrx::datum::DatumWithOid::null_oid(pgrx::pg_sys::PgBuiltInOids::UUIDARRAYOID.value())
     }
 }
 

@@ -40,6 +40,12 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
     lines.iter().map(|&(a, x)| (encode(a), x)).unzip()
 }
 
+/// `lines` as the two array parameters (accounts, amounts) they are stored in.
+pub fn line_params<'a>(lines: &[(Acct, i64)]) -> [DatumWithOid<'a>; 2] {
+    let (accts, amounts) = encode_lines(lines);
+    [crate::spi::uuid_array(&accts), crate::spi::int8_array(&amounts)]
+}
+
 /// A customer row read whole (see `whole_row`): one output column for the executor to
 /// describe and project instead of seventeen.
 macro_rules! lookup_sql {
@@ -685,7 +691,7 @@ impl<'a, 'c> Op<'a, 'c> {
         if missing.is_empty() {
             return Ok(());
         }
-        let t = self.run(&GRANTS_BY_ID, &[self.customer.as_str().into(), missing.into()])?;
+        let t = self.run(&GRANTS_BY_ID, &[self.customer.as_str().into(), crate::spi::uuid_array(&missing)])?;
         let more = self.read_grants(t)?;
         self.book.grants.extend(more);
         self.book.sort();
@@ -707,7 +713,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// The grants these mirrors (of a slot account) hold credits of.
     pub fn origins(&mut self, ids: &[Id]) -> Result<Vec<(Id, Id)>> {
         let ids: Vec<pgrx::Uuid> = ids.iter().map(uuid).collect();
-        let t = self.run(&ORIGINS, &[self.customer.as_str().into(), ids.into()])?;
+        let t = self.run(&ORIGINS, &[self.customer.as_str().into(), crate::spi::uuid_array(&ids)])?;
         let mut out = vec![];
         for r in t {
             let id = r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil);
@@ -823,7 +829,7 @@ impl<'a, 'c> Op<'a, 'c> {
     pub fn finish(mut self) -> Result<()> {
         if !self.lapsed.is_empty() {
             let (ids, es): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = self.lapsed.iter().map(|(h, e)| (uuid(h), uuid(e))).unzip();
-            self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), ids.into(), es.into()])?;
+            self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), crate::spi::uuid_array(&ids), crate::spi::uuid_array(&es)])?;
         }
         // With everything loaded the next expiry is known exactly; otherwise keep the
         // earlier bound, lowered by whatever this operation added.

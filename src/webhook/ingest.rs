@@ -206,7 +206,7 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
             // Stored before (or by a concurrent session that committed first).
             let same = t.first().get::<bool>(1)?.unwrap_or(true);
             if !same {
-                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), JsonB(headers).into()])?;
+                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), crate::spi::jsonb_param(headers)])?;
             }
             let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
             return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
@@ -232,7 +232,7 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
                 opt_text(&d.object_id),
                 opt_text(&d.provider_customer),
                 body.into(),
-                JsonB(headers).into(),
+                crate::spi::jsonb_param(headers),
                 outcome.status.as_str().into(),
                 outcome.detail.as_str().into(),
                 opt_text(&outcome.customer),

@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 pub mod access;
 pub mod clock;
 pub mod error;
+pub mod jsonb;
 pub mod ledger;
 pub mod one_row;
 pub mod spi;

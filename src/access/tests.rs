@@ -259,6 +259,10 @@ mod tests {
         assert!(q::<bool>("SELECT replayed FROM billing.record_usage('m', 'tok', 1000, 'late', '2030-07-01')"));
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 999, 'late')"), "BL002");
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1, 'g')"), "BL002"); // a grant's key
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1000, 'g')"), "BL002"); // ... on a usage that debits
+        Spi::run("SELECT billing.debit('m', 5, 'dk')").unwrap();
+        assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1000, 'dk', '2030-07-01')"), "BL002"); // a debit's, same amount
+        assert_eq!(state("SELECT billing.record_usage('nobody', 'tok', 1000, 'n1')"), "BL003");
         assert_eq!(state("SELECT billing.record_usage('m', 'nope', 1, 'x')"), "BL003");
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1, 'y', '2028-01-01')"), "BL003"); // no price then
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 0, 'z')"), "22023");

@@ -194,6 +194,23 @@ fn debit(
 crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper, jsonb = [3], one_row);
 
 pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>) -> Result<(pgrx::Uuid, i64, bool)> {
+    debit_as(customer, amount, key, metadata, false)
+}
+
+/// The debit of `record_usage`, whose key must be new to the journal: a usage is
+/// replayed from its own row (`usage_events`), so any entry already under the key was
+/// made by another operation. The debit's own read of the key checks it, where the
+/// usage's read checked it once more before.
+pub fn debit_new_key(customer: &str, amount: i64, key: &str, metadata: JsonB) -> Result<(pgrx::Uuid, i64, bool)> {
+    debit_as(Some(customer), Some(amount), Some(key), Some(metadata), true)
+}
+
+/// The error of a key the journal holds for another operation than the caller's.
+pub fn key_taken(customer: &str, key: &str) -> BillingError {
+    BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation"))
+}
+
+fn debit_as(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>, new_key: bool) -> Result<(pgrx::Uuid, i64, bool)> {
     let customer = customer_arg(customer)?;
     let amount = amount_arg(amount, "amount", customer)?;
     let key = key_arg(key, customer)?;
@@ -202,6 +219,9 @@ pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>
     connect(|c| {
         slots::spend(c, customer, now, key, |op, keyed| {
             if let Some(k) = keyed {
+                if new_key {
+                    return Err(key_taken(customer, key));
+                }
                 return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
                     Ok(Try::Replayed((k.entry_id, k.balance_after, true)))
                 } else {

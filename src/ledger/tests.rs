@@ -35,6 +35,29 @@ mod tests {
         clean();
     }
 
+    /// A jsonb argument nested deeper than Rust reads is refused with 22023 before pgrx
+    /// converts it (which would panic into XX000); one level less is taken, in arrays and
+    /// in objects, for each function with a jsonb argument.
+    #[pg_test]
+    fn jsonb_nested_past_the_limit_is_refused() {
+        setup();
+        let max = crate::error::JSON_MAX_DEPTH;
+        let arrays = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let objects = |n: usize| format!("{}1{}", "{\"a\": ".repeat(n), "}".repeat(n));
+        for deep in [arrays(max + 1), objects(max + 1), format!("{{\"x\": [1, {}]}}", arrays(max))] {
+            assert_eq!(state(&format!("SELECT billing.grant('a', 5, 'g1', NULL, NULL, 0, '{deep}')")), "22023");
+            assert_eq!(state(&format!("SELECT billing.debit('a', 1, 'd1', '{deep}')")), "22023");
+            assert_eq!(state(&format!("SELECT billing.verify_signature('stripe', ARRAY['s'], '{deep}', '{{}}')")), "22023");
+            assert_eq!(state(&format!("SELECT billing.ingest('nowhere', '{deep}', '{{}}')")), "22023");
+        }
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.journal"), 0);
+        for (i, ok) in [arrays(max), objects(max), "5".to_string(), "{}".to_string()].iter().enumerate() {
+            Spi::run(&format!("SELECT billing.grant('a', 5, 'g{i}', NULL, NULL, 0, '{ok}')")).unwrap();
+        }
+        assert_eq!(bal("a"), 20);
+        clean();
+    }
+
     #[pg_test]
     fn debit_consumes_in_documented_order() {
         setup();

@@ -4,7 +4,7 @@ use super::rating::{rate, Carry, Price};
 use crate::access::api::allowed_plan;
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
-use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg, need, settle_impl};
+use crate::ledger::api::{amount_arg, customer_arg, debit_new_key, key_arg, key_taken, need, settle_impl};
 use crate::ledger::store::{lock_customer, unknown_customer, Op};
 use crate::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
@@ -43,22 +43,27 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
     })
 }
 
-/// Whether the customer exists, the usage recorded under the key (if any), whether the
-/// key is taken in the journal by another kind of operation, and the meter's price in
-/// force at `$4` (columns 10-12; 12 false: no price then) with the customer's carried
-/// fraction (13-14): one statement. The customer's lock serialises the carry.
+/// The usage recorded under the key (if any; column 7 says whether there is one), the
+/// meter's price in force at `$4` (8-10; 10 false: no price then) and the customer's
+/// carried fraction (11-12): one statement, no row when the customer does not exist. The
+/// customer's lock serialises the carry. Whether the journal holds the key for another
+/// operation is checked by the debit's own read of the key (`debit_new_key`), or by
+/// KEY_TAKEN on the paths that write no debit.
 static USAGE_KEY: Stmt = Stmt {
-    sql: "SELECT EXISTS (SELECT FROM billing.customers c WHERE c.customer = $1),
-                 u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
-                 EXISTS (SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2),
+    sql: "SELECT u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
                  p.credits, p.per_units, p.credits IS NOT NULL, k.num, k.den
-            FROM (VALUES (1)) AS one (x)
+            FROM billing.customers c
             LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2
             LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
                                 WHERE m.meter = $3 AND m.effective_from <= $4
                                 ORDER BY m.effective_from DESC LIMIT 1) p ON true
-            LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3",
+            LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3
+           WHERE c.customer = $1",
     args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+};
+static KEY_TAKEN: Stmt = Stmt {
+    sql: "SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
+    args: &[TEXTOID, TEXTOID],
 };
 /// The usage row (`$1`-`$9`) and the new carry (`$10`/`$11`), in one statement. Which of the
 /// three depends on what USAGE_KEY read under the customer's lock: a carry row to update,
@@ -125,19 +130,19 @@ fn record_usage_impl(
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(customer);
         let t = run(c, &USAGE_KEY, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
-        let r = t.first();
-        if !r.get::<bool>(1)?.unwrap_or(false) {
+        if t.is_empty() {
             return Err(unknown_customer(customer));
         }
-        if r.get::<bool>(8)?.unwrap_or(false) {
-            let same = r.get::<String>(2)?.as_deref() == Some(meter)
-                && r.get::<i64>(3)? == Some(quantity)
-                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(4)?.map(micros) == Some(occurred))
-                && r.get::<pgrx::Uuid>(5)? == rid;
+        let r = t.first();
+        if r.get::<bool>(7)?.unwrap_or(false) {
+            let same = r.get::<String>(1)?.as_deref() == Some(meter)
+                && r.get::<i64>(2)? == Some(quantity)
+                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(3)?.map(micros) == Some(occurred))
+                && r.get::<pgrx::Uuid>(4)? == rid;
             if !same {
                 return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage")));
             }
-            let (credits, entry) = (r.get::<i64>(6)?.unwrap_or(0), r.get::<pgrx::Uuid>(7)?);
+            let (credits, entry) = (r.get::<i64>(5)?.unwrap_or(0), r.get::<pgrx::Uuid>(6)?);
             let mut op = Op::lock_existing(c, customer, now)?;
             let balance = match &entry {
                 Some(e) => op.final_balance(e)?,
@@ -145,28 +150,31 @@ fn record_usage_impl(
             };
             return Ok((entry, credits, balance, true));
         }
-        if r.get::<bool>(9)?.unwrap_or(false) {
-            return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation")));
-        }
         // Read before the access statements run.
-        let priced = r.get::<bool>(12)?.unwrap_or(false);
-        let price = Price { credits: r.get::<i64>(10)?.unwrap_or(0), per_units: r.get::<i64>(11)?.unwrap_or(1) };
-        let stored = match (r.get::<i64>(13)?, r.get::<i64>(14)?) {
+        let priced = r.get::<bool>(10)?.unwrap_or(false);
+        let price = Price { credits: r.get::<i64>(8)?.unwrap_or(0), per_units: r.get::<i64>(9)?.unwrap_or(1) };
+        let stored = match (r.get::<i64>(11)?, r.get::<i64>(12)?) {
             (Some(num), Some(den)) => Some(Carry { num, den }),
             _ => None,
         };
         let carry = stored.unwrap_or_default();
+        let rated = priced.then(|| rate(carry, price, quantity));
+        // A debit finds the key in the journal itself; what writes no debit asks here.
+        let debits = rid.is_none() && matches!(rated, Some(Some((credits, _))) if credits > 0);
+        if !debits && !run(c, &KEY_TAKEN, &[customer.into(), key.into()])?.is_empty() {
+            return Err(key_taken(customer, key));
+        }
         if rid.is_none() {
             // Access as for any request, then one token from the most specific limit on
             // the meter (the customer's or its plan's, the meter's or every feature's).
             let plan = allowed_plan(c, customer, None, now)?;
             crate::access::api::take_token(c, customer, plan.as_deref(), meter, now)?;
         }
-        if !priced {
+        let Some(rated) = rated else {
             return Err(BillingError::new(UNKNOWN, format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")")));
-        }
-        let (credits, next) = rate(carry, price, quantity)
-            .ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
+        };
+        let (credits, next) =
+            rated.ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
         let metadata = pgrx::JsonB(json!({ "meter": meter, "quantity": quantity }));
         let (entry, balance) = match rid {
             Some(r) => {
@@ -178,7 +186,7 @@ fn record_usage_impl(
                 (Some(e), b)
             }
             None if credits > 0 => {
-                let (e, b, _) = debit_impl(Some(customer), Some(credits), Some(key), Some(metadata))?;
+                let (e, b, _) = debit_new_key(customer, credits, key, metadata)?;
                 (Some(e), b)
             }
             None => (None, Op::read(c, customer, now)?.peek_balance()?),

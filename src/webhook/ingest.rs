@@ -11,7 +11,7 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
-use pgrx::JsonB;
+use pgrx::AnyElement;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -47,11 +47,24 @@ fn unix_secs(ts_micros: i64) -> i64 {
     ts_micros.div_euclid(1_000_000) + 946_684_800
 }
 
-/// Header names are matched case-insensitively; only string values count.
-fn header_map(h: &Value) -> HashMap<String, String> {
-    h.as_object()
-        .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.to_ascii_lowercase(), s.to_string()))).collect())
-        .unwrap_or_default()
+/// A delivery's headers: a jsonb argument, read in place (`jsonb::string_members`: names
+/// matched case-insensitively, only string values count) and stored as it came.
+struct Headers {
+    datum: pg_sys::Datum,
+    map: HashMap<String, String>,
+}
+
+impl Headers {
+    /// `a` is the function's `headers jsonb` argument, taken as an `AnyElement` so pgrx
+    /// does not print and parse it (nor `jsonb_param` print and parse it again to store it).
+    fn of(a: Option<AnyElement>) -> Result<Self> {
+        let a = need(a, "headers")?;
+        debug_assert_eq!(a.oid(), JSONBOID.value(), "headers are declared jsonb");
+        Ok(Headers { datum: a.datum(), map: unsafe { crate::jsonb::string_members(a.datum()) } })
+    }
+    fn param(&self) -> DatumWithOid<'_> {
+        unsafe { DatumWithOid::new(self.datum, JSONBOID.value()) }
+    }
 }
 
 fn sig_error(e: SigError, endpoint: &str) -> BillingError {
@@ -64,17 +77,17 @@ fn sig_error(e: SigError, endpoint: &str) -> BillingError {
 }
 
 #[pg_extern(sql = false)]
-fn verify_signature(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<JsonB>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Option<bool> {
+fn verify_signature(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<AnyElement>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Option<bool> {
     deliver(verify_signature_impl(provider, secrets, headers, body, at).map(Some), || None)
 }
 crate::sql_entry!(pg_finfo_billing_verify_signature, billing_verify_signature, verify_signature_wrapper, jsonb = [2]);
 
-fn verify_signature_impl(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<JsonB>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Result<bool> {
+fn verify_signature_impl(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<AnyElement>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Result<bool> {
     let p = need(provider, "provider")?;
     let provider = Provider::parse(p).ok_or_else(|| BillingError::invalid(format!("unknown webhook provider {p:?} (stripe or standard)")))?;
     let secrets: Vec<String> = need(secrets, "secrets")?.into_iter().flatten().collect();
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
-    let h = header_map(&need(headers, "headers")?.0);
+    let h = Headers::of(headers)?.map;
     let body = need(body, "body")?;
     let now = unix_secs(at.map(micros).unwrap_or_else(crate::clock::now));
     let lookup = |name: &str| h.get(name).cloned();
@@ -171,20 +184,20 @@ fn parse_delivery(provider: Provider, endpoint: &str, body: &str, webhook_id: Op
 
 /// `(event_id text, status text, detail text)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
-fn ingest(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) {
+fn ingest(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option<&str>) {
     crate::one_row::answer(ingest_impl(endpoint, headers, body))
 }
 crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper, jsonb = [1], one_row);
 
-fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str>) -> Result<EventRow> {
+fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option<&str>) -> Result<EventRow> {
     let endpoint = need(endpoint, "endpoint")?;
     let body = need(body, "body")?;
     let max = MAX_BYTES.get() as usize;
     if body.len() > max {
         return Err(BillingError::new(TOO_LARGE, format!("webhook for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len())));
     }
-    let headers = need(headers, "headers")?.0;
-    let h = header_map(&headers);
+    let headers = Headers::of(headers)?;
+    let h = &headers.map;
     Spi::connect_mut(|c| {
         let (mut provider, mut secrets) = (None, Vec::<String>::new());
         for r in run(c, &ENDPOINT, &[endpoint.into()])? {
@@ -206,7 +219,7 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
             // Stored before (or by a concurrent session that committed first).
             let same = t.first().get::<bool>(1)?.unwrap_or(true);
             if !same {
-                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), crate::spi::jsonb_param(headers)])?;
+                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), headers.param()])?;
             }
             let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
             return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
@@ -232,7 +245,7 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<JsonB>, body: Option<&str
                 opt_text(&d.object_id),
                 opt_text(&d.provider_customer),
                 body.into(),
-                crate::spi::jsonb_param(headers),
+                headers.param(),
                 outcome.status.as_str().into(),
                 outcome.detail.as_str().into(),
                 opt_text(&outcome.customer),

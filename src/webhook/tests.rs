@@ -110,6 +110,34 @@ mod tests {
         assert_eq!(n, decisive);
     }
 
+    /// Headers are read off the jsonb in place: names in any case, only string values,
+    /// other members ignored, and nothing from headers that are not an object. The event
+    /// keeps the headers as they came.
+    #[pg_test]
+    fn headers_are_matched_case_insensitively_and_stored_as_given() {
+        setup();
+        let body = event("evt_h", "customer.updated", T0, json!({"id": "cus_h", "object": "customer"}));
+        let sig = sign_stripe(SECRET, T0, body.as_bytes());
+        let verify = |h: &Value| {
+            Spi::get_one_with_args::<bool>(
+                &format!("SELECT billing.verify_signature('stripe', ARRAY[$1], $2::jsonb, $3, to_timestamp({T0}))"),
+                &[SECRET.into(), h.to_string().into(), body.as_str().into()],
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert!(verify(&json!({"STRIPE-SIGNATURE": sig, "x-count": 5, "x-nested": {"stripe-signature": "no"}, "x-list": ["a"]})));
+        assert!(!verify(&json!({"stripe-signature": 5})));
+        assert!(!verify(&json!({"x": {"Stripe-Signature": sig}})));
+        assert!(!verify(&json!([{"Stripe-Signature": sig}])));
+        assert!(!verify(&json!(sig)));
+        let h = json!({"sTrIpE-sIgNaTuRe": sig, "X-Count": 5, "Content-Type": "application/json"});
+        assert_eq!(ingest_state("s", &h.to_string(), &body), "ok");
+        assert!(q::<bool>(&format!("SELECT headers = {}::jsonb FROM billing.events WHERE event_id = 'evt_h'", lit(&h.to_string()))));
+        assert_eq!(ingest_state("s", "[]", &body.replace("evt_h", "evt_i")), "BL010");
+        clean();
+    }
+
     #[pg_test]
     fn bad_deliveries_store_nothing() {
         setup();

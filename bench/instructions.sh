@@ -64,6 +64,7 @@ prep() {   # contender -> PREPARE statement
     debit.slotted) echo "PREPARE s(int) AS SELECT * FROM billing.debit('hot', 1, 'k' || \$1)" ;;
     debit.floor) echo "PREPARE s(int) AS WITH u AS (UPDATE peer.floor_accounts SET balance = balance - 1, seq = seq + 1 WHERE id = 'c' || (\$1 % 10000 + 1) AND balance >= 1 RETURNING id, seq, balance), j AS (INSERT INTO peer.floor_journal (customer, seq, kind, amount, balance_after) SELECT id, seq, 'debit', -1, balance FROM u) INSERT INTO peer.floor_keys (customer, key, seq) SELECT id, 'k' || \$1, seq FROM u" ;;
     debit.plpgsql) echo "PREPARE s(int) AS SELECT * FROM peer.pl_debit('c' || (\$1 % 10000 + 1), 1, 'k' || \$1)" ;;
+    debit.floor_fn) echo "PREPARE s(int) AS SELECT peer.floor_fn('c' || (\$1 % 10000 + 1), 1, 'k' || \$1)" ;;
     usage.billing) echo "PREPARE s(int) AS SELECT credits FROM billing.record_usage('c' || (\$1 % 10000 + 1), 'llm_tokens', 2500, 'u' || \$1)" ;;
     usage.floor) echo "PREPARE s(int) AS WITH u AS (UPDATE peer.floor_accounts SET balance = balance - 7, seq = seq + 1 WHERE id = 'c' || (\$1 % 10000 + 1) AND balance >= 7 RETURNING id, seq, balance), j AS (INSERT INTO peer.floor_journal (customer, seq, kind, amount, balance_after) SELECT id, seq, 'debit', -7, balance FROM u) INSERT INTO peer.floor_usage (customer, key, meter, quantity, credits, seq) SELECT id, 'u' || \$1, 'llm_tokens', 2500, 7, seq FROM u" ;;
     usage.plpgsql) echo "PREPARE s(int) AS SELECT credits FROM peer.pl_record_usage('c' || (\$1 % 10000 + 1), 'llm_tokens', 2500, 'u' || \$1)" ;;
@@ -77,7 +78,7 @@ prep() {   # contender -> PREPARE statement
     *) echo "unknown contender $1" >&2; return 1 ;;
   esac
 }
-declare -A CONTENDERS=([debit]="billing floor plpgsql slotted" [usage]="billing floor plpgsql" [access]="billing floor plpgsql" [ingest]="billing floor plpgsql")
+declare -A CONTENDERS=([debit]="billing floor floor_fn plpgsql slotted" [usage]="billing floor plpgsql" [access]="billing floor plpgsql" [ingest]="billing floor plpgsql")
 
 count() {   # contender calls -> instructions of a backend that runs WARM + calls calls
   local c=$1 n=$2 in=$WORK/in.sql out=$WORK/cg.out

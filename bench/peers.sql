@@ -5,6 +5,10 @@
 --            pgbench scripts send it as one statement with data-modifying CTEs (one round
 --            trip, like a call to the extension). No idempotency check, no provenance, no
 --            error paths: a lower bound, not a usable ledger.
+--  floor_fn  the floor's debit statement, unchanged, inside a function declared as the
+--            contract declares the extension's (SECURITY DEFINER, pinned search_path): what
+--            being a function costs, before any logic (a PL/pgSQL function runs its
+--            statement through SPI with a kept plan, as the extension does).
 --  pl_*      what a user would write instead: straightforward PL/pgSQL with an idempotency
 --            key and a journal on a single balance row per customer, locked first
 --            (SELECT ... FOR UPDATE), so it is correct under concurrency; ids from
@@ -56,6 +60,18 @@ CREATE TABLE peer.floor_events (
     body        text        NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
+
+CREATE FUNCTION peer.floor_fn(p_id text, p_amount bigint, p_key text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE v_seq bigint;
+BEGIN
+    WITH u AS (UPDATE peer.floor_accounts SET balance = balance - p_amount, seq = seq + 1
+                WHERE id = p_id AND balance >= p_amount RETURNING id, seq, balance),
+         j AS (INSERT INTO peer.floor_journal (customer, seq, kind, amount, balance_after)
+               SELECT id, seq, 'debit', -p_amount, balance FROM u)
+    INSERT INTO peer.floor_keys (customer, key, seq) SELECT id, p_key, seq FROM u RETURNING seq INTO v_seq;
+    RETURN v_seq;
+END $$;
 
 -- ---- PL/pgSQL: the ledger ----
 CREATE TABLE peer.pl_accounts (

@@ -54,12 +54,12 @@ for w in ORDER:
     cs = [c for (ww, c) in summary if ww == w]
     if not cs:
         continue
-    cs.sort(key=lambda c: ["billing", "slotted", "slotted64", "inbox", "floor", "plpgsql"].index(c))
+    cs.sort(key=lambda c: ["billing", "slotted", "slotted64", "inbox", "floor", "floor_fn", "plpgsql"].index(c))
     fl, pl = summary.get((w, "floor")), summary.get((w, "plpgsql"))
     for c in cs:
         s = summary[(w, c)]
         rf = s["tps"] / fl["tps"] if fl and fl["tps"] and c != "floor" else None
-        rp = s["tps"] / pl["tps"] if pl and pl["tps"] and c not in ("plpgsql", "floor") else None
+        rp = s["tps"] / pl["tps"] if pl and pl["tps"] and c not in ("plpgsql", "floor", "floor_fn") else None
         bad = f" ({', '.join(s['bad'])})" if s["bad"] else ""
         p(f"| {TITLE[w]} | {c} | {f(s['tps'])} | {f(rf, '{:.2f}x')} | {f(rp, '{:.2f}x')} | {f(s['p50'], '{:.2f}')} "
           f"| {f(s['p99'], '{:.2f}')} | {f(s['wal'])} | {f(s['walrec'])} | {s['all']}{bad} |")
@@ -107,6 +107,10 @@ target("ingest, inbox INSERT / INSERT ON CONFLICT floor", ratio(get("ingest", "i
 target("can_access µs per call in a loop (10,000 customers)", us.get("can_access_rot"), "< 20 µs", lambda v: v < 20)
 target("WAL per debit (uniform, 8 clients), billing / floor", ratio(get("debit8", "billing", "wal"), get("debit8", "floor", "wal")), "<= 1.3x", lambda v: v <= 1.3)
 target("WAL per debit without full-page images, billing / floor", ratio(get("debit8", "billing", "walrec"), get("debit8", "floor", "walrec")), "<= 1.3x", lambda v: v <= 1.3)
+fn = ratio(get("debit8", "floor_fn"), get("debit8", "floor"))
+if fn:
+    p(f"- for reference: the floor's statement inside a SECURITY DEFINER PL/pgSQL function / the floor: {fn:.2f}x"
+      " (what being a function costs before any logic; no target)")
 p("")
 p("Sanity: " + "; ".join(l.strip() for l in open(sanity) if l.strip()))
 print("\n".join(out))

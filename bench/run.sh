@@ -130,7 +130,7 @@ run_one() {   # workload contender script clients ncust user round
 # workload -> "clients ncust user | contender:script[,var=value...] ..." (each var=value
 # is passed to pgbench as -D var=value)
 declare -A WL=(
-  [debit8]="8 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
+  [debit8]="8 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor floor_fn:debit_floor_fn plpgsql:debit_plpgsql"
   [debit32]="32 $CUSTOMERS postgres | billing:debit_ext floor:debit_floor plpgsql:debit_plpgsql"
   [hot8]="8 1 postgres | billing:debit_ext slotted:debit_slots,acct=hot slotted64:debit_slots,acct=hot64 floor:debit_floor plpgsql:debit_plpgsql"
   [hot64]="64 1 postgres | billing:debit_ext slotted:debit_slots,acct=hot slotted64:debit_slots,acct=hot64 floor:debit_floor plpgsql:debit_plpgsql"

@@ -10,7 +10,7 @@ use crate::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiTupleTable};
 use serde_json::json;
 
 /// The statement of `inputs`, with `$extra` columns after the five it reads: the
@@ -25,6 +25,10 @@ macro_rules! inputs_sql {
         )
     };
     ($granted:literal, $extra:literal) => {
+        inputs_sql!($granted, $extra, "")
+    };
+    // With `$joins` for the `$extra` columns (`record_usage` reads its own rows along).
+    ($granted:literal, $extra:literal, $joins:literal) => {
         concat!(
             "SELECT c, s.sub, p.features, (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8, ",
             $granted,
@@ -35,11 +39,13 @@ macro_rules! inputs_sql {
                    ORDER BY s.status IN ('canceled', 'incomplete_expired'),
                             coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST
                    LIMIT 1) s ON true
-            LEFT JOIN billing.plans p ON p.plan = s.plan
-           WHERE c.customer = $1"
+            LEFT JOIN billing.plans p ON p.plan = s.plan ",
+            $joins,
+            " WHERE c.customer = $1"
         )
     };
 }
+pub(crate) use inputs_sql;
 
 /// The rows INPUTS reads whole (see `whole_row`): the customer's, and its subscription's.
 static CUSTOMER: Fields = Fields(&["frozen", "balance", "next_event_at", "slots", "access_reason"]);
@@ -110,12 +116,22 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
         let noted = Noted { reason: None, events_wait: true };
         return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
     }
-    let r = t.first();
-    let c_row = crate::whole_row::read(&r, 1, &CUSTOMER)?;
+    inputs_of(c, customer, now, reader, &t.first())
+}
+
+/// The inputs of `allowed_plan_of` from a row of a statement made with `inputs_sql!`
+/// (granted `NULL::bool`) and columns of the caller's own after the first five.
+pub fn allowed_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTupleTable<'_>) -> Result<Inputs> {
+    Ok(inputs_of(c, customer, now, Reader::Allowed, r)?.0)
+}
+
+/// Takes apart a row of an `inputs_sql!` statement; `r` is positioned on it.
+fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r: &SpiTupleTable<'_>) -> Result<(Inputs, Noted)> {
+    let c_row = crate::whole_row::read(r, 1, &CUSTOMER)?;
     let ts_of = |row: &crate::whole_row::Row, i| -> Result<Option<i64>> { Ok(row.get::<TimestampWithTimeZone>(i)?.map(micros)) };
     let mut balance = c_row.get::<i64>(1)?.unwrap_or(0);
     let next_event = ts_of(&c_row, 2)?.unwrap_or(i64::MAX);
-    let sub = match crate::whole_row::read_opt(&r, 2, &SUBSCRIPTION)? {
+    let sub = match crate::whole_row::read_opt(r, 2, &SUBSCRIPTION)? {
         Some(s) => match s.get::<String>(0)? {
             Some(status) => Some(Sub {
                 status,
@@ -209,6 +225,11 @@ pub fn admit(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: 
 /// use `feature` now; else its plan (for the rate limit the caller then takes).
 pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64) -> Result<Option<String>> {
     let i = read_inputs(c, customer, now, Reader::Allowed)?.0;
+    allowed_plan_of(c, customer, feature, now, i)
+}
+
+/// `allowed_plan` on inputs the caller read (`allowed_inputs`).
+pub fn allowed_plan_of(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64, i: Inputs) -> Result<Option<String>> {
     if !i.customer.known {
         return Err(crate::ledger::store::unknown_customer(customer));
     }

@@ -1,7 +1,7 @@
 //! `define_meter`, `record_usage`, and the balance thresholds that feed the outbox
 //! (`set_low_balance`, `set_auto_topup`, `report_topup`).
 use super::rating::{rate, Carry, Price};
-use crate::access::api::allowed_plan;
+use crate::access::api::{allowed_inputs, allowed_plan_of, inputs_sql};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_new_key, key_arg, key_taken, need, settle_impl};
@@ -43,23 +43,26 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
     })
 }
 
-/// The usage recorded under the key (if any; column 7 says whether there is one), the
-/// meter's price in force at `$4` (8-10; 10 false: no price then) and the customer's
-/// carried fraction (11-12): one statement, no row when the customer does not exist. The
-/// customer's lock serialises the carry. Whether the journal holds the key for another
-/// operation is checked by the debit's own read of the key (`debit_new_key`), or by
-/// KEY_TAKEN on the paths that write no debit.
+/// What `record_usage` reads, in one statement, once it holds the customer's lock: the
+/// access inputs (columns 1-5, as `allowed_plan` reads them; no row when the customer does
+/// not exist), the usage recorded under the key (6-12; 12 says whether there is one), the
+/// meter's price in force at `$5` (13-15; 15 false: no price then) and the customer's
+/// carried fraction (16-17). Whether the journal holds the key for another operation is
+/// checked by the debit's own read of the key (`debit_new_key`), or by KEY_TAKEN on the
+/// paths that write no debit.
 static USAGE_KEY: Stmt = Stmt {
-    sql: "SELECT u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
-                 p.credits, p.per_units, p.credits IS NOT NULL, k.num, k.den
-            FROM billing.customers c
-            LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2
-            LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
-                                WHERE m.meter = $3 AND m.effective_from <= $4
-                                ORDER BY m.effective_from DESC LIMIT 1) p ON true
-            LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3
-           WHERE c.customer = $1",
-    args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+    sql: inputs_sql!(
+        "NULL::bool",
+        ", u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
+           mp.credits, mp.per_units, mp.credits IS NOT NULL, k.num, k.den",
+        "LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $3
+         LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
+                             WHERE m.meter = $4 AND m.effective_from <= $5
+                             ORDER BY m.effective_from DESC LIMIT 1) mp ON true
+         LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $4"
+    ),
+    // $2 (the time the access inputs are read at) goes unused with granted NULL.
+    args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 static KEY_TAKEN: Stmt = Stmt {
     sql: "SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
@@ -129,20 +132,20 @@ fn record_usage_impl(
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(customer);
-        let t = run(c, &USAGE_KEY, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
+        let t = run(c, &USAGE_KEY, &[customer.into(), ts(now).into(), key.into(), meter.into(), ts(occurred).into()])?;
         if t.is_empty() {
             return Err(unknown_customer(customer));
         }
         let r = t.first();
-        if r.get::<bool>(7)?.unwrap_or(false) {
-            let same = r.get::<String>(1)?.as_deref() == Some(meter)
-                && r.get::<i64>(2)? == Some(quantity)
-                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(3)?.map(micros) == Some(occurred))
-                && r.get::<pgrx::Uuid>(4)? == rid;
+        if r.get::<bool>(12)?.unwrap_or(false) {
+            let same = r.get::<String>(6)?.as_deref() == Some(meter)
+                && r.get::<i64>(7)? == Some(quantity)
+                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(8)?.map(micros) == Some(occurred))
+                && r.get::<pgrx::Uuid>(9)? == rid;
             if !same {
                 return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage")));
             }
-            let (credits, entry) = (r.get::<i64>(5)?.unwrap_or(0), r.get::<pgrx::Uuid>(6)?);
+            let (credits, entry) = (r.get::<i64>(10)?.unwrap_or(0), r.get::<pgrx::Uuid>(11)?);
             let mut op = Op::lock_existing(c, customer, now)?;
             let balance = match &entry {
                 Some(e) => op.final_balance(e)?,
@@ -151,9 +154,9 @@ fn record_usage_impl(
             return Ok((entry, credits, balance, true));
         }
         // Read before the access statements run.
-        let priced = r.get::<bool>(10)?.unwrap_or(false);
-        let price = Price { credits: r.get::<i64>(8)?.unwrap_or(0), per_units: r.get::<i64>(9)?.unwrap_or(1) };
-        let stored = match (r.get::<i64>(11)?, r.get::<i64>(12)?) {
+        let priced = r.get::<bool>(15)?.unwrap_or(false);
+        let price = Price { credits: r.get::<i64>(13)?.unwrap_or(0), per_units: r.get::<i64>(14)?.unwrap_or(1) };
+        let stored = match (r.get::<i64>(16)?, r.get::<i64>(17)?) {
             (Some(num), Some(den)) => Some(Carry { num, den }),
             _ => None,
         };
@@ -167,7 +170,8 @@ fn record_usage_impl(
         if rid.is_none() {
             // Access as for any request, then one token from the most specific limit on
             // the meter (the customer's or its plan's, the meter's or every feature's).
-            let plan = allowed_plan(c, customer, None, now)?;
+            let inputs = allowed_inputs(c, customer, now, &r)?;
+            let plan = allowed_plan_of(c, customer, None, now, inputs)?;
             crate::access::api::take_token(c, customer, plan.as_deref(), meter, now)?;
         }
         let Some(rated) = rated else {

@@ -153,7 +153,8 @@ fn record_usage_impl(
             };
             return Ok((entry, credits, balance, true));
         }
-        // Read before the access statements run.
+        // The price and the carry; the access inputs (columns 1-5) are taken apart below,
+        // when they are needed (pgrx keeps a statement's rows until the connection ends).
         let priced = r.get::<bool>(15)?.unwrap_or(false);
         let price = Price { credits: r.get::<i64>(13)?.unwrap_or(0), per_units: r.get::<i64>(14)?.unwrap_or(1) };
         let stored = match (r.get::<i64>(16)?, r.get::<i64>(17)?) {

@@ -5,7 +5,7 @@
 # measures what the instructions turn into (tps, latency, WAL) under concurrency.
 #   bench/instructions.sh                       # every workload, installed build
 #   WORKLOADS="debit usage" CALLS=500 bench/instructions.sh
-# Environment: WORKLOADS (debit usage access ingest), CALLS [1000] counted calls per run,
+# Environment: WORKLOADS (debit usage access ingest reserve settle), CALLS [1000] counted calls per run,
 #   WARM [300] calls before them (plans and caches warm), SKIP_INSTALL=1 to use the build
 #   already installed (default: scripts/install-ext.sh --release), KEEP_DATA=dir to reuse
 #   a data directory made by an earlier run (same data, faster), BENCH_OUT to save the report,
@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-WORKLOADS=${WORKLOADS:-"debit usage access ingest"}
+WORKLOADS=${WORKLOADS:-"debit usage access ingest reserve settle"}
 CALLS=${CALLS:-1000}
 WARM=${WARM:-300}
 if ! command -v valgrind >/dev/null; then
@@ -75,10 +75,16 @@ prep() {   # contender -> PREPARE statement
     ingest.billing) echo "PREPARE s(int) AS SELECT r.status FROM bench.deliv d, billing.ingest('stripe-bench', d.headers, d.body) r WHERE d.n = \$1" ;;
     ingest.floor) echo "PREPARE s(int) AS INSERT INTO peer.floor_events (event_id, headers, body) SELECT d.event_id, d.headers, d.body FROM bench.deliv d WHERE d.n = \$1 ON CONFLICT (event_id) DO NOTHING" ;;
     ingest.plpgsql) echo "PREPARE s(int) AS SELECT peer.pl_ingest('stripe-bench', d.headers, d.body) FROM bench.deliv d WHERE d.n = \$1" ;;
+    # reserve, settle: a hold of 100, then (of holds made before the run, bench.holds) a settle of 37
+    reserve.billing) echo "PREPARE s(int) AS SELECT billing.reserve('c' || (\$1 % 10000 + 1), 100, 'r' || \$1)" ;;
+    reserve.plpgsql) echo "PREPARE s(int) AS SELECT peer.pl_reserve('c' || (\$1 % 10000 + 1), 100, 'r' || \$1)" ;;
+    settle.billing) echo "PREPARE s(int) AS SELECT entry_id FROM billing.settle((SELECT id FROM bench.holds WHERE n = \$1), 37)" ;;
+    settle.plpgsql) echo "PREPARE s(int) AS SELECT entry_id FROM peer.pl_settle((SELECT id FROM bench.holds WHERE n = \$1), 37)" ;;
     *) echo "unknown contender $1" >&2; return 1 ;;
   esac
 }
-declare -A CONTENDERS=([debit]="billing floor floor_fn plpgsql slotted" [usage]="billing floor plpgsql" [access]="billing floor plpgsql" [ingest]="billing floor plpgsql")
+declare -A CONTENDERS=([debit]="billing floor floor_fn plpgsql slotted" [usage]="billing floor plpgsql" [access]="billing floor plpgsql" [ingest]="billing floor plpgsql"
+                       [reserve]="billing plpgsql" [settle]="billing plpgsql")
 
 count() {   # contender calls -> instructions of a backend that runs WARM + calls calls
   local c=$1 n=$2 in=$WORK/in.sql out=$WORK/cg.out
@@ -87,6 +93,9 @@ count() {   # contender calls -> instructions of a backend that runs WARM + call
   # Deliveries are signed when made, and a signature is good for 300 s: each ingest run
   # makes its own, as many in both runs of a contender, so their cost cancels.
   [ "${c%%.*}" = ingest ] && gen="SELECT bench.gen_deliveries('instr', $((WARM + CALLS)))"
+  # The holds a settle run settles, made by the same contender's reserve, as many in both runs.
+  local holder=billing.reserve; [ "$c" = settle.plpgsql ] && holder=peer.pl_reserve
+  [ "${c%%.*}" = settle ] && gen="CREATE TABLE bench.holds AS SELECT n, $holder('c' || (n % 10000 + 1), 100, 'h' || n) AS id FROM generate_series(1, $((WARM + CALLS))) n; CREATE UNIQUE INDEX ON bench.holds (n); ANALYZE bench.holds;"
   { echo "$gen"; prep "$c"; seq 1 $((WARM + n)) | sed 's/.*/EXECUTE s(&);/'; } >"$in"
   as_pg valgrind --tool=callgrind --callgrind-out-file="$out" "$PGBIN/postgres" --single -D "$WORK/d" \
     -c fsync=off -c synchronous_commit=off -c autovacuum=off bench <"$in" >"$WORK/log" 2>&1

@@ -18,4 +18,5 @@ gen() {  # gen <from> <to> <files...>
 [ -f sql/archive/billing--0.4.0.sql ] && [ -f sql/billing--0.3.0--0.4.0.sql ] || gen 0.3.0 0.4.0 sql/hot_path.sql
 [ -f sql/archive/billing--0.5.0.sql ] && [ -f sql/billing--0.4.0--0.5.0.sql ] || gen 0.4.0 0.5.0 sql/draw.sql sql/slots.sql
 [ -f sql/archive/billing--0.6.0.sql ] && [ -f sql/billing--0.5.0--0.6.0.sql ] || gen 0.5.0 0.6.0 sql/layout.sql sql/head.sql sql/access_order.sql sql/entry_ids.sql
-gen 0.6.0 0.7.0 sql/outbox_wake.sql sql/event_storage.sql
+[ -f sql/archive/billing--0.7.0.sql ] && [ -f sql/billing--0.6.0--0.7.0.sql ] || gen 0.6.0 0.7.0 sql/outbox_wake.sql sql/event_storage.sql
+gen 0.7.0 0.8.0 sql/hot_checks.sql

@@ -41,7 +41,9 @@ extension_sql_file!("../sql/access_order.sql", name = "access_order", requires =
 extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", requires = ["access_order"]);
 // 0.7.0
 extension_sql_file!("../sql/outbox_wake.sql", name = "outbox_wake", requires = ["entry_ids"]);
-extension_sql_file!("../sql/event_storage.sql", name = "event_storage", finalize);
+extension_sql_file!("../sql/event_storage.sql", name = "event_storage", requires = ["outbox_wake"]);
+// 0.8.0
+extension_sql_file!("../sql/hot_checks.sql", name = "hot_checks", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -35,6 +35,33 @@ mod tests {
         clean();
     }
 
+    /// The CHECK constraints 0.8.0 dropped from the rows a reserve, a settle, a usage and an
+    /// ingest write (sql/hot_checks.sql) are verify()'s to report now: a row written past
+    /// the functions that breaks one shows up under its check.
+    #[pg_test]
+    fn verify_reports_rows_the_dropped_checks_refused() {
+        setup();
+        Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
+        let r: pgrx::Uuid = q("SELECT billing.reserve('a', 10, 'h')");
+        Spi::run(&format!("SELECT billing.settle('{r}', 4)")).unwrap();
+        clean();
+        Spi::run(
+            "INSERT INTO billing.reservations (customer, id, amount, ttl, status, expires_at, accounts, amounts, hold_entry, created_at)
+                  VALUES ('a', gen_random_uuid(), 0, '1 hour', 'bogus', now(), '{}', '{}', gen_random_uuid(), now());
+             INSERT INTO billing.usage_carry (customer, meter, num, den) VALUES ('a', 'm', 5, 3);
+             INSERT INTO billing.usage_events (customer, idempotency_key, meter, quantity, occurred_at, credits, recorded_at)
+                  VALUES ('a', 'u', 'm', 0, now(), -1, now());
+             INSERT INTO billing.events (provider, event_id, endpoint, type, body, headers, received_at, status, last_delivery_at)
+                  VALUES ('stripe', 'evt_bogus', 'e', 'x', '{}', '{}', now(), 'bogus', now());
+             INSERT INTO billing.outbox (customer, kind, payload) VALUES ('a', 'bogus', '{}')",
+        )
+        .unwrap();
+        for check in ["reservation_row", "usage_carry", "usage_row", "event_status", "outbox_kind"] {
+            let n: i64 = q(&format!("SELECT count(*) FROM billing.verify() WHERE check_name = '{check}'"));
+            assert_eq!(n, 1, "verify() reports {check} once");
+        }
+    }
+
     /// A jsonb argument nested deeper than Rust reads is refused with 22023 before pgrx
     /// converts it (which would panic into XX000); one level less is taken, in arrays and
     /// in objects, for each function with a jsonb argument.

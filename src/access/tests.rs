@@ -263,6 +263,12 @@ mod tests {
         Spi::run("SELECT billing.debit('m', 5, 'dk')").unwrap();
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1000, 'dk', '2030-07-01')"), "BL002"); // a debit's, same amount
         assert_eq!(state("SELECT billing.record_usage('nobody', 'tok', 1000, 'n1')"), "BL003");
+        // A usage that would debit under a taken key, by a customer access refuses: the
+        // refusal comes first (its debit, which checks the key, is not reached); one
+        // worth no credits asks about the key first.
+        Spi::run("SELECT billing.grant('fz', 100, 'gz'); SELECT billing.set_frozen('fz')").unwrap();
+        assert_eq!(state("SELECT billing.record_usage('fz', 'tok', 1000, 'gz', '2030-07-01')"), "BL004");
+        assert_eq!(state("SELECT billing.record_usage('fz', 'tok', 1, 'gz')"), "BL002");
         assert_eq!(state("SELECT billing.record_usage('m', 'nope', 1, 'x')"), "BL003");
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 1, 'y', '2028-01-01')"), "BL003"); // no price then
         assert_eq!(state("SELECT billing.record_usage('m', 'tok', 0, 'z')"), "22023");

@@ -134,9 +134,10 @@ pub const JSON_MAX_DEPTH: usize = 127;
 
 /// Refuses (22023) a jsonb argument that Rust cannot represent (nested deeper than
 /// serde_json reads, [`JSON_MAX_DEPTH`]), before pgrx's conversion of it would panic into
-/// XX000. The depth is read off the jsonb itself with Postgres's iterator: printing the
-/// value and parsing it again only to count brackets cost ~38,000 instructions for a
-/// webhook's headers, and pgrx then prints and parses it once more.
+/// XX000. (A delivery's headers are read in place, not through pgrx, and take the same
+/// rule, as every jsonb argument does.) The depth is read off the jsonb itself with
+/// Postgres's iterator: printing the value and parsing it again only to count brackets
+/// cost ~38,000 instructions for a webhook's headers.
 ///
 /// # Safety
 /// `fcinfo` must be the call's; `args` indexes of jsonb arguments.

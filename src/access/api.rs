@@ -210,11 +210,6 @@ pub fn denied(customer: &str, reason: Reason, feature: Option<&str>) -> BillingE
         .detail(format!("reason: {}", reason.as_str()))
 }
 
-static HAS_KEY: Stmt = Stmt {
-    sql: "SELECT 1 FROM billing.journal WHERE customer = $1 AND idempotency_key = $2",
-    args: &[TEXTOID, TEXTOID],
-};
-
 /// Checks access (and takes a rate-limit token) for an operation that needs it.
 pub fn admit(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64) -> Result<()> {
     let plan = allowed_plan(c, customer, feature, now)?;
@@ -255,7 +250,7 @@ fn charge_impl(customer: Option<&str>, feature: Option<&str>, amount: Option<i64
     let k = key_arg(key, customer)?;
     let metadata = pgrx::JsonB(json!({ "feature": feature }));
     let now = clock::now();
-    let seen = Spi::connect_mut(|c| -> Result<bool> { Ok(!run(c, &HAS_KEY, &[customer.into(), k.into()])?.is_empty()) })?;
+    let seen = Spi::connect_mut(|c| crate::ledger::store::key_used(c, customer, k))?;
     if !seen {
         // A retry of a charge that went through replays whatever access says now.
         Spi::connect_mut(|c| {

@@ -3,7 +3,7 @@
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::entry_id;
 use super::slots::{self, Try};
-use super::store::{decode_lines, line_params, unknown_customer, Extra, Keyed, Op};
+use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
 use crate::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
@@ -464,24 +464,12 @@ fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Release, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra::default())?;
-        op.run_beside(&RES_END, &[customer.as_str().into(), rid.into(), "released".into(), DatumWithOidNull::i64(), DatumWithOidNull::uuids(), DatumWithOidNull::i64s(), w.entry_id.into()])?;
+        let [no_accts, no_amounts] = no_line_params();
+        let unsettled = pgrx::datum::DatumWithOid::null::<i64>();
+        op.run_beside(&RES_END, &[customer.as_str().into(), rid.into(), "released".into(), unsettled, no_accts, no_amounts, w.entry_id.into()])?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
     })
-}
-
-/// Typed NULL arguments.
-struct DatumWithOidNull;
-impl DatumWithOidNull {
-    fn i64() -> pgrx::datum::DatumWithOid<'static> {
-        pgrx::datum::DatumWithOid::null::<i64>()
-    }
-    fn i64s() -> pgrx::datum::DatumWithOid<'static> {
-        pgrx::datum::DatumWithOid::null_oid(pgrx::pg_sys::PgBuiltInOids::INT8ARRAYOID.value())
-    }
-    fn uuids() -> pgrx::datum::DatumWithOid<'static> {
-        pgrx::datum::DatumWithOid::null_oid(pgrx::pg_sys::PgBuiltInOids::UUIDARRAYOID.value())
-    }
 }
 
 #[pg_extern(sql = false)]

@@ -46,6 +46,16 @@ pub fn line_params<'a>(lines: &[(Acct, i64)]) -> [DatumWithOid<'a>; 2] {
     [crate::spi::uuid_array(&accts), crate::spi::int8_array(&amounts)]
 }
 
+/// The two array parameters of `line_params` when there are no lines to store (NULL).
+pub fn no_line_params<'a>() -> [DatumWithOid<'a>; 2] {
+    [DatumWithOid::null_oid(UUIDARRAYOID.value()), DatumWithOid::null_oid(INT8ARRAYOID.value())]
+}
+
+/// Whether the customer's journal holds an entry under `key` (of any operation).
+pub fn key_used(c: &mut SpiClient<'_>, customer: &str, key: &str) -> Result<bool> {
+    Ok(!crate::spi::run(c, &KEY_USED, &[customer.into(), key.into()])?.is_empty())
+}
+
 /// A customer row read whole (see `whole_row`): one output column for the executor to
 /// describe and project instead of seventeen.
 macro_rules! lookup_sql {
@@ -202,6 +212,10 @@ static KEY: Stmt = Stmt {
     sql: "SELECT j FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
     args: &[TEXTOID, TEXTOID],
 };
+static KEY_USED: Stmt = Stmt {
+    sql: "SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
+    args: &[TEXTOID, TEXTOID],
+};
 macro_rules! spend_lookup_sql {
     () => {
         "SELECT c, k FROM billing.customers c
@@ -333,10 +347,11 @@ impl Pending {
     fn args(p: Option<Pending>) -> [DatumWithOid<'static>; 13] {
         use DatumWithOid as D;
         let Some(p) = p else {
+            let [no_accts, no_deltas] = no_line_params();
             return [
                 D::null::<i64>(), D::null::<pgrx::Uuid>(), D::null::<TimestampWithTimeZone>(), D::null::<&str>(),
                 D::null::<i64>(), D::null::<i64>(), D::null::<&str>(), D::null::<pgrx::Uuid>(), D::null::<pgrx::Uuid>(),
-                D::null::<pgrx::Uuid>(), D::null_oid(UUIDARRAYOID.value()), D::null_oid(INT8ARRAYOID.value()), D::null::<JsonB>(),
+                D::null::<pgrx::Uuid>(), no_accts, no_deltas, D::null::<JsonB>(),
             ];
         };
         let opt = |u: Option<pgrx::Uuid>| u.map_or_else(D::null::<pgrx::Uuid>, |u| u.into());

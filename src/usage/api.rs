@@ -5,7 +5,7 @@ use crate::access::api::{allowed_inputs, allowed_plan_of, inputs_sql};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_new_key, key_arg, key_taken, need, settle_impl};
-use crate::ledger::store::{lock_customer, unknown_customer, Op};
+use crate::ledger::store::{key_used, lock_customer, unknown_customer, Op};
 use crate::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -48,9 +48,9 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
 /// not exist), the usage recorded under the key (6-12; 12 says whether there is one), the
 /// meter's price in force at `$5` (13-15; 15 false: no price then) and the customer's
 /// carried fraction (16-17). Whether the journal holds the key for another operation is
-/// checked by the debit's own read of the key (`debit_new_key`), or by KEY_TAKEN on the
+/// checked by the debit's own read of the key (`debit_new_key`), or by `key_used` on the
 /// paths that write no debit.
-static USAGE_KEY: Stmt = Stmt {
+static USAGE_READ: Stmt = Stmt {
     sql: inputs_sql!(
         "NULL::bool",
         ", u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
@@ -64,12 +64,8 @@ static USAGE_KEY: Stmt = Stmt {
     // $2 (the time the access inputs are read at) goes unused with granted NULL.
     args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
-static KEY_TAKEN: Stmt = Stmt {
-    sql: "SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
-    args: &[TEXTOID, TEXTOID],
-};
 /// The usage row (`$1`-`$9`) and the new carry (`$10`/`$11`), in one statement. Which of the
-/// three depends on what USAGE_KEY read under the customer's lock: a carry row to update,
+/// three depends on what USAGE_READ read under the customer's lock: a carry row to update,
 /// a carry this usage left as it was (no carry statement), or none yet. Only the last
 /// upserts (under REPEATABLE READ a row another transaction made since the snapshot then
 /// fails with 40001, not 23505); the upsert probed the index, locked the row (a WAL
@@ -132,7 +128,7 @@ fn record_usage_impl(
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(customer);
-        let t = run(c, &USAGE_KEY, &[customer.into(), ts(now).into(), key.into(), meter.into(), ts(occurred).into()])?;
+        let t = run(c, &USAGE_READ, &[customer.into(), ts(now).into(), key.into(), meter.into(), ts(occurred).into()])?;
         if t.is_empty() {
             return Err(unknown_customer(customer));
         }
@@ -165,7 +161,7 @@ fn record_usage_impl(
         let rated = priced.then(|| rate(carry, price, quantity));
         // A debit finds the key in the journal itself; what writes no debit asks here.
         let debits = rid.is_none() && matches!(rated, Some(Some((credits, _))) if credits > 0);
-        if !debits && !run(c, &KEY_TAKEN, &[customer.into(), key.into()])?.is_empty() {
+        if !debits && key_used(c, customer, key)? {
             return Err(key_taken(customer, key));
         }
         if rid.is_none() {

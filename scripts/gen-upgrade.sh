@@ -19,4 +19,5 @@ gen() {  # gen <from> <to> <files...>
 [ -f sql/archive/billing--0.5.0.sql ] && [ -f sql/billing--0.4.0--0.5.0.sql ] || gen 0.4.0 0.5.0 sql/draw.sql sql/slots.sql
 [ -f sql/archive/billing--0.6.0.sql ] && [ -f sql/billing--0.5.0--0.6.0.sql ] || gen 0.5.0 0.6.0 sql/layout.sql sql/head.sql sql/access_order.sql sql/entry_ids.sql
 [ -f sql/archive/billing--0.7.0.sql ] && [ -f sql/billing--0.6.0--0.7.0.sql ] || gen 0.6.0 0.7.0 sql/outbox_wake.sql sql/event_storage.sql
-gen 0.7.0 0.8.0 sql/hot_checks.sql
+[ -f sql/archive/billing--0.8.0.sql ] && [ -f sql/billing--0.7.0--0.8.0.sql ] || gen 0.7.0 0.8.0 sql/hot_checks.sql
+gen 0.8.0 0.9.0 sql/plan_periods.sql sql/reconcile.sql sql/one_row_composites.sql sql/secrets_check.sql

@@ -43,7 +43,12 @@ extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", requires = ["acc
 extension_sql_file!("../sql/outbox_wake.sql", name = "outbox_wake", requires = ["entry_ids"]);
 extension_sql_file!("../sql/event_storage.sql", name = "event_storage", requires = ["outbox_wake"]);
 // 0.8.0
-extension_sql_file!("../sql/hot_checks.sql", name = "hot_checks", finalize);
+extension_sql_file!("../sql/hot_checks.sql", name = "hot_checks", requires = ["event_storage"]);
+// 0.9.0
+extension_sql_file!("../sql/plan_periods.sql", name = "plan_periods", requires = ["hot_checks"]);
+extension_sql_file!("../sql/reconcile.sql", name = "reconcile", requires = ["plan_periods"]);
+extension_sql_file!("../sql/one_row_composites.sql", name = "one_row_composites", requires = ["reconcile"]);
+extension_sql_file!("../sql/secrets_check.sql", name = "secrets_check", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

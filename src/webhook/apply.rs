@@ -6,6 +6,7 @@
 //! past the last one applied to that subscription, and then only monotonic facts move
 //! (a terminal status stays, the period end only moves forward). Money effects are keyed
 //! by the business object (purchase, invoice, cumulative refund), not by the event.
+use super::allowance;
 use super::event::{self, CustomerRef, Event};
 use crate::error::{BillingError, Result, UNKNOWN};
 use crate::ledger::api::{grant_as, revoke};
@@ -225,14 +226,13 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 
 // ---- subscriptions ----
 
-static PLAN_BY_PRICE: Stmt = Stmt {
-    sql: "SELECT plan, period_credits FROM billing.plans WHERE provider_price = ANY($1) ORDER BY plan LIMIT 1",
+/// The plans of some prices: `(price, plan, period_credits)`.
+static PLANS_OF: Stmt = Stmt {
+    sql: "SELECT provider_price, plan, period_credits FROM billing.plans WHERE provider_price = ANY($1)",
     args: &[TEXTARRAYOID],
 };
-static PLAN: Stmt = Stmt { sql: "SELECT period_credits FROM billing.plans WHERE plan = $1", args: &[TEXTOID] };
 static SUB: Stmt = Stmt {
-    sql: "SELECT customer, status, plan, status_created, status_event FROM billing.subscriptions
-           WHERE provider = $1 AND subscription_id = $2 FOR UPDATE",
+    sql: "SELECT customer FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2",
     args: &[TEXTOID, TEXTOID],
 };
 static ADVANCE: Stmt = Stmt {
@@ -244,13 +244,17 @@ static ADVANCE: Stmt = Stmt {
 };
 static SUB_UPSERT: Stmt = Stmt {
     sql: "INSERT INTO billing.subscriptions AS s (customer, provider, subscription_id, status, plan, price_id,
-              current_period_end, cancel_at_period_end, trial_end, status_created, status_event, updated_at)
-          VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, to_timestamp($9), $10, $11, now())
+              current_period_end, cancel_at_period_end, trial_end, status_created, status_event, updated_at,
+              plan_created, plan_event, plan_from_subscription)
+          VALUES ($1, $2, $3, $4, $5, $6, to_timestamp($7), $8, to_timestamp($9), $10, $11, now(), $10, $11, $5 IS NOT NULL)
           ON CONFLICT (customer, subscription_id) DO UPDATE SET
               status = CASE WHEN s.status IN ('canceled', 'incomplete_expired')
                               OR (EXCLUDED.status_created, EXCLUDED.status_event) < (s.status_created, s.status_event)
                             THEN s.status ELSE EXCLUDED.status END,
               plan = coalesce(EXCLUDED.plan, s.plan),
+              plan_created = CASE WHEN EXCLUDED.plan IS NULL THEN s.plan_created ELSE EXCLUDED.plan_created END,
+              plan_event = CASE WHEN EXCLUDED.plan IS NULL THEN s.plan_event ELSE EXCLUDED.plan_event END,
+              plan_from_subscription = s.plan_from_subscription OR EXCLUDED.plan IS NOT NULL,
               price_id = coalesce(EXCLUDED.price_id, s.price_id),
               current_period_end = greatest(s.current_period_end, EXCLUDED.current_period_end),
               cancel_at_period_end = EXCLUDED.cancel_at_period_end,
@@ -261,6 +265,8 @@ static SUB_UPSERT: Stmt = Stmt {
               updated_at = now()",
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, BOOLOID, FLOAT8OID, INT8OID, TEXTOID],
 };
+/// An invoice's news for its subscription: the status by (created, event) order, the
+/// paid-through date, and the plan it bills for while no subscription event has named one.
 static SUB_STATUS: Stmt = Stmt {
     sql: "UPDATE billing.subscriptions s SET
               status = CASE WHEN s.status IN ('canceled', 'incomplete_expired') OR ($4, $5) < (s.status_created, s.status_event)
@@ -269,7 +275,15 @@ static SUB_STATUS: Stmt = Stmt {
               status_event = CASE WHEN ($4, $5) > (s.status_created, s.status_event) THEN $5 ELSE s.status_event END,
               paid_through = CASE WHEN $6::float8 IS NULL THEN s.paid_through
                                   ELSE greatest(s.paid_through, to_timestamp($6)) END,
-              plan = coalesce(s.plan, $7),
+              plan = CASE WHEN $7::text IS NULL OR s.plan_from_subscription
+                               OR ($4, $5) <= (coalesce(s.plan_created, -1), coalesce(s.plan_event, ''))
+                          THEN s.plan ELSE $7 END,
+              plan_event = CASE WHEN $7::text IS NULL OR s.plan_from_subscription
+                                     OR ($4, $5) <= (coalesce(s.plan_created, -1), coalesce(s.plan_event, ''))
+                                THEN s.plan_event ELSE $5 END,
+              plan_created = CASE WHEN $7::text IS NULL OR s.plan_from_subscription
+                                       OR ($4, $5) <= (coalesce(s.plan_created, -1), coalesce(s.plan_event, ''))
+                                  THEN s.plan_created ELSE $4 END,
               updated_at = now()
           WHERE s.customer = $1 AND s.subscription_id = $2",
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, FLOAT8OID, TEXTOID],
@@ -280,16 +294,34 @@ static SUB_PLACEHOLDER: Stmt = Stmt {
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
 
-fn plan_of(c: &mut SpiClient<'_>, prices: &[String]) -> Result<Option<(String, i64)>> {
-    if prices.is_empty() {
-        return Ok(None);
+/// The plans of an object's prices.
+struct Plans(Vec<(String, String, i64)>);
+
+impl Plans {
+    fn of<'p>(c: &mut SpiClient<'_>, prices: impl IntoIterator<Item = &'p str>) -> Result<Plans> {
+        let mut prices: Vec<String> = prices.into_iter().map(str::to_string).collect();
+        prices.sort();
+        prices.dedup();
+        if prices.is_empty() {
+            return Ok(Plans(vec![]));
+        }
+        let mut out = vec![];
+        for r in run(c, &PLANS_OF, &[prices.into()])? {
+            out.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get::<i64>(3)?.unwrap_or(0)));
+        }
+        Ok(Plans(out))
     }
-    let t = run(c, &PLAN_BY_PRICE, &[prices.to_vec().into()])?;
-    if t.is_empty() {
-        return Ok(None);
+    fn get(&self, price: &str) -> Option<&(String, String, i64)> {
+        self.0.iter().find(|p| p.0 == price)
     }
-    let r = t.first();
-    Ok(Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))))
+    fn credits(&self, price: &str) -> Option<i64> {
+        self.get(price).map(|p| p.2)
+    }
+    /// The plan in force among `(price, quantity)` items (`allowance::plan_in_force`).
+    fn in_force(&self, items: &[(String, i64)]) -> Option<String> {
+        let known = items.iter().filter_map(|(price, q)| self.get(price).map(|p| (p.1.as_str(), p.2, *q)));
+        allowance::plan_in_force(known).map(str::to_string)
+    }
 }
 
 fn opt_f(t: Option<i64>) -> DatumWithOid<'static> {
@@ -299,12 +331,19 @@ fn opt_f(t: Option<i64>) -> DatumWithOid<'static> {
 fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
     let s = event::subscription(obj).ok_or_else(|| BillingError::invalid("subscription without id or status"))?;
     let customer = require(c, &event::customer_ref(obj), &format!("subscription {}", s.id))?;
+    let plans = Plans::of(c, s.items.iter().map(|i| i.0.as_str()))?;
+    let plan = plans.in_force(&s.items);
+    // The period the snapshot reports, stale or not: its start only ever moves one way,
+    // and it may be what a waiting top-up needed.
+    if let (Some(start), Some(end)) = (s.period_start, s.period_end) {
+        settle_period(c, &customer, &s.id, end, Some(start), plan.as_deref())?;
+    }
     let advanced = !run(c, &ADVANCE, &[PROVIDER.into(), s.id.as_str().into(), e.created.into(), e.id.as_str().into()])?.is_empty();
     if !advanced {
         return Ok(Applied { outcome: Outcome::Stale(format!("older than the last event applied to {}", s.id)), customer: Some(customer) });
     }
     let status = if e.kind == "customer.subscription.deleted" { "canceled".to_string() } else { s.status.clone() };
-    let plan = plan_of(c, &s.price_ids)?;
+    let price = plan.as_ref().and_then(|p| plans.0.iter().find(|x| &x.1 == p)).map(|x| x.0.clone());
     run(
         c,
         &SUB_UPSERT,
@@ -313,8 +352,8 @@ fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied
             PROVIDER.into(),
             s.id.as_str().into(),
             status.as_str().into(),
-            plan.as_ref().map_or_else(DatumWithOid::null::<&str>, |p| p.0.as_str().into()),
-            s.price_ids.first().map_or_else(DatumWithOid::null::<&str>, |p| p.as_str().into()),
+            plan.as_deref().map_or_else(DatumWithOid::null::<&str>, |p| p.into()),
+            price.as_deref().or(s.items.first().map(|i| i.0.as_str())).map_or_else(DatumWithOid::null::<&str>, |p| p.into()),
             opt_f(s.period_end),
             s.cancel_at_period_end.into(),
             opt_f(s.trial_end),
@@ -322,12 +361,73 @@ fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied
             e.id.as_str().into(),
         ],
     )?;
-    Ok(Applied { outcome: Outcome::Applied(format!("subscription {} {}", s.id, status)), customer: Some(customer) })
+    let plan_note = plan.map(|p| format!(" on plan {p}")).unwrap_or_default();
+    Ok(Applied { outcome: Outcome::Applied(format!("subscription {} {status}{plan_note}", s.id)), customer: Some(customer) })
 }
 
-/// `invoice.paid`: the subscription is paid through the invoice's period end, and the
-/// plan's allowance for that period is granted once (keyed by the invoice), expiring at
-/// the period end. `invoice.payment_failed`: the subscription is past due.
+static PERIOD_LOCK: Stmt = Stmt {
+    sql: "INSERT INTO billing.subscription_periods AS p (customer, subscription_id, period_end, period_start)
+          VALUES ($1, $2, to_timestamp($3), to_timestamp($4))
+          ON CONFLICT (customer, subscription_id, period_end) DO UPDATE
+             SET period_start = greatest(p.period_start, EXCLUDED.period_start)
+          RETURNING extract(epoch FROM period_start)::int8, granted",
+    args: &[TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID],
+};
+static PERIOD_FACT: Stmt = Stmt {
+    sql: "INSERT INTO billing.period_invoices (customer, subscription_id, period_end, invoice_id, billing_reason,
+              period_start, base, old_allowance, new_allowance, change_at, created)
+          VALUES ($1, $2, to_timestamp($3), $4, $5, to_timestamp($6), $7, $8, $9, to_timestamp($10), $11)
+          ON CONFLICT DO NOTHING",
+    args: &[TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, FLOAT8OID, INT8OID, INT8OID, INT8OID, FLOAT8OID, INT8OID],
+};
+static PERIOD_FACTS: Stmt = Stmt {
+    sql: "SELECT extract(epoch FROM period_start)::int8, base, old_allowance, new_allowance, extract(epoch FROM change_at)::int8
+            FROM billing.period_invoices WHERE customer = $1 AND subscription_id = $2 AND period_end = to_timestamp($3)",
+    args: &[TEXTOID, TEXTOID, FLOAT8OID],
+};
+static PERIOD_SET: Stmt = Stmt {
+    sql: "UPDATE billing.subscription_periods SET base = $4, ceiling = $5, allowance = $6, granted = $7, updated_at = now()
+           WHERE customer = $1 AND subscription_id = $2 AND period_end = to_timestamp($3)",
+    args: &[TEXTOID, TEXTOID, FLOAT8OID, INT8OID, INT8OID, INT8OID, INT8OID],
+};
+
+/// Brings a period's grants up to its entitlement from all its facts, under the period
+/// row's lock (two invoices of one period applied at once take turns, and the second
+/// reads the first's facts). Grants only while the period lasts; never takes back.
+/// Returns the credits granted now.
+fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, start: Option<i64>, plan: Option<&str>) -> Result<i64> {
+    let r = run(c, &PERIOD_LOCK, &[customer.into(), sub.into(), (end as f64).into(), opt_f(start)])?;
+    let row = r.first();
+    let reported = row.get::<i64>(1)?;
+    let granted = row.get::<i64>(2)?.unwrap_or(0);
+    let mut facts = vec![];
+    for f in run(c, &PERIOD_FACTS, &[customer.into(), sub.into(), (end as f64).into()])? {
+        facts.push(allowance::Fact {
+            period_end: end,
+            start: f.get::<i64>(1)?,
+            base: f.get::<i64>(2)?.unwrap_or(0),
+            old: f.get::<i64>(3)?.unwrap_or(0),
+            new: f.get::<i64>(4)?.unwrap_or(0),
+            change_at: f.get::<i64>(5)?,
+        });
+    }
+    let ent = allowance::entitlement(end, reported, &facts);
+    let end_us = end.saturating_mul(1_000_000) - 946_684_800_000_000;
+    let delta = if ent.allowance > granted && end_us > crate::clock::now() { ent.allowance - granted } else { 0 };
+    if delta > 0 {
+        let key = format!("stripe:allowance:{sub}:{end}:{}", ent.allowance);
+        let source = format!("plan:{}", plan.unwrap_or("subscription"));
+        let metadata = JsonB(json!({ "provider": PROVIDER, "subscription": sub, "period_end": end, "allowance": ent.allowance }));
+        grant_as(crate::spi::new_id(), Some(customer), Some(delta), Some(&key), Some(&source), Some(crate::spi::ts(end_us)), Some(0), Some(metadata))?;
+    }
+    run(c, &PERIOD_SET, &[customer.into(), sub.into(), (end as f64).into(), ent.base.into(), ent.ceiling.into(), ent.allowance.into(), (granted + delta).into()])?;
+    Ok(delta)
+}
+
+/// `invoice.paid` / `invoice.payment_succeeded`: the subscription is active and paid
+/// through the invoice's period; what the invoice says of each period it bills becomes
+/// a fact of that period, whose allowance is then brought up to date (`allowance.rs`).
+/// `invoice.payment_failed`: the subscription is past due, and nothing else.
 fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<Applied> {
     let inv = event::invoice(obj).ok_or_else(|| BillingError::invalid("invoice without an id"))?;
     let Some(sub_id) = inv.subscription.clone() else {
@@ -335,23 +435,14 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
     };
     // The subscription's customer if the subscription is known, else the invoice's.
     let t = run(c, &SUB, &[PROVIDER.into(), sub_id.as_str().into()])?;
-    let (customer, sub_plan) = if t.is_empty() {
-        (require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?, None)
+    let customer = if t.is_empty() {
+        require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?
     } else {
-        let r = t.first();
-        (r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(3)?)
+        t.first().get::<String>(1)?.unwrap_or_default()
     };
     run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
-    let plan = match plan_of(c, &inv.price_ids)? {
-        Some(p) => Some(p),
-        None => match sub_plan {
-            Some(name) => {
-                let t = run(c, &PLAN, &[name.as_str().into()])?;
-                if t.is_empty() { None } else { Some((name, t.first().get::<i64>(1)?.unwrap_or(0))) }
-            }
-            None => None,
-        },
-    };
+    let plans = Plans::of(c, inv.lines.iter().filter_map(|l| l.price.as_deref()))?;
+    let plan = plans.in_force(&allowance::invoiced_items(&inv.lines));
     let status = if paid { "active" } else { "past_due" };
     let paid_through = if paid { inv.period_end } else { None };
     run(
@@ -364,25 +455,46 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
             e.created.into(),
             e.id.as_str().into(),
             opt_f(paid_through),
-            plan.as_ref().map_or_else(DatumWithOid::null::<&str>, |p| p.0.as_str().into()),
+            plan.as_deref().filter(|_| paid).map_or_else(DatumWithOid::null::<&str>, |p| p.into()),
         ],
     )?;
     if !paid {
         return Ok(Applied { outcome: Outcome::Applied(format!("subscription {sub_id} past_due (invoice {})", inv.id)), customer: Some(customer) });
     }
-    let Some((plan, credits)) = plan else {
-        return Err(waiting(format!("invoice {} of subscription {sub_id}: its plan is not known yet (no billing.define_plan for its price, or the subscription has not arrived)", inv.id)));
-    };
-    let detail = match (credits, inv.period_end) {
-        (0, _) => format!("subscription {sub_id} paid (plan {plan} has no period credits)"),
-        (n, Some(end)) if end.saturating_mul(1_000_000) - 946_684_800_000_000 > crate::clock::now() => {
-            let key = format!("stripe:invoice:{}", inv.id);
-            let expires = crate::spi::ts(end.saturating_mul(1_000_000) - 946_684_800_000_000);
-            let metadata = JsonB(json!({ "provider": PROVIDER, "invoice": inv.id, "subscription": sub_id }));
-            grant_as(crate::spi::new_id(), Some(&customer), Some(n), Some(&key), Some(&format!("plan:{plan}")), Some(expires), Some(0), Some(metadata))?;
-            format!("subscription {sub_id} paid: {n} credits of plan {plan} until the period ends")
-        }
-        (_, _) => format!("subscription {sub_id} paid; the period has already ended, no allowance granted"),
+    let priced: Vec<&str> = inv.lines.iter().filter_map(|l| l.price.as_deref()).collect();
+    if !priced.is_empty() && plans.0.is_empty() {
+        return Err(waiting(format!(
+            "invoice {} of subscription {sub_id}: none of its prices ({}) is a plan's (billing.define_plan(..., provider_price => ...), then billing.replay)",
+            inv.id,
+            priced.join(", ")
+        )));
+    }
+    let facts = allowance::facts(&inv.lines, |p| plans.credits(p));
+    let mut granted = 0i64;
+    for f in &facts {
+        run(
+            c,
+            &PERIOD_FACT,
+            &[
+                customer.as_str().into(),
+                sub_id.as_str().into(),
+                (f.period_end as f64).into(),
+                inv.id.as_str().into(),
+                inv.billing_reason.as_deref().map_or_else(DatumWithOid::null::<&str>, |r| r.into()),
+                opt_f(f.start),
+                f.base.into(),
+                f.old.into(),
+                f.new.into(),
+                opt_f(f.change_at),
+                e.created.into(),
+            ],
+        )?;
+        granted += settle_period(c, &customer, &sub_id, f.period_end, f.start, plan.as_deref())?;
+    }
+    let detail = match (facts.is_empty(), granted) {
+        (true, _) => format!("subscription {sub_id} paid (invoice {}: no plan allowance)", inv.id),
+        (false, 0) => format!("subscription {sub_id} paid (invoice {}): no credits due (a downgrade, a duplicate, or the period has ended)", inv.id),
+        (false, n) => format!("subscription {sub_id} paid (invoice {}): {n} credits of the period allowance granted", inv.id),
     };
     Ok(Applied { outcome: Outcome::Applied(detail), customer: Some(customer) })
 }

@@ -92,9 +92,12 @@ pub fn customer_ref(obj: &Value) -> CustomerRef {
 pub struct Subscription {
     pub id: String,
     pub status: String,
-    pub price_ids: Vec<String>,
+    /// `items.data[]`: `(price id, quantity)`.
+    pub items: Vec<(String, i64)>,
     /// `items.data[].current_period_end` (current API), else the top-level field (older).
     pub period_end: Option<i64>,
+    /// `current_period_start`, from the same place as `period_end`.
+    pub period_start: Option<i64>,
     pub cancel_at_period_end: bool,
     pub trial_end: Option<i64>,
 }
@@ -102,14 +105,27 @@ pub struct Subscription {
 pub fn subscription(obj: &Value) -> Option<Subscription> {
     let items = obj.get("items").and_then(|i| i.get("data")).and_then(Value::as_array);
     let item_end = items.and_then(|it| it.iter().filter_map(|x| i(x, &["current_period_end"])).max());
-    let price_ids = items
-        .map(|it| it.iter().filter_map(|x| s(x, &["price", "id"]).or_else(|| s(x, &["plan", "id"])).map(str::to_string)).collect())
+    let item_start = items.and_then(|it| it.iter().filter(|x| i(x, &["current_period_end"]) == item_end).filter_map(|x| i(x, &["current_period_start"])).max());
+    let items = items
+        .map(|it| {
+            it.iter()
+                .filter_map(|x| {
+                    let price = s(x, &["price", "id"]).or_else(|| s(x, &["plan", "id"]))?;
+                    Some((price.to_string(), i(x, &["quantity"]).filter(|q| *q > 0).unwrap_or(1)))
+                })
+                .collect()
+        })
         .unwrap_or_default();
+    let (period_end, period_start) = match item_end {
+        Some(end) => (Some(end), item_start),
+        None => (i(obj, &["current_period_end"]), i(obj, &["current_period_start"])),
+    };
     Some(Subscription {
         id: s(obj, &["id"])?.to_string(),
         status: s(obj, &["status"])?.to_string(),
-        price_ids,
-        period_end: item_end.or_else(|| i(obj, &["current_period_end"])),
+        items,
+        period_end,
+        period_start,
         cancel_at_period_end: b(obj, "cancel_at_period_end"),
         trial_end: i(obj, &["trial_end"]),
     })
@@ -125,25 +141,15 @@ pub struct Invoice {
     pub id: String,
     /// `parent.subscription_details.subscription` (basil and later), else `subscription`.
     pub subscription: Option<String>,
+    /// `subscription_create`, `subscription_cycle`, `subscription_update`, ...
+    pub billing_reason: Option<String>,
     /// Paid-through: the latest `lines.data[].period.end`.
     pub period_end: Option<i64>,
-    pub price_ids: Vec<String>,
+    pub lines: Vec<super::allowance::Line>,
 }
 
 pub fn invoice(obj: &Value) -> Option<Invoice> {
-    let lines = obj.get("lines").and_then(|l| l.get("data")).and_then(Value::as_array);
-    let price_ids = lines
-        .map(|ls| {
-            ls.iter()
-                .filter_map(|l| {
-                    s(l, &["price", "id"])
-                        .or_else(|| s(l, &["pricing", "price_details", "price"]))
-                        .or_else(|| s(l, &["plan", "id"]))
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let lines = super::allowance::lines(obj);
     Some(Invoice {
         id: s(obj, &["id"])?.to_string(),
         subscription: obj
@@ -151,8 +157,9 @@ pub fn invoice(obj: &Value) -> Option<Invoice> {
             .and_then(|p| p.get("subscription_details"))
             .and_then(|d| id_of(d, "subscription"))
             .or_else(|| id_of(obj, "subscription")),
-        period_end: lines.and_then(|ls| ls.iter().filter_map(|l| i(l, &["period", "end"])).max()),
-        price_ids,
+        billing_reason: s(obj, &["billing_reason"]).map(str::to_string),
+        period_end: lines.iter().map(|l| l.end).max(),
+        lines,
     })
 }
 
@@ -293,7 +300,8 @@ mod tests {
         let updated = parse(&wrap("customer.subscription.updated", &fixture("stripe-events/subscription.updated.json"))).unwrap();
         let s2 = subscription(updated.object.as_ref().unwrap()).unwrap();
         assert!(s2.period_end.is_some(), "items.data[].current_period_end (current API)");
-        assert!(!s2.price_ids.is_empty());
+        assert!(!s2.items.is_empty());
+        assert!(s2.period_start.is_some());
     }
 
     #[test]

@@ -107,17 +107,20 @@ static ENDPOINT: Stmt = Stmt {
 /// status would leave an entry in the `events_failed` index for every event).
 static INSERT_EVENT: Stmt = Stmt {
     sql: "INSERT INTO billing.events (provider, event_id, endpoint, type, created, api_version, object_id,
-              provider_customer, body, headers, received_at, status, detail, customer, last_delivery_at, applied_at)
+              provider_customer, body, headers, received_at, status, detail, customer, last_delivery_at, applied_at, via)
           VALUES ($1, $2, $3, $4, to_timestamp($5), $6, $7, $8, $9, $10, now(), $11, $12, $13, now(),
-                  CASE WHEN $11 = 'failed' THEN NULL ELSE now() END)
+                  CASE WHEN $11 = 'failed' THEN NULL ELSE now() END, $14)
           ON CONFLICT (provider, event_id) DO NOTHING RETURNING 1",
-    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID],
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID],
 };
 static DUPLICATE: Stmt = Stmt {
     sql: "UPDATE billing.events SET deliveries = deliveries + 1, last_delivery_at = now()
            WHERE provider = $1 AND event_id = $2 RETURNING body = $3, status",
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
+/// A fetched event already stored: nothing to write (it is no delivery, and its body is
+/// the API's rendering, which a re-run of the sync would bring again and again).
+static STORED: Stmt = Stmt { sql: "SELECT 1 FROM billing.events WHERE provider = $1 AND event_id = $2", args: &[TEXTOID, TEXTOID] };
 static VARIANT: Stmt = Stmt {
     sql: "INSERT INTO billing.event_variants (provider, event_id, received_at, body, headers)
           VALUES ($1, $2, clock_timestamp(), $3, $4) ON CONFLICT DO NOTHING",
@@ -213,17 +216,43 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option
         let now = unix_secs(crate::clock::now());
         let v = signature::verify(provider, &secrets, &lookup, body.as_bytes(), now, TOLERANCE.get() as i64, max).map_err(|e| sig_error(e, endpoint))?;
         let d = parse_delivery(provider, endpoint, body, v.webhook_id)?;
-        lock_event(&d.provider, &d.id);
-        let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
-        if !t.is_empty() {
-            // Stored before (or by a concurrent session that committed first).
-            let same = t.first().get::<bool>(1)?.unwrap_or(true);
-            if !same {
-                run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), headers.param()])?;
+        store_and_apply(c, d, endpoint, body, Some(&headers), Via::Delivery)
+    })
+}
+
+/// How an event reached us.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// A signed webhook delivery.
+    Delivery,
+    /// Fetched from the provider's API by a role trusted to (`billing_sync`).
+    Fetch,
+}
+
+/// Stores a verified (or fetched) event once and applies it, or answers `duplicate`.
+/// A fetched event has no headers (stored as `{}`).
+fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &str, headers: Option<&Headers>, via: Via) -> Result<EventRow> {
+    let headers_param = || headers.map_or_else(|| crate::spi::jsonb_param(serde_json::json!({})), Headers::param);
+    lock_event(&d.provider, &d.id);
+    match via {
+        Via::Fetch => {
+            if !run(c, &STORED, &[d.provider.as_str().into(), d.id.as_str().into()])?.is_empty() {
+                return Ok((d.id, "duplicate".to_string(), Some("already stored".to_string())));
             }
-            let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
-            return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
         }
+        Via::Delivery => {
+            let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
+            if !t.is_empty() {
+                // Stored before (or by a concurrent session that committed first).
+                let same = t.first().get::<bool>(1)?.unwrap_or(true);
+                if !same {
+                    run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), headers_param()])?;
+                }
+                let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
+                return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
+            }
+        }
+    }
         let outcome = match &d.stripe {
             Some(e) => apply_event(e),
             None => Outcome {
@@ -245,10 +274,11 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option
                 opt_text(&d.object_id),
                 opt_text(&d.provider_customer),
                 body.into(),
-                headers.param(),
+                headers_param(),
                 outcome.status.as_str().into(),
                 outcome.detail.as_str().into(),
                 opt_text(&outcome.customer),
+                if via == Via::Fetch { "fetch" } else { "delivery" }.into(),
             ],
         )?;
         if inserted.is_empty() {
@@ -261,6 +291,35 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option
             after_apply(c, e, &outcome, true)?;
         }
         Ok((d.id, outcome.status, Some(outcome.detail)))
+}
+
+/// `(event_id text, status text, detail text)` of an event fetched from the provider's
+/// API (`GET /v1/events`): no signature to check, so only `billing_sync` and the owner
+/// may call it; otherwise exactly a delivery (stored once, applied, or a duplicate).
+#[pg_extern(sql = false)]
+fn ingest_fetched(endpoint: Option<&str>, body: Option<&str>) {
+    crate::one_row::answer(ingest_fetched_impl(endpoint, body))
+}
+crate::sql_entry!(pg_finfo_billing_ingest_fetched, billing_ingest_fetched, ingest_fetched_wrapper, jsonb = [], one_row);
+
+fn ingest_fetched_impl(endpoint: Option<&str>, body: Option<&str>) -> Result<EventRow> {
+    let endpoint = need(endpoint, "endpoint")?;
+    let body = need(body, "body")?;
+    let max = MAX_BYTES.get() as usize;
+    if body.len() > max {
+        return Err(BillingError::new(TOO_LARGE, format!("fetched event for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len())));
+    }
+    Spi::connect_mut(|c| {
+        let t = run(c, &ENDPOINT, &[endpoint.into()])?;
+        if t.is_empty() {
+            return Err(BillingError::new(UNKNOWN_ENDPOINT, format!("unknown webhook endpoint \"{endpoint}\"")));
+        }
+        let provider = t.first().get::<String>(1)?.unwrap_or_default();
+        if Provider::parse(&provider) != Some(Provider::Stripe) {
+            return Err(BillingError::invalid(format!("endpoint \"{endpoint}\" is a {provider} endpoint: only Stripe events are fetched")));
+        }
+        let d = parse_delivery(Provider::Stripe, endpoint, body, None)?;
+        store_and_apply(c, d, endpoint, body, None, Via::Fetch)
     })
 }
 

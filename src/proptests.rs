@@ -109,6 +109,8 @@ proptest! {
                                                   body in prop::collection::vec(any::<u8>(), 0..512),
                                                   flip in any::<prop::sample::Index>()) {
         prop_assume!(secret != other);
+        // Blank secrets (all spaces) never verify: blank_stripe_secrets_are_refused_and_never_verify.
+        prop_assume!(signature::check_secret(Provider::Stripe, &secret).is_ok());
         let sig = signature::sign_stripe(&secret, t, &body);
         prop_assert_eq!(stripe_verify(&[secret.as_str()], &sig, &body, t, 0).map(|v| v.timestamp), Ok(t));
         // rotation: any configured secret verifies
@@ -136,6 +138,8 @@ proptest! {
         prop_assume!(!same_hmac_key(&key, &other));
         let secret = format!("whsec_{}", STANDARD.encode(&key));
         let wrong = format!("whsec_{}", STANDARD.encode(&other));
+        // Zero-byte keys never verify: undecodable_standard_secrets_are_refused_and_never_verify.
+        prop_assume!(signature::check_secret(Provider::Standard, &secret).is_ok());
         let sig = signature::sign_standard(&secret, &id, t, &body).expect("a valid secret signs");
         let ts = t.to_string();
         let h = |id: &str| lookup(vec![("webhook-id".into(), id.into()), ("webhook-timestamp".into(), ts.clone()), ("webhook-signature".into(), sig.clone())]);

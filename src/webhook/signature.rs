@@ -28,6 +28,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::borrow::Cow;
 use std::fmt;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -145,8 +146,9 @@ pub struct Verified {
 /// Verifies one delivery.
 ///
 /// * `secrets`: every currently valid secret for the endpoint (old and new while rotating).
-///   Empty secrets, and for [`Provider::Standard`] secrets that are not valid base64, are
-///   skipped: they can never match. No secrets at all gives [`SigError::NoMatch`].
+///   Secrets [`check_secret`] refuses (blank ones; for [`Provider::Standard`] also those that
+///   do not decode) are skipped: they never match, whatever the delivery. No usable secret at
+///   all gives [`SigError::NoMatch`].
 /// * `header(name)`: case-insensitive request header lookup done by the caller; the names
 ///   asked for are always lowercase.
 /// * `now_unix`, `tolerance_secs`: fails when `|now - t| > tolerance`. Tolerance `0` therefore
@@ -190,17 +192,84 @@ pub fn sign_stripe(secret: &str, t: i64, body: &[u8]) -> String {
 
 /// Builds a Standard Webhooks `webhook-signature` entry, `v1,<base64>`.
 ///
-/// Fails with [`SigError::Malformed`] when the secret is not `whsec_`-prefixed (or bare)
-/// base64 of a non-empty key.
+/// Fails with [`SigError::Malformed`] when [`check_secret`] refuses the secret.
 pub fn sign_standard(secret: &str, id: &str, t: i64, body: &[u8]) -> Result<String, SigError> {
-    let key = standard_key(secret)
-        .ok_or_else(|| SigError::Malformed("secret is not valid non-empty base64".into()))?;
+    let key = secret_key(Provider::Standard, secret)
+        .map_err(|p| SigError::Malformed(format!("the secret {p}")))?;
     let mac = standard_mac(&key, id, t, body)
         .ok_or_else(|| SigError::Malformed("secret cannot be used as an HMAC key".into()))?;
     Ok(format!(
         "v1,{}",
         STANDARD.encode(mac.finalize().into_bytes())
     ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets
+
+/// Why a configured secret can never be used to verify a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretProblem {
+    /// Empty or whitespace only, after an optional `whsec_` prefix: the HMAC key would be
+    /// public (or all but), so anyone could sign.
+    Blank,
+    /// [`Provider::Standard`]: the part after `whsec_` (or the whole secret, unprefixed) is
+    /// not standard base64, padded or not.
+    NotBase64,
+    /// The key is zero bytes only. HMAC pads short keys with zero bytes, so such a key signs
+    /// exactly as the empty key does: anyone could sign.
+    ZeroKey,
+}
+
+impl fmt::Display for SecretProblem {
+    /// Describes the problem without quoting the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SecretProblem::Blank => {
+                "is blank (empty or whitespace after any whsec_ prefix): anyone could sign with it"
+            }
+            SecretProblem::NotBase64 => {
+                "is not base64 (whsec_ followed by standard base64 of the key, padding optional)"
+            }
+            SecretProblem::ZeroKey => {
+                "is a key of zero bytes only, which HMAC treats as the empty key: anyone could sign with it"
+            }
+        })
+    }
+}
+
+impl std::error::Error for SecretProblem {}
+
+/// Whether `secret` can verify deliveries for `provider`. The one rule for both
+/// `billing.add_secret`, which refuses what this refuses, and [`verify`], which skips such
+/// secrets (they may have been stored before the rule existed).
+pub fn check_secret(provider: Provider, secret: &str) -> Result<(), SecretProblem> {
+    secret_key(provider, secret).map(drop)
+}
+
+/// The HMAC key of a secret, or why it has none (see [`check_secret`]).
+///
+/// * Stripe: the secret string's bytes, `whsec_` included, not decoded (every Stripe SDK).
+/// * Standard Webhooks: base64 of the part after `whsec_`, or of the whole string if there
+///   is no prefix (as the svix and standard-webhooks libraries do), padded or not.
+fn secret_key(provider: Provider, secret: &str) -> Result<Cow<'_, [u8]>, SecretProblem> {
+    let rest = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
+    if rest.trim().is_empty() {
+        return Err(SecretProblem::Blank);
+    }
+    let key = match provider {
+        Provider::Stripe => Cow::Borrowed(secret.as_bytes()),
+        Provider::Standard => Cow::Owned(
+            BASE64_LENIENT
+                .decode(rest)
+                .map_err(|_| SecretProblem::NotBase64)?,
+        ),
+    };
+    // Also covers a Standard secret that decodes to nothing.
+    if key.iter().all(|&b| b == 0) {
+        return Err(SecretProblem::ZeroKey);
+    }
+    Ok(key)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -263,8 +332,8 @@ fn verify_stripe(
     }
     let matched = secrets
         .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| stripe_mac(s.as_bytes(), t, body))
+        .filter_map(|s| secret_key(Provider::Stripe, s).ok())
+        .filter_map(|key| stripe_mac(&key, t, body))
         .any(|mac| any_tag_matches(&mac, &candidates));
     if !matched {
         return Err(SigError::NoMatch);
@@ -293,16 +362,7 @@ fn verify_standard(
     header: &dyn Fn(&str) -> Option<String>,
     body: &[u8],
 ) -> Result<Verified, SigError> {
-    // Each header falls back to its svix- name individually, as the svix library does.
-    let id = non_empty(header("webhook-id"))
-        .or_else(|| non_empty(header("svix-id")))
-        .ok_or(SigError::Missing("webhook-id"))?;
-    let ts_value = non_empty(header("webhook-timestamp"))
-        .or_else(|| non_empty(header("svix-timestamp")))
-        .ok_or(SigError::Missing("webhook-timestamp"))?;
-    let sig_value = non_empty(header("webhook-signature"))
-        .or_else(|| non_empty(header("svix-signature")))
-        .ok_or(SigError::Missing("webhook-signature"))?;
+    let [id, ts_value, sig_value] = standard_headers(header)?;
 
     let id = id.trim();
     // The signed content is "{id}.{ts}.{body}": a '.' in the id would let the same signed
@@ -345,7 +405,7 @@ fn verify_standard(
 
     let matched = secrets
         .iter()
-        .filter_map(|s| standard_key(s))
+        .filter_map(|s| secret_key(Provider::Standard, s).ok())
         .filter_map(|key| standard_mac(&key, id, t, body))
         .any(|mac| any_tag_matches(&mac, &candidates));
     if !matched {
@@ -357,17 +417,46 @@ fn verify_standard(
     })
 }
 
-/// The HMAC key of a Standard Webhooks secret: base64 of the part after `whsec_` (or of the
-/// whole string if there is no prefix, like the svix library), padded or not. `None` when it
-/// does not decode or decodes to nothing.
-fn standard_key(secret: &str) -> Option<Vec<u8>> {
-    let encoded = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-    let key = BASE64_LENIENT.decode(encoded).ok()?;
-    if key.is_empty() {
-        None
-    } else {
-        Some(key)
+/// The `svix-*` header names, in the order id, timestamp, signature.
+const SVIX_HEADERS: [&str; 3] = ["svix-id", "svix-timestamp", "svix-signature"];
+/// The Standard Webhooks ("unbranded") header names, in the same order.
+const WEBHOOK_HEADERS: [&str; 3] = ["webhook-id", "webhook-timestamp", "webhook-signature"];
+
+/// The id, timestamp and signature headers of one family, taken whole: the `svix-*` three if
+/// all are present, else the `webhook-*` three if all are present, else
+/// [`SigError::Missing`]. Never a mix: a `svix-*` header cannot stand in for a missing
+/// `webhook-*` one, nor the reverse. Absent, empty and all-whitespace headers count as
+/// missing.
+///
+/// This is the svix libraries' rule [src: svix/svix-webhooks `Webhook.verify` in
+/// `python/svix/webhooks.py` @1bddea8a and `javascript/src/webhook.ts` @29029490: read the
+/// three `svix-*` headers; if any is missing or empty, read the three `webhook-*` headers
+/// instead; if any of those is missing or empty, fail with "Missing required headers"]. Not
+/// every library agrees: svix's Rust crate (`rust/src/webhooks.rs` @0d9cfaa6, `get_header`)
+/// falls back header by header (`svix-*` name, else `webhook-*`), so it accepts a mix; the
+/// standard-webhooks libraries (`libraries/python/standardwebhooks/webhooks.py` @52d6249b,
+/// `libraries/javascript/src/index.ts` @009bcc00, `libraries/rust/src/lib.rs` @1e88c9ce) read
+/// the `webhook-*` names only. We take the whole-family rule, the strictest of those that
+/// accept the `svix-*` names.
+fn standard_headers(header: &dyn Fn(&str) -> Option<String>) -> Result<[String; 3], SigError> {
+    let svix = SVIX_HEADERS.map(|name| non_empty(header(name)));
+    if let [Some(id), Some(ts), Some(sig)] = svix {
+        return Ok([id, ts, sig]);
     }
+    let unbranded = WEBHOOK_HEADERS.map(|name| non_empty(header(name)));
+    if let [Some(id), Some(ts), Some(sig)] = unbranded {
+        return Ok([id, ts, sig]);
+    }
+    // Neither family is complete: name a header missing from the family the sender used
+    // more of (`webhook-*` on a tie).
+    let present = |family: &[Option<String>; 3]| family.iter().flatten().count();
+    let (names, family) = if present(&svix) > present(&unbranded) {
+        (SVIX_HEADERS, &svix)
+    } else {
+        (WEBHOOK_HEADERS, &unbranded)
+    };
+    let missing = family.iter().position(Option::is_none).unwrap_or(0);
+    Err(SigError::Missing(names[missing]))
 }
 
 /// HMAC-SHA256 over `"{id}.{t}.{body}"`.
@@ -790,6 +879,172 @@ mod tests {
         assert!(sign_standard("", SW_ID, SW_TS, SW_BODY).is_err());
     }
 
+    const BLANK_SECRETS: [&str; 8] = [
+        "",
+        " ",
+        "   ",
+        "\t\r\n ",
+        "\u{3000}\u{a0}",
+        "whsec_",
+        "whsec_  ",
+        "whsec_\t",
+    ];
+
+    #[test]
+    fn blank_stripe_secrets_are_refused_and_never_verify() {
+        for blank in BLANK_SECRETS {
+            assert_eq!(
+                check_secret(Provider::Stripe, blank),
+                Err(SecretProblem::Blank),
+                "{blank:?}"
+            );
+            // A delivery signed with the blank key (anyone can make one) does not verify.
+            let forged = sign_stripe(blank, T, BODY);
+            assert_eq!(
+                stripe(&[blank], &forged, BODY, T, 300),
+                Err(SigError::NoMatch),
+                "{blank:?}"
+            );
+            // Stored next to a real secret, it neither verifies forgeries nor gets in the way.
+            assert_eq!(
+                stripe(&[blank, SECRET], &forged, BODY, T, 300),
+                Err(SigError::NoMatch),
+                "{blank:?}"
+            );
+            let genuine = sign_stripe(SECRET, T, BODY);
+            assert!(stripe(&[blank, SECRET], &genuine, BODY, T, 300).is_ok());
+        }
+        // NUL bytes sign as the empty key does.
+        assert_eq!(
+            check_secret(Provider::Stripe, "\0\0"),
+            Err(SecretProblem::ZeroKey)
+        );
+        let forged = sign_stripe("", T, BODY);
+        assert_eq!(
+            stripe(&["\0\0"], &forged, BODY, T, 300),
+            Err(SigError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn usable_stripe_secrets_are_any_other_string() {
+        // Stripe keys on the exact string: surrounding spaces are part of the key, and any
+        // non-blank string is a key (only the provider's own secrets are worth anything).
+        for secret in [SECRET, "x", " whsec_a ", "whsec_é", "not*base64!", "\0a"] {
+            assert_eq!(check_secret(Provider::Stripe, secret), Ok(()), "{secret:?}");
+            let sig = sign_stripe(secret, T, BODY);
+            assert!(stripe(&[secret], &sig, BODY, T, 300).is_ok(), "{secret:?}");
+        }
+    }
+
+    #[test]
+    fn undecodable_standard_secrets_are_refused_and_never_verify() {
+        for blank in BLANK_SECRETS {
+            assert_eq!(
+                check_secret(Provider::Standard, blank),
+                Err(SecretProblem::Blank),
+                "{blank:?}"
+            );
+            assert!(sw(&[blank], SW_SIG, SW_TS).is_err(), "{blank:?}");
+        }
+        for bad in [
+            "whsec_not*base64!",
+            "not base64",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw ", // trailing space
+            " whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", // the prefix is not stripped then
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaL",     // a length no base64 has
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw===",
+            "whsec_MfKQ9r8G-YqrTwjUPD8ILPZIo2LaLaSw", // URL-safe alphabet
+            "WHSEC_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "=",
+        ] {
+            assert_eq!(
+                check_secret(Provider::Standard, bad),
+                Err(SecretProblem::NotBase64),
+                "{bad:?}"
+            );
+            assert_eq!(sw(&[bad], SW_SIG, SW_TS), Err(SigError::NoMatch), "{bad:?}");
+            assert!(sw(&[bad, SW_SECRET], SW_SIG, SW_TS).is_ok(), "{bad:?}");
+            assert!(
+                sign_standard(bad, SW_ID, SW_TS, SW_BODY).is_err(),
+                "{bad:?}"
+            );
+        }
+        // Keys of zero bytes only: HMAC pads with zeros, so they sign as the empty key.
+        let tag = |key: &[u8]| {
+            standard_mac(key, SW_ID, SW_TS, SW_BODY)
+                .expect("any key length")
+                .finalize()
+                .into_bytes()
+        };
+        assert_eq!(tag(&[0; 3]), tag(b""));
+        assert_eq!(tag(&[0; 24]), tag(b""));
+        for zero in [
+            "whsec_AA==",
+            "whsec_AAAA",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(
+                check_secret(Provider::Standard, zero),
+                Err(SecretProblem::ZeroKey),
+                "{zero:?}"
+            );
+            let mut mac = HmacSha256::new_from_slice(b"").expect("any key length");
+            mac.update(format!("{SW_ID}.{SW_TS}.").as_bytes());
+            mac.update(SW_BODY);
+            let forged = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
+            assert_eq!(
+                sw(&[zero], &forged, SW_TS),
+                Err(SigError::NoMatch),
+                "{zero:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn usable_standard_secrets_decode_as_the_verifier_decodes() {
+        let key = b"0123456789abcdef0123"; // 20 bytes: base64 needs padding
+        let padded = format!("whsec_{}", STANDARD.encode(key));
+        let forms = [
+            padded.clone(),
+            padded.trim_end_matches('=').to_owned(),
+            STANDARD.encode(key),
+            STANDARD.encode(key).trim_end_matches('=').to_owned(),
+            SW_SECRET.to_owned(),
+            format!("whsec_{}", STANDARD.encode([0, 0, 1])),
+        ];
+        for secret in &forms {
+            assert_eq!(
+                check_secret(Provider::Standard, secret),
+                Ok(()),
+                "{secret:?}"
+            );
+            assert!(
+                sign_standard(secret, SW_ID, SW_TS, SW_BODY).is_ok(),
+                "{secret:?}"
+            );
+        }
+        assert!(sw(&[SW_SECRET], SW_SIG, SW_TS).is_ok());
+    }
+
+    #[test]
+    fn secret_problems_never_quote_the_secret() {
+        for p in [
+            SecretProblem::Blank,
+            SecretProblem::NotBase64,
+            SecretProblem::ZeroKey,
+        ] {
+            let msg = p.to_string();
+            assert!(msg.starts_with("is "), "{msg}");
+            assert!(
+                !msg.contains("not*base64") && !msg.contains("AAAA"),
+                "{msg}"
+            );
+        }
+        let e = sign_standard("whsec_not*base64!", SW_ID, SW_TS, SW_BODY).expect_err("refused");
+        assert!(!e.to_string().contains("not*base64"), "{e}");
+    }
+
     #[test]
     fn signature_cap() {
         let good = sign_stripe(SECRET, T, BODY);
@@ -1009,7 +1264,7 @@ mod tests {
                 webhook_id: Some(SW_ID.to_owned())
             })
         );
-        // webhook-* wins when both are present.
+        // A lone svix-* header does not make a family: the complete webhook-* one is used.
         let both = [
             ("webhook-id", SW_ID),
             ("svix-id", "msg_other"),
@@ -1017,6 +1272,128 @@ mod tests {
             ("webhook-signature", SW_SIG),
         ];
         assert!(standard(&[SW_SECRET], &both, SW_BODY, SW_TS, 300).is_ok());
+    }
+
+    /// Every header of the delivery under either family name: `true` picks `svix-*`.
+    fn family_mix(svix: [bool; 3], id: &str, ts: &str, sig: &str) -> Vec<(String, String)> {
+        let values = [id, ts, sig];
+        (0..3)
+            .map(|i| {
+                let names = if svix[i] {
+                    SVIX_HEADERS
+                } else {
+                    WEBHOOK_HEADERS
+                };
+                (names[i].to_owned(), values[i].to_owned())
+            })
+            .collect()
+    }
+
+    fn standard_owned(pairs: &[(String, String)]) -> Result<Verified, SigError> {
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300)
+    }
+
+    #[test]
+    fn standard_header_families_are_never_mixed() {
+        let ts = SW_TS.to_string();
+        let ok = Ok(Verified {
+            timestamp: SW_TS,
+            webhook_id: Some(SW_ID.to_owned()),
+        });
+        // Each family alone verifies.
+        for family in [[false; 3], [true; 3]] {
+            let pairs = family_mix(family, SW_ID, &ts, SW_SIG);
+            assert_eq!(standard_owned(&pairs), ok, "{pairs:?}");
+        }
+        // Each of the six mixes carries a genuine id, timestamp and signature, and is refused
+        // as missing a header of the family it used more of.
+        for mix in 1..7u8 {
+            let svix = [mix & 1 != 0, mix & 2 != 0, mix & 4 != 0];
+            let pairs = family_mix(svix, SW_ID, &ts, SW_SIG);
+            let more_svix = svix.iter().filter(|&&b| b).count() >= 2;
+            let missing = (0..3).find(|&i| svix[i] != more_svix).expect("a mix");
+            let name = if more_svix {
+                SVIX_HEADERS[missing]
+            } else {
+                WEBHOOK_HEADERS[missing]
+            };
+            assert_eq!(
+                standard_owned(&pairs),
+                Err(SigError::Missing(name)),
+                "{pairs:?}"
+            );
+        }
+        // webhook-id with svix-timestamp and svix-signature, as a sender might mix them.
+        let mixed = [
+            ("webhook-id", SW_ID),
+            ("svix-timestamp", ts.as_str()),
+            ("svix-signature", SW_SIG),
+        ];
+        assert_eq!(
+            standard(&[SW_SECRET], &mixed, SW_BODY, SW_TS, 300),
+            Err(SigError::Missing("svix-id"))
+        );
+        // An empty or blank header is a missing one: it does not complete a family either.
+        for blank in ["", "  "] {
+            let pairs = [
+                ("svix-id", blank),
+                ("svix-timestamp", ts.as_str()),
+                ("svix-signature", SW_SIG),
+                ("webhook-id", SW_ID),
+            ];
+            assert_eq!(
+                standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300),
+                Err(SigError::Missing("svix-id")),
+                "{blank:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn standard_complete_svix_family_is_preferred() {
+        let ts = SW_TS.to_string();
+        let other_ts = (SW_TS + 1).to_string();
+        let forged = format!("v1,{}", STANDARD.encode([1u8; 32]));
+        let genuine = [
+            ("svix-id", SW_ID.to_owned()),
+            ("svix-timestamp", ts.clone()),
+            ("svix-signature", SW_SIG.to_owned()),
+        ];
+        let disagreeing = [
+            ("webhook-id", "msg_other".to_owned()),
+            ("webhook-timestamp", other_ts.clone()),
+            ("webhook-signature", forged.clone()),
+        ];
+        // Both complete, svix-* genuine: it is the one verified (its id comes back).
+        let pairs: Vec<(String, String)> = genuine
+            .iter()
+            .chain(&disagreeing)
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        assert_eq!(
+            standard_owned(&pairs),
+            Ok(Verified {
+                timestamp: SW_TS,
+                webhook_id: Some(SW_ID.to_owned())
+            })
+        );
+        // Both complete, webhook-* genuine and svix-* not: svix-* is still the one used.
+        let pairs: Vec<(String, String)> = [
+            ("svix-id", "msg_other".to_owned()),
+            ("svix-timestamp", other_ts),
+            ("svix-signature", forged),
+            ("webhook-id", SW_ID.to_owned()),
+            ("webhook-timestamp", ts),
+            ("webhook-signature", SW_SIG.to_owned()),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
+        assert_eq!(standard_owned(&pairs), Err(SigError::NoMatch));
     }
 
     #[test]

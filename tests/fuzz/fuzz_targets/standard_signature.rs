@@ -45,7 +45,8 @@ fuzz_target!(|i: Input| {
 
     // Round trip with a key of the fuzzer's choice.
     let id = i.id.trim();
-    if !i.key.is_empty() && !id.is_empty() && !id.contains('.') && !same_hmac_key(i.key, i.other_key) {
+    // Keys of zero bytes only sign as the empty key and are never used: skip them.
+    if i.key.iter().any(|&b| b != 0) && !id.is_empty() && !id.contains('.') && !same_hmac_key(i.key, i.other_key) {
         let enc = base64::engine::general_purpose::STANDARD;
         let secret = format!("whsec_{}", enc.encode(i.key));
         let t = i64::from(i.t);

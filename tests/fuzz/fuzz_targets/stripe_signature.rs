@@ -38,8 +38,8 @@ fuzz_target!(|i: Input| {
         let _ = (e.to_string(), e.code());
     }
 
-    // Round trip with a secret of the fuzzer's choice.
-    if !i.secret.is_empty() {
+    // Round trip with a secret of the fuzzer's choice (one the verifier uses: not blank).
+    if signature::check_secret(Provider::Stripe, i.secret).is_ok() {
         let t = i64::from(i.t);
         let sig = signature::sign_stripe(i.secret, t, i.body);
         let hs = |name: &str| (name == "stripe-signature").then(|| sig.clone());

@@ -56,6 +56,7 @@ DO $$ BEGIN
   PERFORM billing.add_endpoint('stripe-main', 'stripe');
   PERFORM billing.add_secret('stripe-main', 'whsec_demo');
   PERFORM billing.define_plan('pro', '{chat,images}', 5000, '3 days', 'price_pro');
+  PERFORM billing.define_plan('max', '{chat,images,video}', 20000, '3 days', 'price_max');
   PERFORM billing.define_meter('llm_tokens', 3, 1000);
   PERFORM billing.link_customer('bea', 'cus_bea');
 END $$;
@@ -71,17 +72,37 @@ $$;
 CREATE FUNCTION pg_temp.show(label text) RETURNS TABLE (moment text, allowed boolean, reason text, plan text, balance bigint) LANGUAGE sql AS $$
   SELECT label, a.allowed, a.reason, a.plan, a.balance FROM billing.access('bea') a
 $$;
-CREATE FUNCTION pg_temp.sub(status text, period_end timestamptz) RETURNS jsonb LANGUAGE sql AS $$
+CREATE FUNCTION pg_temp.sub(status text, period_end timestamptz, price text) RETURNS jsonb LANGUAGE sql AS $$
   SELECT jsonb_build_object('id', 'sub_bea', 'customer', 'cus_bea', 'status', status,
      'trial_end', extract(epoch FROM timestamptz '2026-11-15')::int8,
      'items', jsonb_build_object('data', jsonb_build_array(jsonb_build_object(
-        'price', jsonb_build_object('id', 'price_pro'), 'current_period_end', extract(epoch FROM period_end)::int8))))
+        'price', jsonb_build_object('id', price), 'quantity', 1,
+        'current_period_start', extract(epoch FROM period_end - interval '1 month')::int8,
+        'current_period_end', extract(epoch FROM period_end)::int8))))
 $$;
+CREATE FUNCTION pg_temp.sub(status text, period_end timestamptz) RETURNS jsonb LANGUAGE sql AS $$
+  SELECT pg_temp.sub(status, period_end, 'price_pro')
+$$;
+-- A renewal invoice: one line billing the plan for the month ending at period_end.
 CREATE FUNCTION pg_temp.invoice(id text, period_end timestamptz) RETURNS jsonb LANGUAGE sql AS $$
-  SELECT jsonb_build_object('id', id, 'customer', 'cus_bea',
+  SELECT jsonb_build_object('id', id, 'customer', 'cus_bea', 'billing_reason', 'subscription_cycle',
      'parent', jsonb_build_object('subscription_details', jsonb_build_object('subscription', 'sub_bea')),
      'lines', jsonb_build_object('data', jsonb_build_array(jsonb_build_object('price', jsonb_build_object('id', 'price_pro'),
-        'period', jsonb_build_object('end', extract(epoch FROM period_end)::int8)))))
+        'amount', 2000, 'quantity', 1, 'proration', false,
+        'period', jsonb_build_object('start', extract(epoch FROM period_end - interval '1 month')::int8,
+                                     'end', extract(epoch FROM period_end)::int8)))))
+$$;
+-- A plan change's invoice (Stripe's default proration): a credit for the unused time on
+-- the old price, a charge for the rest of the period on the new one.
+CREATE FUNCTION pg_temp.change(id text, at timestamptz, from_price text, to_price text, credit bigint, charge bigint, period_end timestamptz)
+RETURNS jsonb LANGUAGE sql AS $$
+  SELECT jsonb_build_object('id', id, 'customer', 'cus_bea', 'billing_reason', 'subscription_update',
+     'parent', jsonb_build_object('subscription_details', jsonb_build_object('subscription', 'sub_bea')),
+     'lines', jsonb_build_object('data', jsonb_build_array(
+        jsonb_build_object('price', jsonb_build_object('id', from_price), 'amount', -credit, 'quantity', 1, 'proration', true,
+           'period', jsonb_build_object('start', extract(epoch FROM at)::int8, 'end', extract(epoch FROM period_end)::int8)),
+        jsonb_build_object('price', jsonb_build_object('id', to_price), 'amount', charge, 'quantity', 1, 'proration', true,
+           'period', jsonb_build_object('start', extract(epoch FROM at)::int8, 'end', extract(epoch FROM period_end)::int8)))))
 $$;
 
 \echo '\n== 9. Bea starts a 14-day trial'
@@ -120,12 +141,36 @@ SELECT * FROM pg_temp.show('recovered');
 SELECT pg_temp.deliver('evt_b5_late', 'customer.subscription.updated', '2026-12-15 00:00:00+00', pg_temp.sub('past_due', '2027-01-15'));
 SELECT * FROM pg_temp.show('after the stale event');
 
-\echo '\n== 13. What the application hears, through the outbox (exactly once, claimed with SKIP LOCKED)'
+\echo '\n== 13. Bea upgrades to max (20,000 credits) on Dec 31, with 15 of the period''s 31 days left, and pays the proration'
+SET billing.clock = '2026-12-31 00:00:00+00';
+SELECT pg_temp.deliver('evt_b7', 'customer.subscription.updated', '2026-12-31 00:00+00', pg_temp.sub('active', '2027-01-15', 'price_max'));
+SELECT pg_temp.deliver('evt_b8', 'invoice.paid', '2026-12-31 00:00:01+00',
+       pg_temp.change('in_3', '2026-12-31', 'price_pro', 'price_max', 968, 3871, '2027-01-15'));
+\echo 'the period is topped up by (20,000 - 5,000) x 15/31 = 7,258, not by a whole plan:'
+SELECT period_start::date, period_end::date, base, ceiling, allowance, granted FROM billing.subscription_periods WHERE customer = 'bea' AND granted > 0;
+SELECT * FROM pg_temp.show('upgraded');
+
+\echo '\n== 14. Bea downgrades to pro on Jan 5; the $0 invoice is paid: nothing granted, nothing taken back'
+SET billing.clock = '2027-01-05 00:00:00+00';
+SELECT pg_temp.deliver('evt_b9', 'customer.subscription.updated', '2027-01-05 00:00+00', pg_temp.sub('active', '2027-01-15', 'price_pro'));
+SELECT pg_temp.deliver('evt_b10', 'invoice.paid', '2027-01-05 00:00:01+00',
+       pg_temp.change('in_4', '2027-01-05', 'price_max', 'price_pro', 2581, 645, '2027-01-15'));
+\echo 'up again on Jan 6 (paid: + 15,000 x 9/31) and down on Jan 7: however often she flips, the period never passes the largest plan held in it (20,000):'
+SELECT pg_temp.deliver('evt_b11', 'invoice.paid', '2027-01-06 00:00+00', pg_temp.change('in_5', '2027-01-06', 'price_pro', 'price_max', 580, 2322, '2027-01-15'));
+SELECT pg_temp.deliver('evt_b12', 'invoice.paid', '2027-01-07 00:00+00', pg_temp.change('in_6', '2027-01-07', 'price_max', 'price_pro', 2064, 516, '2027-01-15'));
+SELECT pg_temp.deliver('evt_b13', 'customer.subscription.updated', '2027-01-07 00:00:01+00', pg_temp.sub('active', '2027-01-15', 'price_pro'));
+SELECT base, ceiling, allowance, granted FROM billing.subscription_periods WHERE customer = 'bea' AND granted > 0;
+SELECT * FROM pg_temp.show('downgraded');
+\echo 'the same invoice delivered again is a duplicate:'
+SELECT pg_temp.deliver('evt_b8', 'invoice.paid', '2026-12-31 00:00:01+00',
+       pg_temp.change('in_3', '2026-12-31', 'price_pro', 'price_max', 968, 3871, '2027-01-15'));
+
+\echo '\n== 15. What the application hears, through the outbox (exactly once, claimed with SKIP LOCKED)'
 SELECT id, kind, payload FROM billing.claim_outbox(20) ORDER BY id;
 SELECT event_id, type, status FROM billing.events ORDER BY received_at, event_id;
 
 \echo '\n================ Part 3: a hot customer, spread over slots ================'
-\echo '== 14. Acme runs many agents at once: its credits are spread over 4 slots, each with its own lock'
+\echo '== 16. Acme runs many agents at once: its credits are spread over 4 slots, each with its own lock'
 SELECT billing.grant('acme', 100000, 'acme-contract', 'contract');
 SELECT billing.set_slots('acme', 4);
 SELECT customer, balance FROM billing.customers WHERE customer = 'acme' OR slot_of = 'acme' ORDER BY customer;

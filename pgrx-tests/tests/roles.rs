@@ -162,6 +162,37 @@ fn roles_get_exactly_their_rights() {
     drop(roles);
 }
 
+/// `ingest_fetched` stores unsigned events: only `billing_sync` (and the owner) may call
+/// it; the receiver, the application, the reader and the admin may not.
+#[test]
+fn only_billing_sync_ingests_fetched_events() {
+    let roles = Roles::create(&[("sync", "billing_sync"), ("hook2", "billing_webhook"), ("app2", "billing_app"), ("reader2", "billing_reader"), ("admin2", "billing_admin")]);
+    let db = TestDb::new("sync_role");
+    let mut su = db.connect();
+    expect_ok(&mut su, "SELECT billing.add_endpoint('s', 'stripe')");
+    let event = |id: &str| {
+        format!(
+            "SELECT status FROM billing.ingest_fetched('s', '{{\"id\":\"{id}\",\"object\":\"event\",\"type\":\"checkout.session.completed\",\"created\":1900000000,\"data\":{{\"object\":{{\"id\":\"cs_{id}\",\"mode\":\"payment\",\"payment_status\":\"paid\",\"payment_intent\":\"pi_{id}\",\"client_reference_id\":\"fetched\",\"metadata\":{{\"credits\":\"70\"}}}}}}}}')"
+        )
+    };
+    for tag in ["hook2", "app2", "reader2", "admin2"] {
+        let mut c = db.connect_as(roles.name(tag));
+        expect_code(&mut c, &event("evt_denied"), "42501");
+    }
+    let mut sync = db.connect_as(roles.name("sync"));
+    assert_eq!(sync.query_one(&event("evt_sync"), &[]).unwrap().get::<_, String>(0), "applied");
+    assert_eq!(sync.query_one(&event("evt_sync"), &[]).unwrap().get::<_, String>(0), "duplicate");
+    assert_eq!(scalar_i64(&mut sync, "SELECT fetched FROM billing.sync_status WHERE endpoint = 's'"), 1);
+    for sql in ["SELECT billing.balance('fetched')", "SELECT * FROM billing.events", "SELECT billing.debit('fetched', 1, 'k')"] {
+        expect_code(&mut sync, sql, "42501");
+    }
+    assert_eq!(scalar_i64(&mut su, "SELECT billing.balance('fetched')"), 70);
+    verify_clean(&mut su);
+    drop((sync, su));
+    drop(db);
+    drop(roles);
+}
+
 /// An application role puts look-alikes first on its search_path: a `debit` function and
 /// `=` operators on text and uuid that always say true (and record that they ran). Its
 /// own unqualified SQL is hijacked, as it asked for; billing.* is not: the pinned

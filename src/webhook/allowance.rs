@@ -25,7 +25,8 @@ use serde_json::Value;
 pub struct Line {
     pub price: Option<String>,
     pub quantity: i64,
-    pub start: i64,
+    /// `period.start`; a line without one still bills (its period is known by its end).
+    pub start: Option<i64>,
     pub end: i64,
     pub proration: bool,
     /// A proration's credit for unused time on the old items.
@@ -60,7 +61,7 @@ pub fn lines(invoice: &Value) -> Vec<Line> {
     };
     data.iter()
         .filter_map(|l| {
-            let (start, end) = (i(l, &["period", "start"])?, i(l, &["period", "end"])?);
+            let (start, end) = (i(l, &["period", "start"]), i(l, &["period", "end"])?);
             let parent = ["subscription_item_details", "invoice_item_details"];
             let proration = parent
                 .iter()
@@ -112,7 +113,10 @@ pub fn facts(lines: &[Line], credits: impl Fn(&str) -> Option<i64>) -> Vec<Fact>
                 out.last_mut().expect("just pushed")
             }
         };
-        let earliest = |x: Option<i64>| Some(x.map_or(l.start, |x| x.min(l.start)));
+        let earliest = |x: Option<i64>| match (x, l.start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if !l.proration {
             f.base = f.base.saturating_add(amount);
             f.start = earliest(f.start);
@@ -194,11 +198,11 @@ mod tests {
     }
 
     fn base(price: &str, qty: i64) -> Line {
-        Line { price: Some(price.into()), quantity: qty, start: START, end: END, proration: false, credit: false }
+        Line { price: Some(price.into()), quantity: qty, start: Some(START), end: END, proration: false, credit: false }
     }
 
     fn change(at: i64, old: (&str, i64), new: (&str, i64)) -> Vec<Line> {
-        let l = |p: &str, q, credit| Line { price: Some(p.into()), quantity: q, start: at, end: END, proration: true, credit };
+        let l = |p: &str, q, credit| Line { price: Some(p.into()), quantity: q, start: Some(at), end: END, proration: true, credit };
         vec![l(old.0, old.1, true), l(new.0, new.1, false)]
     }
 

@@ -1,7 +1,11 @@
 //! Webhook ingestion: signature schemes and event parsing (pure), applying Stripe events,
 //! and the SQL functions that tie them together.
+pub mod allowance;
 pub mod apply;
 pub mod event;
 pub mod ingest;
 pub mod signature;
+mod plan_tests;
 mod tests;
+pub mod secret;
+#[cfg(any(test, feature = "pg_test"))] mod secret_tests;

@@ -60,6 +60,47 @@ SELECT g.customer, g.metadata->>'subscription', g.expires_at, max(g.amount), max
  GROUP BY 1, 2, 3
 ON CONFLICT DO NOTHING;
 
+-- verify(): a period's grants add up to what it says it granted, and its allowance stays
+-- between its base and its ceiling.
+CREATE OR REPLACE FUNCTION billing.verify()
+RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+SELECT * FROM billing._verify_entry_ids()
+UNION ALL
+SELECT r.customer, 'reservation_row', NULL::bigint, r.amount,
+       'reservation ' || r.id || ': amount ' || r.amount || ', status ' || coalesce(r.status, 'NULL')
+  FROM billing.reservations r
+ WHERE NOT (r.amount > 0 AND r.status IN ('active', 'settled', 'released', 'expired'))
+UNION ALL
+SELECT u.customer, 'usage_row', NULL::bigint, u.credits,
+       'usage ' || u.idempotency_key || ': quantity ' || u.quantity || ', credits ' || u.credits
+  FROM billing.usage_events u
+ WHERE NOT (u.quantity > 0 AND u.credits >= 0)
+UNION ALL
+SELECT k.customer, 'usage_carry', k.den, k.num,
+       'carry of meter ' || k.meter || ' is ' || k.num || '/' || k.den || ', not a fraction below one'
+  FROM billing.usage_carry k
+ WHERE NOT (k.num >= 0 AND k.den > 0 AND k.num < k.den)
+UNION ALL
+SELECT e.customer, 'event_status', NULL::bigint, NULL::bigint,
+       'event ' || e.provider || ' ' || e.event_id || ' has status ' || coalesce(e.status, 'NULL')
+  FROM billing.events e
+ WHERE NOT (e.status IN ('applied', 'stale', 'ignored', 'failed'))
+UNION ALL
+SELECT o.customer, 'outbox_kind', o.id, NULL::bigint, 'outbox row ' || o.id || ' has kind ' || coalesce(o.kind, 'NULL')
+  FROM billing.outbox o
+ WHERE NOT (o.kind IN ('low_balance', 'subscription_status', 'access_changed', 'event_failed', 'topup_due'))
+UNION ALL
+SELECT p.customer, 'plan_period', p.granted, coalesce(g.total, 0),
+       'subscription ' || p.subscription_id || ', period ending ' || p.period_end || ': granted ' || p.granted
+       || ', plan grants ' || coalesce(g.total, 0) || ', allowance ' || p.allowance || ', ceiling ' || p.ceiling
+  FROM billing.subscription_periods p
+  LEFT JOIN LATERAL (SELECT sum(g.amount)::bigint AS total FROM billing.grants g
+                      WHERE g.customer = p.customer AND g.source LIKE 'plan:%' AND g.expires_at = p.period_end
+                        AND g.metadata->>'subscription' = p.subscription_id) g ON true
+ WHERE p.granted <> coalesce(g.total, 0) OR p.allowance > p.ceiling OR p.base > p.allowance
+$$;
+
 SELECT pg_catalog.pg_extension_config_dump('billing.period_invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.subscription_periods', '');
 

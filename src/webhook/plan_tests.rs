@@ -98,6 +98,15 @@ mod tests {
     }
 
     #[pg_test]
+    fn verify_reports_a_period_whose_grants_do_not_add_up() {
+        setup();
+        fetch(&event("e1", "invoice.paid", START, created_on("price_pro")));
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.verify()"), 0);
+        Spi::run("UPDATE billing.subscription_periods SET granted = granted + 1").unwrap();
+        assert_eq!(q::<String>("SELECT string_agg(check_name, ',') FROM billing.verify()"), "plan_period");
+    }
+
+    #[pg_test]
     fn downgrades_grant_nothing_and_flipping_is_capped_at_the_largest_plan() {
         setup();
         fetch(&event("e1", "invoice.paid", START, created_on("price_basic")));

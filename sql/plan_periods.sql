@@ -4,8 +4,8 @@
 -- and granted as the difference from what the ledger already got, so it is the same for
 -- every order of arrival and never passes the largest plan held in the period.
 
--- What each paid invoice says of each period its lines touch (one row per invoice and
--- period; a duplicate delivery finds its row and changes nothing).
+-- What each paid invoice says of each period its lines touch: one row for its base lines
+-- and one per change it bills (a duplicate delivery finds its rows and changes nothing).
 CREATE TABLE billing.period_invoices (
     customer        text        NOT NULL,
     subscription_id text        NOT NULL,
@@ -16,9 +16,9 @@ CREATE TABLE billing.period_invoices (
     base            bigint      NOT NULL, -- allowance of its base (non-proration) lines
     old_allowance   bigint      NOT NULL, -- of its proration credits (unused time on the old items)
     new_allowance   bigint      NOT NULL, -- of its proration charges (the rest of the period on the new items)
-    change_at       timestamptz,          -- when its change took effect
+    change_at       timestamptz NOT NULL, -- when its change took effect; -infinity for its base lines
     created         bigint      NOT NULL, -- the invoice event's created
-    PRIMARY KEY (customer, subscription_id, period_end, invoice_id)
+    PRIMARY KEY (customer, subscription_id, period_end, invoice_id, change_at)
 );
 COMMENT ON TABLE billing.period_invoices IS 'What each paid invoice says of each subscription period: the facts a period''s allowance is computed from.';
 
@@ -48,8 +48,8 @@ UPDATE billing.subscriptions SET plan_from_subscription = true
 
 -- Allowances granted before 0.9.0 (one grant per paid invoice, keyed stripe:invoice:<id>)
 -- become their periods' facts, so a later change in the same period tops up from them.
-INSERT INTO billing.period_invoices (customer, subscription_id, period_end, invoice_id, base, old_allowance, new_allowance, created)
-SELECT g.customer, g.metadata->>'subscription', g.expires_at, g.metadata->>'invoice', g.amount, 0, 0, 0
+INSERT INTO billing.period_invoices (customer, subscription_id, period_end, invoice_id, base, old_allowance, new_allowance, change_at, created)
+SELECT g.customer, g.metadata->>'subscription', g.expires_at, g.metadata->>'invoice', g.amount, 0, 0, '-infinity', 0
   FROM billing.grants g
  WHERE g.source LIKE 'plan:%' AND g.metadata ? 'invoice' AND g.metadata ? 'subscription' AND g.expires_at <> 'infinity'
 ON CONFLICT DO NOTHING;

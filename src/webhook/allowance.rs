@@ -86,7 +86,7 @@ pub fn lines(invoice: &Value) -> Vec<Line> {
         .collect()
 }
 
-/// What one paid invoice says of one period.
+/// What one paid invoice says of one period: its base lines, or one of its changes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Fact {
     pub period_end: i64,
@@ -95,41 +95,46 @@ pub struct Fact {
     pub base: i64,
     pub old: i64,
     pub new: i64,
-    /// When its change took effect: the earliest start of its proration lines.
+    /// When its change took effect (its proration lines' `period.start`); `None` for
+    /// the base lines.
     pub change_at: Option<i64>,
 }
 
-/// An invoice's facts, one per period its lines touch, in order of period end.
-/// `credits(price)` is a plan's allowance per unit, `None` for a price of no plan.
+/// An invoice's facts: per period its lines touch, one for its base lines and one per
+/// change (proration lines sharing a `period.start`: an invoice may bill several changes
+/// at once, as a renewal does with pending prorations, and each is prorated from its own
+/// instant and bounded by its own two sides). Sorted by period end, base first, then by
+/// change. `credits(price)` is a plan's allowance per unit, `None` for a price of no plan
+/// (which counts 0 but still tells the period's start). Proration lines without a
+/// `period.start` (Stripe always sends one) cannot be prorated and are left out.
 pub fn facts(lines: &[Line], credits: impl Fn(&str) -> Option<i64>) -> Vec<Fact> {
     let mut out: Vec<Fact> = vec![];
     for l in lines {
-        let Some(per_unit) = l.price.as_deref().and_then(&credits) else { continue };
-        let amount = per_unit.saturating_mul(l.quantity);
-        let f = match out.iter_mut().find(|f| f.period_end == l.end) {
+        if l.proration && l.start.is_none() {
+            continue;
+        }
+        let amount = l.price.as_deref().and_then(&credits).unwrap_or(0).saturating_mul(l.quantity);
+        let change_at = if l.proration { l.start } else { None };
+        let f = match out.iter_mut().find(|f| f.period_end == l.end && f.change_at == change_at) {
             Some(f) => f,
             None => {
-                out.push(Fact { period_end: l.end, ..Fact::default() });
+                out.push(Fact { period_end: l.end, change_at, ..Fact::default() });
                 out.last_mut().expect("just pushed")
             }
         };
-        let earliest = |x: Option<i64>| match (x, l.start) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
         if !l.proration {
             f.base = f.base.saturating_add(amount);
-            f.start = earliest(f.start);
+            f.start = match (f.start, l.start) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        } else if l.credit {
+            f.old = f.old.saturating_add(amount);
         } else {
-            if l.credit {
-                f.old = f.old.saturating_add(amount);
-            } else {
-                f.new = f.new.saturating_add(amount);
-            }
-            f.change_at = earliest(f.change_at);
+            f.new = f.new.saturating_add(amount);
         }
     }
-    out.sort_by_key(|f| f.period_end);
+    out.sort_by_key(|f| (f.period_end, f.change_at));
     out
 }
 
@@ -293,6 +298,15 @@ mod tests {
              "price": {"id": "price_pro"}}
         ]}});
         let want = vec![Fact { period_end: END, start: None, base: 0, old: 1000, new: 5000, change_at: Some(START + 15 * DAY) }];
+        assert_eq!(facts(&lines(&basil), credits), want);
+        // several changes billed on one invoice (pending prorations at a renewal) are
+        // prorated each from its own instant, each bounded by its own sides
+        let mut two = change(START + 5 * DAY, ("price_team", 7), ("price_unknown", 1));
+        two.extend(change(START + 6 * DAY, ("price_unknown", 1), ("price_basic", 1)));
+        two.extend(change(START + 7 * DAY, ("price_basic", 1), ("price_team", 7)));
+        let e = ent(&[vec![base("price_team", 7)], two]);
+        assert_eq!(e.ceiling, 14_000);
+        assert_eq!(e.allowance, 14_000);
         assert_eq!(facts(&lines(&basil), credits), want);
         assert_eq!(facts(&lines(&older), credits), want);
         assert_eq!(invoiced_items(&lines(&basil)), vec![("price_pro".to_string(), 1)]);

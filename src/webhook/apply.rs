@@ -232,7 +232,7 @@ static PLANS_OF: Stmt = Stmt {
     args: &[TEXTARRAYOID],
 };
 static SUB: Stmt = Stmt {
-    sql: "SELECT customer FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2",
+    sql: "SELECT customer, plan FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2",
     args: &[TEXTOID, TEXTOID],
 };
 static ADVANCE: Stmt = Stmt {
@@ -376,12 +376,13 @@ static PERIOD_LOCK: Stmt = Stmt {
 static PERIOD_FACT: Stmt = Stmt {
     sql: "INSERT INTO billing.period_invoices (customer, subscription_id, period_end, invoice_id, billing_reason,
               period_start, base, old_allowance, new_allowance, change_at, created)
-          VALUES ($1, $2, to_timestamp($3), $4, $5, to_timestamp($6), $7, $8, $9, to_timestamp($10), $11)
+          VALUES ($1, $2, to_timestamp($3), $4, $5, to_timestamp($6), $7, $8, $9, coalesce(to_timestamp($10), '-infinity'), $11)
           ON CONFLICT DO NOTHING",
     args: &[TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, FLOAT8OID, INT8OID, INT8OID, INT8OID, FLOAT8OID, INT8OID],
 };
 static PERIOD_FACTS: Stmt = Stmt {
-    sql: "SELECT extract(epoch FROM period_start)::int8, base, old_allowance, new_allowance, extract(epoch FROM change_at)::int8
+    sql: "SELECT extract(epoch FROM period_start)::int8, base, old_allowance, new_allowance,
+                 CASE WHEN isfinite(change_at) THEN extract(epoch FROM change_at)::int8 END
             FROM billing.period_invoices WHERE customer = $1 AND subscription_id = $2 AND period_end = to_timestamp($3)",
     args: &[TEXTOID, TEXTOID, FLOAT8OID],
 };
@@ -435,10 +436,11 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
     };
     // The subscription's customer if the subscription is known, else the invoice's.
     let t = run(c, &SUB, &[PROVIDER.into(), sub_id.as_str().into()])?;
-    let customer = if t.is_empty() {
-        require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?
+    let (customer, sub_plan) = if t.is_empty() {
+        (require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?, None)
     } else {
-        t.first().get::<String>(1)?.unwrap_or_default()
+        let r = t.first();
+        (r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?)
     };
     run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
     let plans = Plans::of(c, inv.lines.iter().filter_map(|l| l.price.as_deref()))?;
@@ -461,8 +463,13 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
     if !paid {
         return Ok(Applied { outcome: Outcome::Applied(format!("subscription {sub_id} past_due (invoice {})", inv.id)), customer: Some(customer) });
     }
+    // A change of other prices only (an add-on, support) counts no allowance. But a first
+    // invoice or a renewal that bills no plan's price, for a subscription no plan is known
+    // of, most likely bills a plan not defined yet: it waits, failed, for
+    // billing.define_plan and a replay (an applied event of the customer replays it too).
     let priced: Vec<&str> = inv.lines.iter().filter_map(|l| l.price.as_deref()).collect();
-    if !priced.is_empty() && plans.0.is_empty() {
+    let change = inv.billing_reason.as_deref() == Some("subscription_update");
+    if !priced.is_empty() && plans.0.is_empty() && !change && sub_plan.is_none() {
         return Err(waiting(format!(
             "invoice {} of subscription {sub_id}: none of its prices ({}) is a plan's (billing.define_plan(..., provider_price => ...), then billing.replay)",
             inv.id,

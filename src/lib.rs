@@ -10,6 +10,7 @@ pub mod clock;
 pub mod error;
 pub mod jsonb;
 pub mod ledger;
+pub mod maintenance;
 pub mod one_row;
 pub mod spi;
 pub mod usage;

@@ -713,11 +713,6 @@ fn account_balance_at(op: &mut Op, at: i64) -> Result<i64> {
 // ---- administration ----
 
 static SET_OVERDRAFT: Stmt = Stmt { sql: "UPDATE billing.customers SET overdraft_limit = $2 WHERE customer = $1", args: &[TEXTOID, INT8OID] };
-static SET_FROZEN: Stmt = Stmt {
-    sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = ANY($1)",
-    args: &[TEXTARRAYOID, BOOLOID],
-};
-
 #[pg_extern(sql = false)]
 fn set_overdraft(customer: Option<&str>, limit: Option<i64>) {
     deliver(set_overdraft_impl(customer, limit), || ())
@@ -739,67 +734,30 @@ fn set_overdraft_impl(customer: Option<&str>, limit: Option<i64>) -> Result<()> 
     })
 }
 
-#[pg_extern(sql = false)]
-fn set_frozen(customer: Option<&str>, frozen: Option<bool>) {
-    deliver(set_frozen_impl(customer, frozen), || ())
-}
-crate::sql_entry!(pg_finfo_billing_set_frozen, billing_set_frozen, set_frozen_wrapper);
-
-fn set_frozen_impl(customer: Option<&str>, frozen: Option<bool>) -> Result<()> {
-    let customer = customer_arg(customer)?;
-    let frozen = need(frozen, "frozen")?;
-    connect(|c| {
-        let now = clock::now();
-        let op = Op::lock_existing(c, customer, now)?;
-        op.not_a_slot()?;
-        let n = op.slots;
-        drop(op);
-        // A slotted customer's accounts freeze together, under all their locks.
-        let accounts = slots::lock_slots(customer, n);
-        run(c, &SET_FROZEN, &[accounts.into(), frozen.into()])?;
-        crate::access::api::note_access(c, customer, now)
-    })
-}
-
 static DUE: Stmt = Stmt {
     sql: "SELECT customer FROM billing.customers WHERE next_event_at <= $1
            ORDER BY next_event_at LIMIT $2",
     args: &[TIMESTAMPTZOID, INT4OID],
 };
 
-#[pg_extern(sql = false)]
-fn maintenance(batch: Option<i32>) -> Option<i64> {
-    deliver(maintenance_impl(batch).map(Some), || None)
-}
-crate::sql_entry!(pg_finfo_billing_maintenance, billing_maintenance, maintenance_wrapper);
-
-/// Writes the expiry rows of customers whose next expiry has passed. Customers locked by
-/// a running operation are skipped: that operation writes them itself.
-fn maintenance_impl(batch: Option<i32>) -> Result<i64> {
-    let batch = batch.unwrap_or(10_000);
-    if batch <= 0 {
-        return Err(BillingError::invalid("batch must be positive"));
+/// Writes the expiry rows of up to `batch` customers whose next expiry has passed; returns
+/// the rows written. Customers locked by a running operation are skipped: that operation
+/// writes them itself. (`billing.maintenance`, in `crate::maintenance`.)
+pub fn write_expiries(c: &mut SpiClient<'_>, batch: i32, now: i64) -> Result<i64> {
+    let mut due = vec![];
+    for r in run(c, &DUE, &[ts(now).into(), batch.into()])? {
+        due.push(r.get::<String>(1)?.unwrap_or_default());
     }
-    let now = clock::now();
-    connect(|c| {
-        let mut due = vec![];
-        for r in run(c, &DUE, &[ts(now).into(), batch.into()])? {
-            due.push(r.get::<String>(1)?.unwrap_or_default());
+    let mut written = 0i64;
+    for customer in due {
+        if !crate::ledger::store::try_lock_customer(&customer) {
+            continue;
         }
-        let mut written = 0i64;
-        for customer in due {
-            if !crate::ledger::store::try_lock_customer(&customer) {
-                continue;
-            }
-            let mut op = Op::lock_existing(c, &customer, now)?;
-            let before = op.seq();
-            op.catch_up()?;
-            written += op.seq() - before;
-            op.finish()?;
-        }
-        // Access that only time changes (a grace period or a trial running out) reaches
-        // the outbox here.
-        crate::access::api::note_all(c, now)?;
-        Ok(written)
-    })
+        let mut op = Op::lock_existing(c, &customer, now)?;
+        let before = op.seq();
+        op.catch_up()?;
+        written += op.seq() - before;
+        op.finish()?;
+    }
+    Ok(written)
 }

@@ -168,7 +168,8 @@ macro_rules! sql_entry {
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*]) => {
         $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], false);
     };
-    // A `RETURNS TABLE` function that answers exactly one row: see `one_row`.
+    // A function that answers one row, as one composite value (OUT parameters,
+    // `RETURNS record`): `finish` returns the row `one_row::answer` left. See `one_row`.
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*], one_row) => {
         $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], true);
     };

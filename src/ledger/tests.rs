@@ -102,8 +102,8 @@ mod tests {
         clean();
     }
 
-    /// The one-row functions answer in materialize mode (`one_row`): every way SQL calls a
-    /// set-returning function gets the one row, once per call, and errors still raise.
+    /// The one-row functions return one composite (`one_row`): every way SQL calls a
+    /// function gets the one row, once per call, and errors still raise.
     #[pg_test]
     fn one_row_results_in_every_calling_form() {
         setup();

@@ -26,6 +26,7 @@ echo "CLUSTER_DIR=$CLUSTER_DIR" > "$STATE"
 psql -X -q -v ON_ERROR_STOP=1 -d postgres -c "CREATE DATABASE billing_demo"
 psql -X -q -v ON_ERROR_STOP=1 -d billing_demo -c "CREATE EXTENSION billing"
 psql -X -v ON_ERROR_STOP=1 -d billing_demo -f scripts/demo.sql
+./scripts/demo-sync.sh billing_demo
 
 cat <<MSG
 

@@ -39,6 +39,9 @@ cargo test -p billing-it -- --test-threads=4 --skip under_faults
 section "layer 3: the example webhook receiver over HTTP"
 ./scripts/receiver-test.sh
 
+section "layer 3: reconciliation: scripts/stripe-sync.py against a Stripe stand-in"
+./scripts/sync-test.sh
+
 section "layer 4: faults (kills and crashes under load)"
 export CLUSTER_DIR; cargo test -p billing-it --test faults -- --nocapture
 

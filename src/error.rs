@@ -149,7 +149,7 @@ pub unsafe fn check_jsonb_args(fcinfo: pgrx::pg_sys::FunctionCallInfo, args: &[u
         if a.isnull {
             continue;
         }
-        if crate::jsonb::depth(a.value, JSON_MAX_DEPTH) > JSON_MAX_DEPTH {
+        if crate::pg::jsonb::depth(a.value, JSON_MAX_DEPTH) > JSON_MAX_DEPTH {
             let e = BillingError::invalid(format!("jsonb argument {} cannot be used: nested deeper than {JSON_MAX_DEPTH} levels", i + 1));
             PENDING.with(|p| *p.borrow_mut() = Some(e));
             return;
@@ -185,14 +185,14 @@ macro_rules! sql_entry {
         pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
             $crate::error::clear_pending();
             if $one_row {
-                $crate::one_row::clear();
+                $crate::pg::one_row::clear();
             }
             $crate::error::check_jsonb_args(fcinfo, &[$($j),*]);
             $crate::error::raise_pending();
             let d = $wrapper(fcinfo);
             $crate::error::raise_pending();
             if $one_row {
-                $crate::one_row::finish(fcinfo)
+                $crate::pg::one_row::finish(fcinfo)
             } else {
                 d
             }

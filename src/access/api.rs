@@ -4,9 +4,9 @@ use crate::clock;
 use crate::error::{deliver, BillingError, Result, RATE_LIMITED};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
 use crate::ledger::store::Op;
-use crate::spi::{micros, run, run_ro, ts, Stmt};
+use crate::pg::spi::{micros, run, run_ro, ts, Stmt};
 use crate::usage::bucket::{Bucket, Limit};
-use crate::whole_row::Fields;
+use crate::pg::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -127,11 +127,11 @@ pub fn allowed_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTu
 
 /// Takes apart a row of an `inputs_sql!` statement; `r` is positioned on it.
 fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r: &SpiTupleTable<'_>) -> Result<(Inputs, Noted)> {
-    let c_row = crate::whole_row::read(r, 1, &CUSTOMER)?;
-    let ts_of = |row: &crate::whole_row::Row, i| -> Result<Option<i64>> { Ok(row.get::<TimestampWithTimeZone>(i)?.map(micros)) };
+    let c_row = crate::pg::whole_row::read(r, 1, &CUSTOMER)?;
+    let ts_of = |row: &crate::pg::whole_row::Row, i| -> Result<Option<i64>> { Ok(row.get::<TimestampWithTimeZone>(i)?.map(micros)) };
     let mut balance = c_row.get::<i64>(1)?.unwrap_or(0);
     let next_event = ts_of(&c_row, 2)?.unwrap_or(i64::MAX);
-    let sub = match crate::whole_row::read_opt(r, 2, &SUBSCRIPTION)? {
+    let sub = match crate::pg::whole_row::read_opt(r, 2, &SUBSCRIPTION)? {
         Some(s) => match s.get::<String>(0)? {
             Some(status) => Some(Sub {
                 status,
@@ -173,7 +173,7 @@ type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Opt
 /// `(allowed, reason, plan, status, balance, period_end)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
 fn access(customer: Option<&str>, feature: Option<&str>) {
-    crate::one_row::answer(access_impl(customer, feature))
+    crate::pg::one_row::answer(access_impl(customer, feature))
 }
 crate::sql_entry!(pg_finfo_billing_access, billing_access, access_wrapper, jsonb = [], one_row);
 
@@ -240,7 +240,7 @@ pub fn allowed_plan_of(c: &mut SpiClient<'_>, customer: &str, feature: Option<&s
 /// `(entry_id uuid, balance_after bigint, replayed boolean)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
 fn charge(customer: Option<&str>, feature: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>) {
-    crate::one_row::answer(charge_impl(customer, feature, amount, idempotency_key))
+    crate::pg::one_row::answer(charge_impl(customer, feature, amount, idempotency_key))
 }
 crate::sql_entry!(pg_finfo_billing_charge, billing_charge, charge_wrapper, jsonb = [], one_row);
 

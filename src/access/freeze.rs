@@ -5,7 +5,7 @@ use crate::error::{deliver, Result};
 use crate::ledger::api::{customer_arg, need};
 use crate::ledger::slots;
 use crate::ledger::store::Op;
-use crate::spi::{run, Stmt};
+use crate::pg::spi::{run, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 

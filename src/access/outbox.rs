@@ -14,7 +14,7 @@
 //! (its Share request queues behind them, and writers that come later see the request and
 //! notify), then claims once more, with a fresh snapshot: a row committed without a
 //! notify is claimed before the consumer sleeps.
-use crate::spi::{held_in_mode, lock_in_mode, unlock_in_mode, LockClass};
+use crate::pg::spi::{held_in_mode, lock_in_mode, unlock_in_mode, LockClass};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;

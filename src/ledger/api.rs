@@ -6,7 +6,7 @@ use super::slots::{self, Try};
 use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
-use crate::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
+use crate::pg::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -22,7 +22,7 @@ type EntryRow = (pgrx::Uuid, i64, bool);
 /// The answer of the functions that return `(entry_id uuid, balance_after bigint,
 /// replayed boolean)` (see `one_row`).
 fn row(r: Result<EntryRow>) {
-    crate::one_row::answer(r)
+    crate::pg::one_row::answer(r)
 }
 
 // ---- argument checks: 22023 with the argument's name ----
@@ -139,7 +139,7 @@ pub fn grant_as(
         op.not_a_slot()?;
         if let Some(k) = op.find_key(key)? {
             let same = k.kind == "grant" && {
-                let gid = k.grant_id.unwrap_or_else(crate::spi::nil);
+                let gid = k.grant_id.unwrap_or_else(crate::pg::spi::nil);
                 let t = op.run(&GRANT_ROW, &[customer.into(), gid.into()])?;
                 let r = t.first();
                 r.get::<i64>(1)? == Some(amount)
@@ -148,7 +148,7 @@ pub fn grant_as(
                     && r.get::<i32>(4)? == Some(priority)
                     && r.get::<JsonB>(5)?.map(|j| j.0) == Some(metadata.clone())
             };
-            return if same { Ok(k.grant_id.unwrap_or_else(crate::spi::nil)) } else { Err(key_reused(customer, key, &k)) };
+            return if same { Ok(k.grant_id.unwrap_or_else(crate::pg::spi::nil)) } else { Err(key_reused(customer, key, &k)) };
         }
         // Checked after the key, so retrying a grant once its expiry has passed replays.
         if expires <= op.now {
@@ -166,7 +166,7 @@ pub fn grant_as(
                 amount.into(),
                 ts(expires).into(),
                 priority.into(),
-                crate::spi::jsonb_param(metadata.clone()),
+                crate::pg::spi::jsonb_param(metadata.clone()),
                 uuid(&entry_id).into(),
                 ts(op.now).into(),
             ],
@@ -294,7 +294,7 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
         slots::spend(c, customer, now, key, |op, keyed| {
             if let Some(k) = keyed {
                 return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
-                    Ok(Try::Replayed(k.reservation_id.unwrap_or_else(crate::spi::nil)))
+                    Ok(Try::Replayed(k.reservation_id.unwrap_or_else(crate::pg::spi::nil)))
                 } else {
                     Err(key_reused(customer, key, &k))
                 };
@@ -393,7 +393,7 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
         let customer = op.customer.clone();
         match res.status.as_str() {
             "settled" if res.settled == Some(actual) => {
-                let e = res.end_entry.unwrap_or_else(crate::spi::nil);
+                let e = res.end_entry.unwrap_or_else(crate::pg::spi::nil);
                 let b = entry_balance(&mut op, &e)?;
                 return Ok((e, b, true));
             }
@@ -447,7 +447,7 @@ fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
         let customer = op.customer.clone();
         match res.status.as_str() {
             "released" => {
-                let e = res.end_entry.unwrap_or_else(crate::spi::nil);
+                let e = res.end_entry.unwrap_or_else(crate::pg::spi::nil);
                 let b = entry_balance(&mut op, &e)?;
                 return Ok((e, b, true));
             }
@@ -564,7 +564,7 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
         let consumed = if kind == "debit" {
             negate(&decode_lines(&accts, &deltas, None))
         } else {
-            let rid = rid.unwrap_or_else(crate::spi::nil);
+            let rid = rid.unwrap_or_else(crate::pg::spi::nil);
             res_row(&mut op, &rid)?.consumed
         };
         let mut refunded = vec![];

@@ -11,7 +11,7 @@
 use super::rules::{Acct, Entry, Grant, Id, Kind, Ts};
 use super::store::{lock_customer, Extra, Keyed, Op};
 use crate::error::{BillingError, Result};
-use crate::spi::{new_id, ts, uuid, xact_lock_new, xact_unlock, LockClass, Stmt};
+use crate::pg::spi::{new_id, ts, uuid, xact_lock_new, xact_unlock, LockClass, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::spi::SpiClient;
 use std::cell::RefCell;
@@ -312,12 +312,12 @@ pub fn set_slots(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> Resu
         return Err(BillingError::invalid(format!("customer \"{customer}\" has {had} slots; the count is fixed once set"))
             .hint("A key's slot follows from the count, so changing it would let a retried key charge twice."));
     }
-    let t = crate::spi::run(c, &SLOT_CLASH, &[customer.into(), n.into()])?;
+    let t = crate::pg::spi::run(c, &SLOT_CLASH, &[customer.into(), n.into()])?;
     if let Some(name) = t.into_iter().next().map(|r| r.get::<String>(1)).transpose()?.flatten() {
         return Err(BillingError::invalid(format!("cannot make slots for customer \"{customer}\": a customer \"{name}\" exists")));
     }
-    crate::spi::run(c, &SLOT_CREATE, &[customer.into(), n.into(), frozen.into()])?;
-    crate::spi::run(c, &SET_SLOTS, &[customer.into(), n.into()])?;
+    crate::pg::spi::run(c, &SLOT_CREATE, &[customer.into(), n.into(), frozen.into()])?;
+    crate::pg::spi::run(c, &SET_SLOTS, &[customer.into(), n.into()])?;
     learn(customer, n);
     gathered(c, customer, n, now, |_| Ok(()))
 }

@@ -2,8 +2,8 @@
 //! let `core` decide, write the journal entries, flush grant and customer rows once.
 use super::rules::{Acct, Book, Entry, Grant, Hold, Id, Kind, Ts, NEVER};
 use crate::error::{BillingError, Result, UNKNOWN};
-use crate::spi::{id_of, micros, new_id, run_ro, ts, uuid, Stmt};
-use crate::whole_row::Fields;
+use crate::pg::spi::{id_of, micros, new_id, run_ro, ts, uuid, Stmt};
+use crate::pg::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -43,7 +43,7 @@ pub fn encode_lines(lines: &[(Acct, i64)]) -> (Vec<pgrx::Uuid>, Vec<i64>) {
 /// `lines` as the two array parameters (accounts, amounts) they are stored in.
 pub fn line_params<'a>(lines: &[(Acct, i64)]) -> [DatumWithOid<'a>; 2] {
     let (accts, amounts) = encode_lines(lines);
-    [crate::spi::uuid_array(&accts), crate::spi::int8_array(&amounts)]
+    [crate::pg::spi::uuid_array(&accts), crate::pg::spi::int8_array(&amounts)]
 }
 
 /// The two array parameters of `line_params` when there are no lines to store (NULL).
@@ -53,7 +53,7 @@ pub fn no_line_params<'a>() -> [DatumWithOid<'a>; 2] {
 
 /// Whether the customer's journal holds an entry under `key` (of any operation).
 pub fn key_used(c: &mut SpiClient<'_>, customer: &str, key: &str) -> Result<bool> {
-    Ok(!crate::spi::run(c, &KEY_USED, &[customer.into(), key.into()])?.is_empty())
+    Ok(!crate::pg::spi::run(c, &KEY_USED, &[customer.into(), key.into()])?.is_empty())
 }
 
 /// A customer row read whole (see `whole_row`): one output column for the executor to
@@ -100,7 +100,7 @@ static TOPUP_DUE: Stmt = Stmt {
 /// and the failure limit allow. Its idempotency key (customer, month, n-th top-up of the
 /// month) is deterministic: a consumer that retries the provider call never charges twice.
 pub fn emit_topup(c: &mut SpiClient<'_>, customer: &str, now: Ts) -> Result<()> {
-    crate::spi::run(c, &TOPUP_DUE, &[customer.into(), ts(now).into()])?;
+    crate::pg::spi::run(c, &TOPUP_DUE, &[customer.into(), ts(now).into()])?;
     Ok(())
 }
 
@@ -257,7 +257,7 @@ pub struct Keyed {
 /// The journal entry read whole in column `ordinal` (`KEYED`), if there is one: NULL, or
 /// the null-extended side of a LEFT JOIN, is none.
 fn keyed_whole(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Option<Keyed>> {
-    let Some(r) = crate::whole_row::read_opt(t, ordinal, &KEYED)? else { return Ok(None) };
+    let Some(r) = crate::pg::whole_row::read_opt(t, ordinal, &KEYED)? else { return Ok(None) };
     let Some(entry_id) = r.get::<pgrx::Uuid>(0)? else { return Ok(None) };
     Ok(Some(Keyed {
         entry_id,
@@ -366,9 +366,9 @@ impl Pending {
             opt(p.grant),
             opt(p.hold),
             opt(p.ref_entry),
-            crate::spi::uuid_array(&p.accts),
-            crate::spi::int8_array(&p.deltas),
-            crate::spi::jsonb_param(p.metadata),
+            crate::pg::spi::uuid_array(&p.accts),
+            crate::pg::spi::int8_array(&p.deltas),
+            crate::pg::spi::jsonb_param(p.metadata),
         ]
     }
 }
@@ -423,13 +423,13 @@ impl<'a, 'c> Op<'a, 'c> {
             (true, _) => run_ro(c, &LOOKUP, &[customer.into()]),
             (false, None) => {
                 let s = if xact_snapshot() { &LOOKUP_XACT_SNAPSHOT } else { &LOOKUP };
-                crate::spi::run(c, s, &[customer.into()])
+                crate::pg::spi::run(c, s, &[customer.into()])
             }
             // Under a transaction snapshot the caller locks the row once it knows the
             // account is the right one (`lock_row`).
             (false, Some(k)) => match parent {
-                None => crate::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into()]),
-                Some(p) => crate::spi::run(c, &SPEND_LOOKUP_SLOT, &[customer.into(), k.into(), p.into()]),
+                None => crate::pg::spi::run(c, &SPEND_LOOKUP, &[customer.into(), k.into()]),
+                Some(p) => crate::pg::spi::run(c, &SPEND_LOOKUP_SLOT, &[customer.into(), k.into(), p.into()]),
             },
         };
         let mut t = lookup(c)?;
@@ -437,14 +437,14 @@ impl<'a, 'c> Op<'a, 'c> {
         // the customers that exist). Its INSERT waits for a concurrent one of the same
         // customer, and the second lookup, a new snapshot, sees the row either way.
         if t.is_empty() && create {
-            crate::spi::run(c, &CREATE, &[customer.into()])?;
+            crate::pg::spi::run(c, &CREATE, &[customer.into()])?;
             t = lookup(c)?;
         }
         if t.is_empty() {
             return Ok(None);
         }
         let t = t.first();
-        let r = crate::whole_row::read(&t, 1, &CUSTOMER)?;
+        let r = crate::pg::whole_row::read(&t, 1, &CUSTOMER)?;
         let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
         let book = Book { grants: vec![], holds: vec![], od: get(1)?, balance: get(0)?, overdraft_limit: get(2)? };
         let frozen = r.get::<bool>(3)?.unwrap_or(false);
@@ -521,7 +521,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// Runs a statement that neither reads nor references the journal (a reservation's
     /// row), leaving the held-back entry for `finish` to write in its one statement.
     pub fn run_beside(&mut self, s: &Stmt, args: &[DatumWithOid]) -> Result<()> {
-        crate::spi::run(self.c, s, args)?;
+        crate::pg::spi::run(self.c, s, args)?;
         Ok(())
     }
 
@@ -530,7 +530,7 @@ impl<'a, 'c> Op<'a, 'c> {
         if self.ro {
             run_ro(self.c, s, args)
         } else {
-            crate::spi::run(self.c, s, args)
+            crate::pg::spi::run(self.c, s, args)
         }
     }
 
@@ -544,7 +544,7 @@ impl<'a, 'c> Op<'a, 'c> {
     pub fn lock_row(&mut self) -> Result<()> {
         if xact_snapshot() {
             let customer = self.customer.clone();
-            crate::spi::run(self.c, &LOCK_ROW, &[customer.as_str().into()])?;
+            crate::pg::spi::run(self.c, &LOCK_ROW, &[customer.as_str().into()])?;
         }
         Ok(())
     }
@@ -563,7 +563,7 @@ impl<'a, 'c> Op<'a, 'c> {
         if let Some(p) = self.pending.take() {
             let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(Some(p));
             let args = [self.customer.as_str().into(), a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13];
-            crate::spi::run(self.c, &INSERT_ENTRY, &args)?;
+            crate::pg::spi::run(self.c, &INSERT_ENTRY, &args)?;
         }
         Ok(())
     }
@@ -586,7 +586,7 @@ impl<'a, 'c> Op<'a, 'c> {
         let mut out = Vec::new();
         for r in t {
             let g = Grant {
-                id: id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil)),
+                id: id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::pg::spi::nil)),
                 remaining: r.get(2)?.unwrap_or(0),
                 expires_at: r.get::<TimestampWithTimeZone>(3)?.map(micros).unwrap_or(NEVER),
                 priority: r.get(4)?.unwrap_or(0),
@@ -629,7 +629,7 @@ impl<'a, 'c> Op<'a, 'c> {
             let t = self.run(&HOLDS_ACTIVE, &[self.customer.as_str().into()])?;
             let mut holds = Vec::new();
             for r in t {
-                let id = id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil));
+                let id = id_of(&r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::pg::spi::nil));
                 let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
                 let amounts: Vec<i64> = r.get(4)?.unwrap_or_default();
                 holds.push(Hold {
@@ -706,7 +706,7 @@ impl<'a, 'c> Op<'a, 'c> {
         if missing.is_empty() {
             return Ok(());
         }
-        let t = self.run(&GRANTS_BY_ID, &[self.customer.as_str().into(), crate::spi::uuid_array(&missing)])?;
+        let t = self.run(&GRANTS_BY_ID, &[self.customer.as_str().into(), crate::pg::spi::uuid_array(&missing)])?;
         let more = self.read_grants(t)?;
         self.book.grants.extend(more);
         self.book.sort();
@@ -728,11 +728,11 @@ impl<'a, 'c> Op<'a, 'c> {
     /// The grants these mirrors (of a slot account) hold credits of.
     pub fn origins(&mut self, ids: &[Id]) -> Result<Vec<(Id, Id)>> {
         let ids: Vec<pgrx::Uuid> = ids.iter().map(uuid).collect();
-        let t = self.run(&ORIGINS, &[self.customer.as_str().into(), crate::spi::uuid_array(&ids)])?;
+        let t = self.run(&ORIGINS, &[self.customer.as_str().into(), crate::pg::spi::uuid_array(&ids)])?;
         let mut out = vec![];
         for r in t {
-            let id = r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::spi::nil);
-            let origin = r.get::<pgrx::Uuid>(2)?.unwrap_or_else(crate::spi::nil);
+            let id = r.get::<pgrx::Uuid>(1)?.unwrap_or_else(crate::pg::spi::nil);
+            let origin = r.get::<pgrx::Uuid>(2)?.unwrap_or_else(crate::pg::spi::nil);
             out.push((id_of(&id), id_of(&origin)));
         }
         Ok(out)
@@ -761,7 +761,7 @@ impl<'a, 'c> Op<'a, 'c> {
     pub fn entry_id_at(&self, seq: i64) -> Id {
         // The random bits only keep ids of two databases apart: (num, seq) is unique.
         let mut r = [0u8; 5];
-        crate::spi::quick_random_bytes(&mut r);
+        crate::pg::spi::quick_random_bytes(&mut r);
         super::entry_id::located(self.num, seq, r).unwrap_or_else(new_id)
     }
 
@@ -844,7 +844,7 @@ impl<'a, 'c> Op<'a, 'c> {
     pub fn finish(mut self) -> Result<()> {
         if !self.lapsed.is_empty() {
             let (ids, es): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = self.lapsed.iter().map(|(h, e)| (uuid(h), uuid(e))).unzip();
-            self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), crate::spi::uuid_array(&ids), crate::spi::uuid_array(&es)])?;
+            self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), crate::pg::spi::uuid_array(&ids), crate::pg::spi::uuid_array(&es)])?;
         }
         // With everything loaded the next expiry is known exactly; otherwise keep the
         // earlier bound, lowered by whatever this operation added.
@@ -912,7 +912,7 @@ impl<'a, 'c> Op<'a, 'c> {
         let mut deltas: Vec<(pgrx::Uuid, i64)> = grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
         let last = deltas.pop();
         for (id, d) in deltas {
-            crate::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;
+            crate::pg::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;
         }
         let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(self.pending.take());
         let args: [DatumWithOid; 26] = [
@@ -933,7 +933,7 @@ impl<'a, 'c> Op<'a, 'c> {
         ];
         // Without a grant row to write, the statement without the grant update (one plan
         // node fewer to set up).
-        crate::spi::run(self.c, if last.is_some() { &FINISH } else { &FINISH_NO_GRANT }, &args)?;
+        crate::pg::spi::run(self.c, if last.is_some() { &FINISH } else { &FINISH_NO_GRANT }, &args)?;
         Ok(())
     }
 
@@ -995,12 +995,12 @@ fn drawn(mut g: Grant, draw: Option<(Id, i64)>) -> Grant {
 /// Takes the customer's lock (see `Op::lock`) without reading its row, for writers that
 /// only need the exclusion.
 pub fn lock_customer(customer: &str) {
-    crate::spi::xact_lock(crate::spi::LockClass::Customer, &[customer]);
+    crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Customer, &[customer]);
 }
 
 /// `lock_customer` without waiting: false when another transaction holds it.
 pub fn try_lock_customer(customer: &str) -> bool {
-    crate::spi::try_xact_lock(crate::spi::LockClass::Customer, &[customer])
+    crate::pg::spi::try_xact_lock(crate::pg::spi::LockClass::Customer, &[customer])
 }
 
 pub fn unknown_customer(customer: &str) -> BillingError {

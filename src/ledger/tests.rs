@@ -429,7 +429,7 @@ mod tests {
     /// The parameters `spi` builds by hand are the values SQL makes of the same input.
     #[pg_test]
     fn hand_built_parameters_equal_what_sql_makes() {
-        use crate::spi::{int8_array, jsonb_param, uuid_array};
+        use crate::pg::spi::{int8_array, jsonb_param, uuid_array};
         let u = |b: u8| pgrx::Uuid::from_bytes([b; 16]);
         let same: Vec<bool> = Spi::connect(|c| {
             let t = c.select(

@@ -6,7 +6,7 @@ use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_new_key, key_arg, key_taken, need, settle_impl};
 use crate::ledger::store::{key_used, lock_customer, unknown_customer, Op};
-use crate::spi::{micros, run, ts, Stmt};
+use crate::pg::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -107,7 +107,7 @@ fn record_usage(
     reservation_id: Option<pgrx::Uuid>,
 ) {
     // (entry_id uuid, credits bigint, balance_after bigint, replayed boolean), one row (see `one_row`)
-    crate::one_row::answer(record_usage_impl(customer, meter, quantity, idempotency_key, occurred_at, reservation_id))
+    crate::pg::one_row::answer(record_usage_impl(customer, meter, quantity, idempotency_key, occurred_at, reservation_id))
 }
 crate::sql_entry!(pg_finfo_billing_record_usage, billing_record_usage, record_usage_wrapper, jsonb = [], one_row);
 

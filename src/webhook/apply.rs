@@ -10,7 +10,7 @@ use super::allowance;
 use super::event::{self, CustomerRef, Event};
 use crate::error::{BillingError, Result, UNKNOWN};
 use crate::ledger::api::{grant_as, revoke};
-use crate::spi::{run, Stmt};
+use crate::pg::spi::{run, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -157,7 +157,7 @@ fn mapped_credits(c: &mut SpiClient<'_>, keys: &[String]) -> Result<Option<i64>>
 
 /// Grants a purchase's credits once, however many events describe it.
 fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, credits: i64) -> Result<Outcome> {
-    let id = crate::spi::new_id();
+    let id = crate::pg::spi::new_id();
     let claimed = run(
         c,
         &PURCHASE_CLAIM,
@@ -168,7 +168,7 @@ fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, 
             credits.into(),
             p.amount.map_or_else(DatumWithOid::null::<i64>, |a| a.into()),
             p.currency.as_deref().map_or_else(DatumWithOid::null::<&str>, |x| x.into()),
-            crate::spi::uuid(&id).into(),
+            crate::pg::spi::uuid(&id).into(),
         ],
     )?;
     if claimed.is_empty() {
@@ -177,7 +177,7 @@ fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, 
     let key = format!("stripe:purchase:{}", p.purchase);
     let metadata = json!({ "provider": PROVIDER, "purchase": p.purchase, "event": e.id });
     let gid = grant_as(id, Some(customer), Some(credits), Some(&key), Some("purchase"), None, Some(0), Some(JsonB(metadata)))?;
-    if gid != crate::spi::uuid(&id) {
+    if gid != crate::pg::spi::uuid(&id) {
         // The key was used before (a grant made by hand under it): the purchase names that grant.
         run(c, &PURCHASE_GRANT, &[customer.into(), p.purchase.as_str().into(), gid.into()])?;
     }
@@ -419,7 +419,7 @@ fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, sta
         let key = format!("stripe:allowance:{sub}:{end}:{}", ent.allowance);
         let source = format!("plan:{}", plan.unwrap_or("subscription"));
         let metadata = JsonB(json!({ "provider": PROVIDER, "subscription": sub, "period_end": end, "allowance": ent.allowance }));
-        grant_as(crate::spi::new_id(), Some(customer), Some(delta), Some(&key), Some(&source), Some(crate::spi::ts(end_us)), Some(0), Some(metadata))?;
+        grant_as(crate::pg::spi::new_id(), Some(customer), Some(delta), Some(&key), Some(&source), Some(crate::pg::spi::ts(end_us)), Some(0), Some(metadata))?;
     }
     run(c, &PERIOD_SET, &[customer.into(), sub.into(), (end as f64).into(), ent.base.into(), ent.ceiling.into(), ent.allowance.into(), (granted + delta).into()])?;
     Ok(delta)
@@ -538,7 +538,7 @@ fn revoke_to(c: &mut SpiClient<'_>, purchase: &str, refunded: i64, charge_amount
     let customer = r.get::<String>(1)?.unwrap_or_default();
     let credits = r.get::<i64>(2)?.unwrap_or(0);
     let amount = r.get::<i64>(3)?.or(charge_amount).unwrap_or(0);
-    let grant_id = r.get::<pgrx::Uuid>(4)?.unwrap_or_else(crate::spi::nil);
+    let grant_id = r.get::<pgrx::Uuid>(4)?.unwrap_or_else(crate::pg::spi::nil);
     let (was_refunded, was_revoked) = (r.get::<i64>(5)?.unwrap_or(0), r.get::<i64>(6)?.unwrap_or(0));
     let refunded = refunded.max(was_refunded);
     let target = event::revoked_for(credits, amount, refunded).max(was_revoked);

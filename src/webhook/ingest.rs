@@ -5,7 +5,7 @@ use super::event;
 use super::signature::{self, Provider, SigError};
 use crate::error::{deliver, BillingError, Result, BAD_EVENT, BAD_SIGNATURE, BAD_TIMESTAMP, TOO_LARGE, UNKNOWN_ENDPOINT};
 use crate::ledger::api::{customer_arg, need};
-use crate::spi::{micros, run, subxact, Stmt};
+use crate::pg::spi::{micros, run, subxact, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys::BuiltinOid::*;
@@ -60,7 +60,7 @@ impl Headers {
     fn of(a: Option<AnyElement>) -> Result<Self> {
         let a = need(a, "headers")?;
         debug_assert_eq!(a.oid(), JSONBOID.value(), "headers are declared jsonb");
-        Ok(Headers { datum: a.datum(), map: unsafe { crate::jsonb::string_members(a.datum()) } })
+        Ok(Headers { datum: a.datum(), map: unsafe { crate::pg::jsonb::string_members(a.datum()) } })
     }
     fn param(&self) -> DatumWithOid<'_> {
         unsafe { DatumWithOid::new(self.datum, JSONBOID.value()) }
@@ -136,7 +136,7 @@ static RESULT: Stmt = Stmt {
 /// Serialises the deliveries of one event until the end of the transaction: a session
 /// delivering an event that another session is applying waits here, then finds it stored.
 fn lock_event(provider: &str, id: &str) {
-    crate::spi::xact_lock(crate::spi::LockClass::Event, &[provider, id]);
+    crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Event, &[provider, id]);
 }
 
 /// A delivery, verified and parsed.
@@ -188,7 +188,7 @@ fn parse_delivery(provider: Provider, endpoint: &str, body: &str, webhook_id: Op
 /// `(event_id text, status text, detail text)`, one row (see `one_row`).
 #[pg_extern(sql = false)]
 fn ingest(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option<&str>) {
-    crate::one_row::answer(ingest_impl(endpoint, headers, body))
+    crate::pg::one_row::answer(ingest_impl(endpoint, headers, body))
 }
 crate::sql_entry!(pg_finfo_billing_ingest, billing_ingest, ingest_wrapper, jsonb = [1], one_row);
 
@@ -232,7 +232,7 @@ enum Via {
 /// Stores a verified (or fetched) event once and applies it, or answers `duplicate`.
 /// A fetched event has no headers (stored as `{}`).
 fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &str, headers: Option<&Headers>, via: Via) -> Result<EventRow> {
-    let headers_param = || headers.map_or_else(|| crate::spi::jsonb_param(serde_json::json!({})), Headers::param);
+    let headers_param = || headers.map_or_else(|| crate::pg::spi::jsonb_param(serde_json::json!({})), Headers::param);
     lock_event(&d.provider, &d.id);
     match via {
         Via::Fetch => {
@@ -298,7 +298,7 @@ fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &st
 /// may call it; otherwise exactly a delivery (stored once, applied, or a duplicate).
 #[pg_extern(sql = false)]
 fn ingest_fetched(endpoint: Option<&str>, body: Option<&str>) {
-    crate::one_row::answer(ingest_fetched_impl(endpoint, body))
+    crate::pg::one_row::answer(ingest_fetched_impl(endpoint, body))
 }
 crate::sql_entry!(pg_finfo_billing_ingest_fetched, billing_ingest_fetched, ingest_fetched_wrapper, jsonb = [], one_row);
 
@@ -430,7 +430,7 @@ fn replay(provider: Option<&str>, event_id: Option<&str>) {
         let id = need(event_id, "event_id")?;
         Spi::connect_mut(|c| replay_one(c, p, id))
     })();
-    crate::one_row::answer(r)
+    crate::pg::one_row::answer(r)
 }
 crate::sql_entry!(pg_finfo_billing_replay, billing_replay, replay_wrapper, jsonb = [], one_row);
 

@@ -1,0 +1,8 @@
+//! The PostgreSQL glue, apart from the domain modules: running kept SPI plans
+//! (`spi`), answering one-row functions with one composite (`one_row`), reading table
+//! rows whole (`whole_row`), and reading jsonb arguments in place (`jsonb`). Nothing here
+//! knows of credits, events or plans.
+pub mod jsonb;
+pub mod one_row;
+pub mod spi;
+pub mod whole_row;

@@ -1,191 +1,331 @@
--- billing: the ledger's SQL surface (SPEC section 1). The functions are implemented in
--- Rust (src/ledger/api.rs); each is SECURITY DEFINER with a pinned search_path, and
--- every statement inside names its schema.
+-- billing: the credit ledger (SPEC section 1): customers, grants, holds, the journal, and
+-- the functions that move credits.
+--
+-- Every per-customer table leads its keys with the customer id (Citus: distribute by
+-- customer); nothing on the hot path reads another customer's rows or a global counter.
+-- Balances are bigint in the smallest unit. Timestamps 'infinity' mean "never".
+--
+-- The functions are implemented in Rust (src/ledger/api.rs); each is SECURITY DEFINER
+-- with a pinned search_path, and every statement inside names its schema.
+--
+-- A function that answers one row (debit, settle, release, refund here; access, charge,
+-- record_usage, ingest, replay elsewhere) returns one composite through OUT parameters
+-- (RETURNS record, not a set): it works in every place a value does, e.g.
+-- `coalesce((billing.record_usage(...)).credits, 0)`, and still reads as a row in FROM
+-- (`SELECT * FROM billing.debit(...)`, `LATERAL billing.replay(...)`). The Rust entry
+-- points answer a heap tuple of the declared row type (src/pg/one_row.rs).
+--
+-- SET enable_seqscan = off, on every function of the hot path (here and in the other
+-- files): every statement they run is a point lookup or a short range on an index that
+-- leads with the customer (or the event id), and its plan is prepared once per backend
+-- and kept (src/spi.rs). A plan made while a table is nearly empty (a fresh install,
+-- just after ANALYZE saw a few rows) may pick a sequential scan, which is cheapest on one
+-- page and is then kept while the table grows: the cost of each call grows with the
+-- table (measured: a top-up's ingest read every purchase row, 0.17x the floor). With
+-- seqscan disabled while they plan, they always choose the index path; tables with no
+-- usable index (a one-row plans table) are still scanned. verify(), maintenance() and
+-- the views read whole tables and keep the default.
+--
+-- Few CHECK constraints on the tables the hot path writes: Postgres builds every CHECK
+-- of a table from its stored text at each INSERT or UPDATE statement (ExecRelCheck:
+-- stringToNode, then ExecPrepareExpr), whatever the row: about 6 us of a debit's 49 us
+-- inside the server, ~60,000 instructions of a reserve or a settle. The columns left
+-- unchecked are written only by the extension's functions, from values the Rust side
+-- makes or validates first: kinds and statuses are literals of the code (ledger/rules.rs
+-- Kind), customer ids are checked non-empty on every call, amounts and quantities are
+-- checked positive, set_overdraft refuses a negative limit. The money invariant,
+-- grants.remaining >= 0, stays a constraint; verify() (sql/operations.sql) reports a
+-- row that breaks any of the others.
+
+-- The account's number, carried by the ids of its journal entries (customers.num).
+CREATE SEQUENCE billing.customer_num;
+
+CREATE TABLE billing.customers (
+    customer        text        NOT NULL PRIMARY KEY,
+    od              bigint      NOT NULL DEFAULT 0,   -- overdraft account, negative = debt
+    overdraft_limit bigint      NOT NULL DEFAULT 0,
+    frozen          boolean     NOT NULL DEFAULT false,  -- set_frozen, an open dispute
+    next_event_at   timestamptz NOT NULL DEFAULT 'infinity',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    -- Low-balance and auto-top-up thresholds (sql/outbox.sql) live on the row the ledger
+    -- locks anyway, so noticing a crossing costs no extra read on the debit path.
+    low_balance     bigint,
+    low_notified    boolean     NOT NULL DEFAULT false,
+    topup_below     bigint,
+    topup_notified  boolean     NOT NULL DEFAULT false,
+    access_reason   text,                              -- the last access reason noted (access_changed)
+    draw_grant      uuid,                              -- the grant debits drew from since its row was written
+    slots           int         NOT NULL DEFAULT 1,   -- accounts of a slotted customer, on its own row
+    slot_of         text,                              -- on a slot account: the customer it belongs to
+    -- The columns a debit changes, together at the end of the row: a HOT update logs the
+    -- bytes of the new row between the longest prefix and suffix it shares with the old
+    -- one (log_heap_update), so a debit logs little more than these (num never changes).
+    -- balance: the running balance after the last journal entry. Exact until
+    -- next_event_at, when some grant or hold expires; readers then compute past it,
+    -- writers write it down.
+    balance         bigint      NOT NULL DEFAULT 0,
+    seq             bigint      NOT NULL DEFAULT 0,   -- last journal seq of this customer
+    last_at         timestamptz NOT NULL DEFAULT '-infinity',
+    draw            bigint      NOT NULL DEFAULT 0,   -- drawn from draw_grant, not yet subtracted from its remaining
+    draw_left       bigint,
+    num             bigint      NOT NULL DEFAULT nextval('billing.customer_num')
+) WITH (fillfactor = 50);  -- updated in place on every debit: keep the updates HOT
+-- The sequence and the column refer to each other: it can only be owned once both exist.
+ALTER SEQUENCE billing.customer_num OWNED BY billing.customers.num;
+COMMENT ON TABLE billing.customers IS 'One row per customer: the lock every balance change takes, and the cached balance.';
+COMMENT ON COLUMN billing.customers.slots IS 'How many accounts hold this customer''s credits (1 = just this row; see billing.set_slots).';
+COMMENT ON COLUMN billing.customers.slot_of IS 'Set on the slot accounts of a slotted customer: the customer they belong to.';
+COMMENT ON COLUMN billing.customers.draw IS 'Credits drawn from grant draw_grant and not yet written down on its row (grants.remaining - draw is what it has left).';
+COMMENT ON COLUMN billing.customers.draw_left IS 'When set: draw_grant is the first grant in spending order with credits left, and this is its remainder (less the pending draw).';
+COMMENT ON COLUMN billing.customers.num IS 'The account''s number, carried by the ids of its journal entries.';
+-- Not unique: an index that does not lead with the customer could not be unique under a
+-- distributed (Citus) customers table. Lookups also match the whole entry id, and
+-- verify() reports a number used twice.
+CREATE INDEX customers_num ON billing.customers (num);
+
+-- A debit's draw on one grant is kept on the customer row: a debit that takes from one
+-- grant only, leaving it credits, does not update the grant's row. The customer row keeps
+-- the credits drawn from that grant since its row was last written (draw_grant, draw),
+-- and the next call that touches another grant, or empties this one, writes the draw
+-- down: one row written per debit instead of two (one page touched: less WAL, fewer
+-- full-page images). billing._grants_now (and grant_status) subtract the draw.
+--
+-- The first grant in spending order, on the customer row: draw_left keeps draw_grant's
+-- remainder whenever it is known to be the first in spending order with credits left. A
+-- debit or reserve it covers reads no grant at all (reading the live grants was about a
+-- fifth of a debit's read). Any call that moves another grant's credits, adds a grant,
+-- or empties this one clears it (NULL), and the next spend reads the grants and sets it
+-- again. verify() checks it.
+--
+-- Slotted balances for hot customers (opt-in, billing.set_slots): every balance change
+-- of a customer holds the customer's lock until its commit record is flushed, so one
+-- customer's debits form a chain: at most one per flush, whatever the client count. A
+-- slotted customer spreads its credits over n accounts (its own, slot 0, and n - 1 slot
+-- accounts named '<customer>#<k>'), each a ledger of its own with its own lock, journal
+-- sequence and grants; n debits can then commit in one flush. A spending call goes to the
+-- slot its idempotency key hashes to, so a retried key always meets the entry it made;
+-- when that slot is short, the call takes every slot's lock, gathers all credits back
+-- into slot 0, runs there (with the overdraft limit), and spreads what is left again.
+-- Credits move as 'transfer' journal entries, in pairs (one in each account, each naming
+-- the other in ref_entry), from a grant to its mirror in the slot (grants.origin) and
+-- back; a mirror keeps its grant's expiry and priority.
+
+CREATE TABLE billing.grants (
+    customer    text        NOT NULL REFERENCES billing.customers,
+    id          uuid        NOT NULL,
+    seq         bigint      NOT NULL,            -- journal seq of its creation: "oldest first"
+    source      text        NOT NULL,
+    amount      bigint      NOT NULL,
+    remaining   bigint      NOT NULL CHECK (remaining >= 0),
+    open        boolean     NOT NULL,            -- remaining > 0; the spending index covers open grants only
+    expires_at  timestamptz NOT NULL,            -- 'infinity' when it never expires
+    priority    int         NOT NULL,
+    metadata    jsonb       NOT NULL,
+    entry_id    uuid        NOT NULL,
+    created_at  timestamptz NOT NULL,
+    origin      uuid,                            -- on a slot's mirror: the grant it mirrors
+    PRIMARY KEY (customer, id)
+) WITH (fillfactor = 70);
+-- The spending order over open grants only: the spending reads all ask for open grants,
+-- and a customer's spent grants (every monthly allowance it ever had) do not sit in the
+-- index they scan on every debit. Updates of a remainder go by the primary key.
+CREATE INDEX grants_spend_order ON billing.grants (customer, expires_at, priority DESC, seq) WHERE open;
+COMMENT ON TABLE billing.grants IS 'Credit grants; remaining is what is left, a cache of the journal lines on the grant.';
+COMMENT ON COLUMN billing.grants.remaining IS 'Credits left as of this row''s last write; less customers.draw for the customer''s draw_grant (see billing.grant_status).';
+COMMENT ON COLUMN billing.grants.origin IS 'On a slot account''s mirror grant: the customer''s grant whose credits it holds.';
+
+CREATE TABLE billing.reservations (
+    customer          text        NOT NULL,
+    id                uuid        NOT NULL,
+    amount            bigint      NOT NULL,
+    ttl               interval    NOT NULL,
+    status            text        NOT NULL,      -- active, settled, released, expired
+    expires_at        timestamptz NOT NULL,
+    -- where the held credits came from: grant ids, or the reservation's own id for
+    -- credits borrowed against the overdraft limit; amounts in allocation order
+    accounts          uuid[]      NOT NULL,
+    amounts           bigint[]    NOT NULL,
+    settled           bigint,
+    consumed_accounts uuid[],                    -- a settle's provenance, for refunds
+    consumed_amounts  bigint[],
+    hold_entry        uuid        NOT NULL,
+    end_entry         uuid,
+    created_at        timestamptz NOT NULL,
+    PRIMARY KEY (customer, id)
+);
+CREATE UNIQUE INDEX reservations_id ON billing.reservations (id);
+CREATE INDEX reservations_active ON billing.reservations (customer, expires_at) WHERE status = 'active';
+
+-- The journal: append-only, one row per change of a balance. accounts/deltas say which
+-- accounts moved (a grant id; the nil uuid for the overdraft account; a reservation id
+-- for credits a hold borrowed); amount is their sum and balance_after the running sum.
+CREATE TABLE billing.journal (
+    customer        text        NOT NULL,
+    seq             bigint      NOT NULL,
+    entry_id        uuid        NOT NULL,
+    at              timestamptz NOT NULL,
+    kind            text        NOT NULL,        -- grant, debit, hold, settle, release, refund, expiry, revocation, transfer
+    amount          bigint      NOT NULL,
+    balance_after   bigint      NOT NULL,
+    idempotency_key text,
+    grant_id        uuid,
+    reservation_id  uuid,
+    ref_entry       uuid,                        -- a refund's debit or settle; a transfer's pair
+    accounts        uuid[]      NOT NULL,
+    deltas          bigint[]    NOT NULL,
+    metadata        jsonb       NOT NULL DEFAULT '{}',
+    PRIMARY KEY (customer, seq)
+);
+-- Entry ids say where their entry is: 0xff, the account's number (customers.num, 40
+-- bits), the uuid version 8, the entry's seq (40 bits) and random bits
+-- (src/ledger/entry_id.rs has the layout). refund(entry_id), the one call that finds an
+-- entry by its id alone, reads the account by number and the entry by the journal's
+-- primary key, so a debit pays no insert into a unique index over every entry id (~75
+-- bytes of WAL and a dirtied leaf page). Ids made before their seq is known (transfer
+-- pairs), ids of numbers or seqs beyond 40 bits, and ids made before 0.6.0 are random
+-- (version 7, below 'ff...') and stay in this partial unique index.
+CREATE UNIQUE INDEX journal_entry_id ON billing.journal (entry_id)
+ WHERE entry_id < 'ff000000-0000-0000-0000-000000000000';
+-- Idempotency keys live with the entry they produced, forever, scoped per customer.
+CREATE UNIQUE INDEX journal_idempotency_key ON billing.journal (customer, idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX journal_refunds ON billing.journal (customer, ref_entry) WHERE ref_entry IS NOT NULL;
+COMMENT ON TABLE billing.journal IS 'Append-only ledger journal; UPDATE, DELETE and TRUNCATE are refused.';
+
+CREATE FUNCTION billing._journal_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'billing.journal is append-only: % refused', TG_OP
+        USING ERRCODE = '42501', HINT = 'Correct a balance with a new entry (billing.grant or billing.debit).';
+END $$;
+CREATE TRIGGER journal_append_only BEFORE UPDATE OR DELETE ON billing.journal
+    FOR EACH ROW EXECUTE FUNCTION billing._journal_append_only();
+CREATE TRIGGER journal_no_truncate BEFORE TRUNCATE ON billing.journal
+    FOR EACH STATEMENT EXECUTE FUNCTION billing._journal_append_only();
+
+-- pg_dump keeps the data of extension tables (and the values of their sequences) only
+-- when they are registered.
+SELECT pg_catalog.pg_extension_config_dump('billing.customers', '');
+SELECT pg_catalog.pg_extension_config_dump('billing.customer_num', '');
+SELECT pg_catalog.pg_extension_config_dump('billing.grants', '');
+SELECT pg_catalog.pg_extension_config_dump('billing.reservations', '');
+SELECT pg_catalog.pg_extension_config_dump('billing.journal', '');
 
 CREATE FUNCTION billing.grant(customer text, amount bigint, idempotency_key text,
     source text DEFAULT 'manual', expires_at timestamptz DEFAULT NULL,
     priority int DEFAULT 0, metadata jsonb DEFAULT '{}')
-RETURNS uuid VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS uuid VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_grant';
 COMMENT ON FUNCTION billing.grant IS 'Adds credits as a grant; returns the grant id. Repays overdraft debt first.';
 
-CREATE FUNCTION billing.debit(customer text, amount bigint, idempotency_key text, metadata jsonb DEFAULT '{}')
-RETURNS TABLE (entry_id uuid, balance_after bigint, replayed boolean)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1
+CREATE FUNCTION billing.debit(customer text, amount bigint, idempotency_key text, metadata jsonb DEFAULT '{}',
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_debit';
 COMMENT ON FUNCTION billing.debit IS 'Takes credits now, soonest-expiring grants first; BL001 when short, BL002 on a reused key.';
 
 CREATE FUNCTION billing.reserve(customer text, amount bigint, idempotency_key text, ttl interval DEFAULT '15 minutes')
-RETURNS uuid VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS uuid VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_reserve';
 COMMENT ON FUNCTION billing.reserve IS 'Holds credits for work of unknown cost; returns the reservation id.';
 
-CREATE FUNCTION billing.settle(reservation_id uuid, actual bigint)
-RETURNS TABLE (entry_id uuid, balance_after bigint, replayed boolean)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1
+CREATE FUNCTION billing.settle(reservation_id uuid, actual bigint,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_settle';
 COMMENT ON FUNCTION billing.settle IS 'Turns a hold into a debit of actual; the rest goes back. Above the hold only if available.';
 
 CREATE FUNCTION billing.extend(reservation_id uuid, ttl interval)
-RETURNS timestamptz VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS timestamptz VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_extend';
 COMMENT ON FUNCTION billing.extend IS 'Keeps a hold alive until at least now + ttl; returns the new expiry.';
 
-CREATE FUNCTION billing.release(reservation_id uuid)
-RETURNS TABLE (entry_id uuid, balance_after bigint, replayed boolean)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1
+CREATE FUNCTION billing.release(reservation_id uuid,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_release';
 COMMENT ON FUNCTION billing.release IS 'Gives a hold back whole.';
 
-CREATE FUNCTION billing.refund(entry_id uuid, amount bigint DEFAULT NULL, idempotency_key text DEFAULT NULL)
-RETURNS TABLE (entry_id uuid, balance_after bigint, replayed boolean)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1
+CREATE FUNCTION billing.refund(entry_id uuid, amount bigint DEFAULT NULL, idempotency_key text DEFAULT NULL,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_refund';
 COMMENT ON FUNCTION billing.refund IS 'Returns credits of a debit or settle (all, or part) to the grants they came from.';
 
 CREATE FUNCTION billing.balance(customer text)
-RETURNS bigint VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS bigint VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_balance';
 COMMENT ON FUNCTION billing.balance IS 'Spendable credits now: live grants, minus debt, minus active holds.';
 
 CREATE FUNCTION billing.balance_at(customer text, at timestamptz)
-RETURNS bigint VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS bigint VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_balance_at';
 COMMENT ON FUNCTION billing.balance_at IS 'Spendable credits as of an instant, from the journal.';
 
 CREATE FUNCTION billing.set_overdraft(customer text, "limit" bigint)
-RETURNS void VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+RETURNS void VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_set_overdraft';
 COMMENT ON FUNCTION billing.set_overdraft IS 'How far below zero this customer may go (default 0).';
 
-CREATE FUNCTION billing.set_frozen(customer text, frozen boolean DEFAULT true)
-RETURNS void VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'billing_set_frozen';
-COMMENT ON FUNCTION billing.set_frozen IS 'Freezes (or unfreezes) a customer: debits and holds are refused with BL004.';
+CREATE FUNCTION billing.set_slots(customer text, slots int)
+RETURNS void VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_set_slots';
+COMMENT ON FUNCTION billing.set_slots IS 'Spreads a hot customer''s credits over this many accounts (2 to 64) so its debits stop queueing on one lock. Fixed once set.';
 
-CREATE FUNCTION billing.maintenance(batch int DEFAULT 10000)
-RETURNS bigint VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'billing_maintenance';
-COMMENT ON FUNCTION billing.maintenance IS 'Writes the journal rows of expired grants and lapsed holds; returns how many. Safe from pg_cron at any interval.';
+-- The journal entry with this id, found as refund() finds it (by the account's number and
+-- the entry's seq, or through the partial index): what `WHERE entry_id = $1` on the
+-- journal would return, without scanning it.
+CREATE FUNCTION billing.entry(entry_id uuid) RETURNS SETOF billing.journal
+LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+SELECT j.* FROM billing.customers c JOIN billing.journal j ON j.customer = c.customer
+ WHERE $1 >= 'ff000000-0000-0000-0000-000000000000'::uuid
+   AND c.num = ('x' || substr(replace($1::text, '-', ''), 3, 10))::bit(40)::bigint
+   AND j.seq = ('x' || substr(replace($1::text, '-', ''), 18, 10))::bit(40)::bigint
+   AND j.entry_id = $1
+UNION ALL
+SELECT j.* FROM billing.journal j
+ WHERE j.entry_id = $1 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid
+$$;
+COMMENT ON FUNCTION billing.entry IS 'The journal entry with this id (by the account number and seq the id carries), without scanning the journal.';
 
--- Per grant: where its credits went. granted - used + refunded - expired - revoked - held = remaining.
+-- Grants with what they have left now.
+CREATE VIEW billing._grants_now AS
+SELECT g.customer, g.id, g.seq, g.source, g.amount,
+       g.remaining - CASE WHEN c.draw_grant = g.id THEN c.draw ELSE 0 END AS remaining,
+       g.open, g.expires_at, g.priority, g.metadata, g.entry_id, g.created_at
+  FROM billing.grants g JOIN billing.customers c ON c.customer = g.customer;
+COMMENT ON VIEW billing._grants_now IS 'billing.grants with remaining as of now (the customer''s pending draw subtracted).';
+
+-- Per grant: where its credits went. granted - used + refunded - expired - revoked - held
+-- - transferred = remaining; `transferred` is what sits in the customer's slots (on a
+-- mirror: what it holds for its grant, negative), not yet used there. `used` is summed in
+-- numeric, so a grant near the bigint limit cannot overflow an intermediate sum.
 CREATE VIEW billing.grant_status WITH (security_barrier) AS
 SELECT g.customer, g.id AS grant_id, g.source, g.amount AS granted,
-       g.amount + coalesce(m.refunded, 0) - coalesce(m.expired, 0) - coalesce(m.revoked, 0)
-         - coalesce(h.held, 0) - g.remaining AS used,
+       (g.amount::numeric + coalesce(m.refunded, 0) - coalesce(m.expired, 0) - coalesce(m.revoked, 0)
+         - coalesce(h.held, 0) - coalesce(m.transferred, 0) - g.remaining)::bigint AS used,
        coalesce(m.refunded, 0) AS refunded,
        coalesce(m.expired, 0) AS expired,
        coalesce(m.revoked, 0) AS revoked,
        coalesce(h.held, 0) AS held,
        g.remaining,
        CASE WHEN g.expires_at = 'infinity' THEN NULL ELSE g.expires_at END AS expires_at,
-       g.priority, g.created_at
-  FROM billing.grants g
+       g.priority, g.created_at,
+       coalesce(m.transferred, 0) AS transferred
+  FROM billing._grants_now g
   LEFT JOIN LATERAL (
         SELECT (sum(l.d) FILTER (WHERE j.kind = 'refund'))::bigint AS refunded,
                (-sum(l.d) FILTER (WHERE j.kind = 'expiry'))::bigint AS expired,
-               (-sum(l.d) FILTER (WHERE j.kind = 'revocation'))::bigint AS revoked
+               (-sum(l.d) FILTER (WHERE j.kind = 'revocation'))::bigint AS revoked,
+               (-sum(l.d) FILTER (WHERE j.kind = 'transfer'))::bigint AS transferred
           FROM billing.journal j, unnest(j.accounts, j.deltas) AS l(a, d)
          WHERE j.customer = g.customer AND l.a = g.id
-           AND j.kind IN ('refund', 'expiry', 'revocation')) m ON true
+           AND j.kind IN ('refund', 'expiry', 'revocation', 'transfer')) m ON true
   LEFT JOIN LATERAL (
         SELECT sum(l.x)::bigint AS held
           FROM billing.reservations r, unnest(r.accounts, r.amounts) AS l(a, x)
          WHERE r.customer = g.customer AND r.status = 'active' AND l.a = g.id) h ON true;
 COMMENT ON VIEW billing.grant_status IS 'Per grant: granted, used, refunded, expired, revoked, held, remaining.';
-
--- billing.verify(): recomputes every balance and every grant remainder from the journal.
--- One row per inconsistency; none is the healthy answer.
-CREATE FUNCTION billing.verify()
-RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-WITH j AS (
-    SELECT j.*, lag(j.balance_after, 1, 0::bigint) OVER w AS before,
-           lag(j.at) OVER w AS prev_at, row_number() OVER w AS n,
-           (SELECT coalesce(sum(d), 0) FROM unnest(j.deltas) d) AS line_sum
-      FROM billing.journal j
-    WINDOW w AS (PARTITION BY j.customer ORDER BY j.seq)
-), lines AS (
-    SELECT j.customer, j.kind, l.a, l.d
-      FROM billing.journal j, unnest(j.accounts, j.deltas) AS l(a, d)
-), last AS (
-    SELECT DISTINCT ON (j.customer) j.customer, j.balance_after, j.seq, j.at
-      FROM billing.journal j ORDER BY j.customer, j.seq DESC
-), borrowed AS (
-    SELECT r.customer, r.id, sum(l.x) FILTER (WHERE l.a = r.id) AS x
-      FROM billing.reservations r, unnest(r.accounts, r.amounts) AS l(a, x)
-     WHERE r.status = 'active' GROUP BY r.customer, r.id
-)
--- each entry's amount is the sum of its lines
-SELECT j.customer, 'entry_lines', j.amount, j.line_sum, 'entry ' || j.entry_id
-  FROM j WHERE j.amount IS DISTINCT FROM j.line_sum
-UNION ALL
--- the running balance adds up entry by entry
-SELECT j.customer, 'running_balance', j.before + j.amount, j.balance_after, 'entry ' || j.entry_id
-  FROM j WHERE j.balance_after IS DISTINCT FROM j.before + j.amount
-UNION ALL
--- no gaps in a customer's sequence, time never goes back
-SELECT j.customer, 'sequence', j.n, j.seq, 'entry ' || j.entry_id FROM j WHERE j.seq <> j.n
-UNION ALL
-SELECT j.customer, 'time_order', NULL, NULL, 'entry ' || j.entry_id || ' is earlier than the entry before it'
-  FROM j WHERE j.at < j.prev_at
-UNION ALL
--- the cached balance and sequence of each customer match the journal
-SELECT c.customer, 'customer_balance', coalesce(l.balance_after, 0), c.balance, NULL
-  FROM billing.customers c LEFT JOIN last l USING (customer)
- WHERE c.balance <> coalesce(l.balance_after, 0)
-UNION ALL
-SELECT c.customer, 'customer_seq', coalesce(l.seq, 0), c.seq, NULL
-  FROM billing.customers c LEFT JOIN last l USING (customer)
- WHERE c.seq <> coalesce(l.seq, 0)
-UNION ALL
--- every grant's remainder is the sum of the journal lines on it
-SELECT g.customer, 'grant_remaining', coalesce(s.total, 0), g.remaining, 'grant ' || g.id
-  FROM billing.grants g
-  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
-         ON s.customer = g.customer AND s.a = g.id
- WHERE g.remaining <> coalesce(s.total, 0) OR g.open <> (g.remaining > 0)
-UNION ALL
--- the overdraft account
-SELECT c.customer, 'overdraft_account', coalesce(s.total, 0), c.od, NULL
-  FROM billing.customers c
-  LEFT JOIN (SELECT lines.customer, sum(lines.d) AS total FROM lines
-              WHERE lines.a = '00000000-0000-0000-0000-000000000000' GROUP BY 1) s USING (customer)
- WHERE c.od <> coalesce(s.total, 0)
-UNION ALL
--- what each hold borrowed is on its own account while it is active, and nothing after
-SELECT r.customer, 'hold_borrowing', -coalesce(b.x, 0), coalesce(s.total, 0), 'reservation ' || r.id
-  FROM billing.reservations r
-  LEFT JOIN borrowed b ON b.customer = r.customer AND b.id = r.id
-  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
-         ON s.customer = r.customer AND s.a = r.id
- WHERE coalesce(s.total, 0) <> -coalesce(b.x, 0)
-UNION ALL
-SELECT r.customer, 'hold_amount', r.amount, (SELECT sum(x) FROM unnest(r.amounts) x), 'reservation ' || r.id
-  FROM billing.reservations r
- WHERE r.amount <> (SELECT sum(x) FROM unnest(r.amounts) x)
-UNION ALL
--- the balance equals its parts: live grants + overdraft account - active borrowing,
--- as of the customer's last entry (expired grants must have been written down)
-SELECT c.customer, 'balance_parts',
-       coalesce((SELECT sum(g.remaining) FROM billing.grants g
-                  WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
-       + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0),
-       c.balance, NULL
-  FROM billing.customers c
- WHERE c.balance <> coalesce((SELECT sum(g.remaining) FROM billing.grants g
-                               WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
-                   + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0)
-UNION ALL
-SELECT g.customer, 'expired_grant_written_down', 0, g.remaining, 'grant ' || g.id
-  FROM billing.grants g JOIN billing.customers c USING (customer)
- WHERE g.expires_at <= c.last_at AND g.remaining > 0
-UNION ALL
--- refunds never return more than their entry consumed
-SELECT r.customer, 'refund_bound', -d.amount, r.total, 'entry ' || d.entry_id
-  FROM (SELECT j.customer, j.ref_entry, sum(j.amount) AS total FROM billing.journal j
-         WHERE j.kind = 'refund' GROUP BY 1, 2) r
-  JOIN billing.journal d ON d.entry_id = r.ref_entry
- WHERE d.kind = 'debit' AND r.total > -d.amount
-$$;
-COMMENT ON FUNCTION billing.verify IS 'Recomputes every balance and grant remainder from the journal; one row per inconsistency.';

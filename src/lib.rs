@@ -1,55 +1,35 @@
 //! billing: a billing-consistency core for AI products, inside PostgreSQL.
 //!
-//! Layout: pure rules (`ledger::core`, `webhook::signature`) apart from the SPI glue
-//! (`ledger::store`, `spi`), SQL-facing functions in `ledger::api`, hand-written DDL
-//! and function declarations in `sql/`.
+//! Layout: one module per area (`ledger`, `webhook`, `access`, `usage`, `maintenance`),
+//! each with its pure rules apart from its SQL-facing functions (`api`) and SPI glue
+//! (`store`); the PostgreSQL plumbing they share in `pg`; the hand-written DDL and
+//! function declarations in `sql/`. The ledger depends on nothing above it.
 use pgrx::prelude::*;
 
 pub mod access;
 pub mod clock;
 pub mod error;
-pub mod jsonb;
 pub mod ledger;
 pub mod maintenance;
-pub mod one_row;
-pub mod spi;
+mod one_row_tests;
+pub mod pg;
 pub mod usage;
 pub mod webhook;
-pub mod whole_row;
 #[cfg(test)] mod proptests;
 #[cfg(any(test, feature = "pg_test"))] pub mod test_sql;
 
 ::pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/ledger.sql", name = "ledger", requires = ["schema"]);
-// Same order as the upgrade path: 0.1.0's files, then what 0.2.0 added.
-extension_sql_file!("../sql/privileges.sql", name = "privileges", requires = ["ledger"]);
-extension_sql_file!("../sql/webhook.sql", name = "webhook", requires = ["privileges"]);
-extension_sql_file!("../sql/privileges_webhook.sql", name = "privileges_webhook", requires = ["webhook"]);
-extension_sql_file!("../sql/access.sql", name = "access", requires = ["privileges_webhook"]);
-extension_sql_file!("../sql/fixes_0_3_0.sql", name = "fixes_0_3_0", requires = ["access"]);
-extension_sql_file!("../sql/privileges_access.sql", name = "privileges_access", requires = ["fixes_0_3_0"]);
-// 0.4.0
-extension_sql_file!("../sql/hot_path.sql", name = "hot_path", requires = ["privileges_access"]);
-// 0.5.0
-extension_sql_file!("../sql/draw.sql", name = "draw", requires = ["hot_path"]);
-extension_sql_file!("../sql/slots.sql", name = "slots", requires = ["draw"]);
-// 0.6.0
-extension_sql_file!("../sql/layout.sql", name = "layout", requires = ["slots"]);
-extension_sql_file!("../sql/head.sql", name = "head", requires = ["layout"]);
-extension_sql_file!("../sql/access_order.sql", name = "access_order", requires = ["head"]);
-extension_sql_file!("../sql/entry_ids.sql", name = "entry_ids", requires = ["access_order"]);
-// 0.7.0
-extension_sql_file!("../sql/outbox_wake.sql", name = "outbox_wake", requires = ["entry_ids"]);
-extension_sql_file!("../sql/event_storage.sql", name = "event_storage", requires = ["outbox_wake"]);
-// 0.8.0
-extension_sql_file!("../sql/hot_checks.sql", name = "hot_checks", requires = ["event_storage"]);
-// 0.9.0
-extension_sql_file!("../sql/plan_periods.sql", name = "plan_periods", requires = ["hot_checks"]);
-extension_sql_file!("../sql/reconcile.sql", name = "reconcile", requires = ["plan_periods"]);
-extension_sql_file!("../sql/one_row_composites.sql", name = "one_row_composites", requires = ["reconcile"]);
-extension_sql_file!("../sql/secrets_check.sql", name = "secrets_check", finalize);
+// The schema as it is now, one file per concept, in dependency order (each file's
+// objects use only those of the files before it). History lives in the upgrade scripts
+// sql/billing--A--B.sql; sql/releases says which commit each release was made from.
+extension_sql_file!("../sql/ledger.sql", name = "ledger", bootstrap);
+extension_sql_file!("../sql/webhooks.sql", name = "webhooks", requires = ["ledger"]);
+extension_sql_file!("../sql/plans.sql", name = "plans", requires = ["webhooks"]);
+extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["plans"]);
+extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["usage"]);
+extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["outbox"]);
+extension_sql_file!("../sql/roles.sql", name = "roles", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

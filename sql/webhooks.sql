@@ -1,4 +1,7 @@
--- billing: webhook ingestion (SPEC section 2) and the subscription state it maintains.
+-- billing: webhook ingestion (SPEC section 2): endpoints and their secrets, every event
+-- once, the provider objects the events describe, what was bought, refunded and disputed,
+-- and the functions that take deliveries in (src/webhook/). Subscriptions and their
+-- periods, which the events also maintain, are in sql/plans.sql.
 
 CREATE TABLE billing.endpoints (
     name       text        PRIMARY KEY CHECK (name <> ''),
@@ -28,16 +31,21 @@ CREATE TABLE billing.events (
     body              text        NOT NULL,
     headers           jsonb       NOT NULL,
     received_at       timestamptz NOT NULL,
-    status            text        NOT NULL CHECK (status IN ('applied', 'stale', 'ignored', 'failed')),
+    status            text        NOT NULL,  -- applied, stale, ignored, failed (no CHECK: see sql/ledger.sql)
     detail            text,            -- the error of a failed apply, or what was done
     attempts          int         NOT NULL DEFAULT 1,
     deliveries        int         NOT NULL DEFAULT 1,
     last_delivery_at  timestamptz NOT NULL,
     applied_at        timestamptz,
+    -- How the event was first stored: 'delivery' (a signed webhook) or 'fetch' (from the
+    -- provider's API, billing.ingest_fetched). Whichever comes second is a duplicate.
+    via               text        NOT NULL DEFAULT 'delivery',
     PRIMARY KEY (provider, event_id)
 );
 CREATE INDEX events_failed ON billing.events (provider_customer, created, event_id) WHERE status = 'failed';
 CREATE INDEX events_failed_app ON billing.events (customer, created, event_id) WHERE status = 'failed';
+-- The newest event per endpoint and path, without a scan (the sync tool starts there).
+CREATE INDEX events_endpoint_newest ON billing.events (endpoint, via, created);
 
 -- The same event id delivered with a different body (one event rendered in two API
 -- versions): a duplicate, kept as evidence.
@@ -49,6 +57,19 @@ CREATE TABLE billing.event_variants (
     headers     jsonb       NOT NULL,
     PRIMARY KEY (provider, event_id, received_at)
 );
+
+-- Raw bodies compressed with lz4 where the server has it: a Stripe body (~3 KB) is
+-- compressed as the events row is written, and pglz made that insert the most expensive
+-- statement of an ingest: ~110 us, against ~67 us with lz4 (pg_stat_statements, 1,800
+-- inserts each); lz4 also reads back faster for replays. A column's COMPRESSION clause
+-- would fail on a server built without lz4, which keeps pglz.
+DO $$
+BEGIN
+    IF 'lz4' = ANY ((SELECT s.enumvals FROM pg_catalog.pg_settings s WHERE s.name = 'default_toast_compression')::text[]) THEN
+        ALTER TABLE billing.events ALTER COLUMN body SET COMPRESSION lz4, ALTER COLUMN headers SET COMPRESSION lz4;
+        ALTER TABLE billing.event_variants ALTER COLUMN body SET COMPRESSION lz4, ALTER COLUMN headers SET COMPRESSION lz4;
+    END IF;
+END $$;
 
 -- The insert-only path for receivers: a row inserted here is verified, stored in
 -- billing.events and applied by the trigger, and not kept here (RETURN NULL).
@@ -76,32 +97,6 @@ CREATE TABLE billing.provider_objects (
     event_id    text   NOT NULL,
     PRIMARY KEY (provider, object_id)
 );
-
-CREATE TABLE billing.plans (
-    plan           text     PRIMARY KEY CHECK (plan <> ''),
-    features       text[]   NOT NULL DEFAULT '{}',
-    period_credits bigint   NOT NULL DEFAULT 0 CHECK (period_credits >= 0),
-    grace          interval NOT NULL DEFAULT '3 days',
-    provider_price text     UNIQUE
-);
-
-CREATE TABLE billing.subscriptions (
-    customer             text        NOT NULL REFERENCES billing.customers,
-    provider             text        NOT NULL,
-    subscription_id      text        NOT NULL,
-    status               text        NOT NULL,
-    plan                 text,
-    price_id             text,
-    current_period_end   timestamptz,
-    cancel_at_period_end boolean     NOT NULL DEFAULT false,
-    trial_end            timestamptz,
-    paid_through         timestamptz,           -- latest period end of a paid invoice
-    status_created       bigint      NOT NULL,  -- (created, event) of the status' source
-    status_event         text        NOT NULL,
-    updated_at           timestamptz NOT NULL,
-    PRIMARY KEY (customer, subscription_id)
-);
-CREATE UNIQUE INDEX subscriptions_provider_id ON billing.subscriptions (provider, subscription_id);
 
 -- Credits bought: one row per payment (PaymentIntent, else Checkout Session), so the
 -- session's and the intent's events grant once, and refunds revoke in proportion.
@@ -152,8 +147,6 @@ SELECT pg_catalog.pg_extension_config_dump('billing.events', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.event_variants', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.provider_customers', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.provider_objects', '');
-SELECT pg_catalog.pg_extension_config_dump('billing.plans', '');
-SELECT pg_catalog.pg_extension_config_dump('billing.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.purchases', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.refunds', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.disputes', '');
@@ -164,14 +157,15 @@ RETURNS boolean STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catal
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_verify_signature';
 COMMENT ON FUNCTION billing.verify_signature IS 'Whether a delivery is authentic under any of the secrets, within the tolerance at the given instant.';
 
-CREATE FUNCTION billing.ingest(endpoint text, headers jsonb, body text)
-RETURNS TABLE (event_id text, status text, detail text)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1
+CREATE FUNCTION billing.ingest(endpoint text, headers jsonb, body text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_ingest';
 COMMENT ON FUNCTION billing.ingest IS 'Verifies, stores once and applies a webhook delivery; BL010-BL014 store nothing.';
 
 CREATE FUNCTION billing._inbox_ingest() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
 BEGIN
     PERFORM billing.ingest(NEW.endpoint, NEW.headers, NEW.body);
     RETURN NULL;  -- stored in billing.events, not here
@@ -179,15 +173,28 @@ END $$;
 CREATE TRIGGER inbox_ingest BEFORE INSERT ON billing.inbox
     FOR EACH ROW EXECUTE FUNCTION billing._inbox_ingest();
 
-CREATE FUNCTION billing.replay(provider text, event_id text)
-RETURNS TABLE (event_id text, status text, detail text)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp ROWS 1
+-- Reconciliation: Stripe keeps events 30 days and stops retrying a failing endpoint after
+-- 3: what was never delivered is fetched (GET /v1/events, scripts/stripe-sync.py) and
+-- handed to billing.ingest_fetched, which stores and applies it exactly as a delivery,
+-- unsigned. Hence its own role, billing_sync (sql/roles.sql): a webhook receiver
+-- (billing_webhook) or the application (billing_app) must not be able to make up an event.
+CREATE FUNCTION billing.ingest_fetched(endpoint text, body text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_ingest_fetched';
+COMMENT ON FUNCTION billing.ingest_fetched IS 'Stores once and applies a Stripe event fetched from the provider''s API (unsigned): as a delivery would, a duplicate of one.';
+
+CREATE FUNCTION billing.replay(provider text, event_id text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_replay';
 COMMENT ON FUNCTION billing.replay(text, text) IS 'Applies a stored event again (failed ones; applied ones are left alone).';
 
-CREATE FUNCTION billing.replay(event_id text)
-RETURNS TABLE (event_id text, status text, detail text)
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS
+CREATE FUNCTION billing.replay(event_id text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS
 $$ SELECT r.* FROM billing.replay('stripe', $1) r $$;
 
 CREATE FUNCTION billing.replay_failed()
@@ -210,19 +217,39 @@ BEGIN
     ON CONFLICT ON CONSTRAINT endpoints_pkey DO UPDATE SET provider = EXCLUDED.provider;
 END $$;
 
+-- add_secret refuses secrets that cannot verify safely: a blank Stripe secret (empty or
+-- whitespace after any whsec_ prefix) is an HMAC key anyone can guess, so anyone could
+-- sign for the endpoint; a Standard Webhooks secret that does not decode never verifies
+-- anything. It refuses both (22023, naming the endpoint, never quoting the secret) by the
+-- rule the verifier skips such secrets by, those stored earlier included: one Rust
+-- function, signature::check_secret (src/webhook/signature.rs), reached from SQL through
+-- billing._check_secret. NULL arguments are invalid (22023), not unknown endpoints.
+CREATE FUNCTION billing._check_secret(endpoint text, provider text, secret text)
+RETURNS void IMMUTABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_check_secret';
+COMMENT ON FUNCTION billing._check_secret IS 'Raises 22023 unless the secret can verify deliveries for the provider (add_secret''s check; the verifier skips secrets it refuses).';
+
 CREATE FUNCTION billing.add_secret(name text, secret text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p text;
 BEGIN
+    IF name IS NULL THEN RAISE EXCEPTION 'endpoint name must not be NULL' USING ERRCODE = '22023'; END IF;
     IF secret IS NULL OR secret = '' THEN RAISE EXCEPTION 'secret must not be empty (endpoint "%")', name USING ERRCODE = '22023'; END IF;
-    IF NOT EXISTS (SELECT FROM billing.endpoints e WHERE e.name = add_secret.name) THEN
+    SELECT e.provider INTO p FROM billing.endpoints e WHERE e.name = add_secret.name;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown webhook endpoint "%"', name USING ERRCODE = 'BL013';
     END IF;
+    PERFORM billing._check_secret(name, p, secret);
     INSERT INTO billing.endpoint_secrets (endpoint, secret) VALUES (name, secret) ON CONFLICT DO NOTHING;
 END $$;
 
 CREATE FUNCTION billing.remove_secret(name text, secret text)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF name IS NULL OR secret IS NULL THEN
+        RAISE EXCEPTION 'endpoint name and secret must not be NULL' USING ERRCODE = '22023';
+    END IF;
     IF NOT EXISTS (SELECT FROM billing.endpoints e WHERE e.name = remove_secret.name) THEN
         RAISE EXCEPTION 'unknown webhook endpoint "%"', name USING ERRCODE = 'BL013';
     END IF;
@@ -232,25 +259,9 @@ END $$;
 
 CREATE FUNCTION billing.link_customer(customer text, provider_customer_id text, provider text DEFAULT 'stripe')
 RETURNS TABLE (event_id text, status text, detail text)
-VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_link_customer';
 COMMENT ON FUNCTION billing.link_customer IS 'Maps a provider customer (cus_...) to the application''s customer and applies its waiting events in provider order.';
-
-CREATE FUNCTION billing.define_plan(plan text, features text[], period_credits bigint DEFAULT 0,
-    grace interval DEFAULT '3 days', provider_price text DEFAULT NULL)
-RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF plan IS NULL OR plan = '' THEN RAISE EXCEPTION 'plan name must not be empty' USING ERRCODE = '22023'; END IF;
-    IF period_credits IS NULL OR period_credits < 0 THEN
-        RAISE EXCEPTION 'period_credits of plan "%" must be zero or positive', plan USING ERRCODE = '22023';
-    END IF;
-    IF grace IS NULL OR grace < '0'::interval THEN RAISE EXCEPTION 'grace of plan "%" must not be negative', plan USING ERRCODE = '22023'; END IF;
-    INSERT INTO billing.plans AS p (plan, features, period_credits, grace, provider_price)
-    VALUES (plan, coalesce(features, '{}'), period_credits, grace, provider_price)
-    ON CONFLICT ON CONSTRAINT plans_pkey DO UPDATE
-       SET features = EXCLUDED.features, period_credits = EXCLUDED.period_credits,
-           grace = EXCLUDED.grace, provider_price = EXCLUDED.provider_price;
-END $$;
 
 CREATE FUNCTION billing.define_topup(match text, credits bigint)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -262,10 +273,26 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION billing.define_topup IS 'Credits for a top-up without metadata.credits: by price id, or by ''usd:1000'' (currency:amount).';
 
--- Operator views.
+-- Operator views of the events.
 CREATE VIEW billing.failed_events AS
 SELECT provider, event_id, type, created, received_at, provider_customer, customer, detail, attempts
   FROM billing.events WHERE status = 'failed';
 CREATE VIEW billing.stale_events AS
 SELECT provider, event_id, type, created, received_at, object_id, detail
   FROM billing.events WHERE status = 'stale';
+CREATE VIEW billing.event_lag AS
+SELECT e.endpoint, count(*) AS events,
+       max(e.received_at - e.created) AS max_lag,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.received_at - e.created)) AS median_lag_seconds,
+       count(*) FILTER (WHERE e.status = 'failed') AS failed
+  FROM billing.events e
+ WHERE e.received_at > now() - interval '1 day' AND e.created IS NOT NULL
+ GROUP BY e.endpoint;
+CREATE VIEW billing.sync_status AS
+SELECT e.name AS endpoint, e.provider,
+       (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS newest_delivered,
+       (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS newest_fetched,
+       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS delivered,
+       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched
+  FROM billing.endpoints e;
+COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, and how many each path brought.';

@@ -1,0 +1,491 @@
+-- billing 0.8.0 -> 0.9.0. Hand-written (0.9.0 is not released yet: this script may change
+-- until it is, and never after). What 0.9.0 changes:
+--   1. Plan allowances per (subscription, period), from what paid invoices say: tables
+--      period_invoices and subscription_periods, three columns of subscriptions saying
+--      where the plan in force came from; allowances granted before 0.9.0 become their
+--      periods' facts.
+--   2. Reconciliation: events fetched from the provider's API (billing.ingest_fetched, the
+--      billing_sync role, events.via, billing.sync_status).
+--   3. Every one-row function returns one composite (RETURNS record with OUT parameters)
+--      instead of a one-row set.
+--   4. add_secret refuses secrets that cannot verify safely (billing._check_secret).
+--   5. verify() is one function with every check, the plan periods' included: the
+--      wrappers 0.5.0 to 0.8.0 chained (_verify_ledger, _verify_slots, _verify_entry_ids)
+--      are dropped, as a fresh install (sql/operations.sql) never has them.
+--   6. billing._grants_now gets the ACL every other table and view has (owner only: its
+--      meaning is unchanged), as the fresh install's REVOKE ... ON ALL TABLES gives it.
+\echo Use "ALTER EXTENSION billing UPDATE TO '0.9.0'" to load this file. \quit
+
+-- billing 0.9.0: plan allowances per (subscription, period) (SPEC section 2, "Plan changes").
+--
+-- A period's allowance is computed from what its paid invoices say (src/webhook/allowance.rs)
+-- and granted as the difference from what the ledger already got, so it is the same for
+-- every order of arrival and never passes the largest plan held in the period.
+
+-- What each paid invoice says of each period its lines touch: one row for its base lines
+-- and one per change it bills (a duplicate delivery finds its rows and changes nothing).
+CREATE TABLE billing.period_invoices (
+    customer        text        NOT NULL,
+    subscription_id text        NOT NULL,
+    period_end      timestamptz NOT NULL,
+    invoice_id      text        NOT NULL,
+    billing_reason  text,
+    period_start    timestamptz,          -- earliest start of its base lines
+    base            bigint      NOT NULL, -- allowance of its base (non-proration) lines
+    old_allowance   bigint      NOT NULL, -- of its proration credits (unused time on the old items)
+    new_allowance   bigint      NOT NULL, -- of its proration charges (the rest of the period on the new items)
+    change_at       timestamptz NOT NULL, -- when its change took effect; -infinity for its base lines
+    created         bigint      NOT NULL, -- the invoice event's created
+    PRIMARY KEY (customer, subscription_id, period_end, invoice_id, change_at)
+);
+COMMENT ON TABLE billing.period_invoices IS 'What each paid invoice says of each subscription period: the facts a period''s allowance is computed from.';
+
+CREATE TABLE billing.subscription_periods (
+    customer        text        NOT NULL,
+    subscription_id text        NOT NULL,
+    period_end      timestamptz NOT NULL,
+    period_start    timestamptz,          -- the latest start reported (invoice lines, subscription)
+    base            bigint      NOT NULL DEFAULT 0,  -- the plan billed for the period (largest base)
+    ceiling         bigint      NOT NULL DEFAULT 0,  -- the largest allowance held in the period
+    allowance       bigint      NOT NULL DEFAULT 0,  -- what the period is entitled to
+    granted         bigint      NOT NULL DEFAULT 0,  -- what the ledger got (less when paid after the end)
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (customer, subscription_id, period_end)
+);
+COMMENT ON TABLE billing.subscription_periods IS 'Per subscription period: the plan allowance it is entitled to and what was granted.';
+
+-- The plan in force follows the latest subscription event; an invoice names it only for a
+-- subscription no event has described yet, and then the latest invoice wins.
+ALTER TABLE billing.subscriptions
+    ADD COLUMN plan_created bigint,
+    ADD COLUMN plan_event text,
+    ADD COLUMN plan_from_subscription boolean NOT NULL DEFAULT false;
+UPDATE billing.subscriptions SET plan_from_subscription = true
+ WHERE plan IS NOT NULL AND EXISTS (SELECT FROM billing.provider_objects o
+                                     WHERE o.provider = subscriptions.provider AND o.object_id = subscriptions.subscription_id);
+
+-- Allowances granted before 0.9.0 (one grant per paid invoice, keyed stripe:invoice:<id>)
+-- become their periods' facts, so a later change in the same period tops up from them.
+INSERT INTO billing.period_invoices (customer, subscription_id, period_end, invoice_id, base, old_allowance, new_allowance, change_at, created)
+SELECT g.customer, g.metadata->>'subscription', g.expires_at, g.metadata->>'invoice', g.amount, 0, 0, '-infinity', 0
+  FROM billing.grants g
+ WHERE g.source LIKE 'plan:%' AND g.metadata ? 'invoice' AND g.metadata ? 'subscription' AND g.expires_at <> 'infinity'
+ON CONFLICT DO NOTHING;
+INSERT INTO billing.subscription_periods (customer, subscription_id, period_end, base, ceiling, allowance, granted)
+SELECT g.customer, g.metadata->>'subscription', g.expires_at, max(g.amount), max(g.amount), max(g.amount), sum(g.amount)
+  FROM billing.grants g
+ WHERE g.source LIKE 'plan:%' AND g.metadata ? 'invoice' AND g.metadata ? 'subscription' AND g.expires_at <> 'infinity'
+ GROUP BY 1, 2, 3
+ON CONFLICT DO NOTHING;
+
+SELECT pg_catalog.pg_extension_config_dump('billing.period_invoices', '');
+SELECT pg_catalog.pg_extension_config_dump('billing.subscription_periods', '');
+
+REVOKE ALL ON billing.period_invoices, billing.subscription_periods FROM PUBLIC;
+GRANT SELECT ON billing.period_invoices, billing.subscription_periods TO billing_reader;
+
+-- billing 0.9.0: reconciliation, events fetched from the provider's API (SPEC section 2).
+--
+-- Stripe keeps events 30 days and stops retrying a failing endpoint after 3: what was never
+-- delivered is fetched (GET /v1/events, scripts/stripe-sync.py) and handed to
+-- billing.ingest_fetched, which stores and applies it exactly as a delivery, unsigned.
+-- Hence its own role: a webhook receiver (billing_webhook) or the application
+-- (billing_app) must not be able to make up an event.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'billing_sync') THEN
+        BEGIN
+            CREATE ROLE billing_sync NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- another database's CREATE EXTENSION created it just now
+        END;
+    END IF;
+END $$;
+GRANT USAGE ON SCHEMA billing TO billing_sync;
+
+-- How each event was first stored: 'delivery' (a signed webhook) or 'fetch' (from the
+-- provider's API). Whichever comes second is a duplicate.
+ALTER TABLE billing.events ADD COLUMN via text NOT NULL DEFAULT 'delivery';
+-- The newest event per endpoint and path, without a scan (the sync tool starts there).
+CREATE INDEX events_endpoint_newest ON billing.events (endpoint, via, created);
+
+CREATE FUNCTION billing.ingest_fetched(endpoint text, body text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_ingest_fetched';
+COMMENT ON FUNCTION billing.ingest_fetched IS 'Stores once and applies a Stripe event fetched from the provider''s API (unsigned): as a delivery would, a duplicate of one.';
+
+CREATE VIEW billing.sync_status AS
+SELECT e.name AS endpoint, e.provider,
+       (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS newest_delivered,
+       (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS newest_fetched,
+       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS delivered,
+       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched
+  FROM billing.endpoints e;
+COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, and how many each path brought.';
+
+REVOKE ALL ON FUNCTION billing.ingest_fetched(text, text) FROM PUBLIC;
+REVOKE ALL ON billing.sync_status FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.ingest_fetched(text, text) TO billing_sync;
+GRANT SELECT ON billing.sync_status TO billing_sync, billing_reader;
+
+-- billing 0.9.0: every one-row function returns one composite (SPEC, top).
+--
+-- Until 0.8.0 the functions that answer one row were declared RETURNS TABLE (...) ROWS 1:
+-- a set, so `coalesce((billing.record_usage(...)).credits, 0)` failed with 0A000
+-- (set-returning function in COALESCE). They now return a single composite value through
+-- OUT parameters (RETURNS record, not SETOF), which works in every place a value does and
+-- still reads as a row in FROM: `SELECT * FROM billing.debit(...)`, `LATERAL
+-- billing.replay(...)`, `SELECT (billing.debit(...)).balance_after`, PL/pgSQL
+-- `SELECT * INTO`. The Rust entry points answer a heap tuple of the declared row type
+-- (src/pg/one_row.rs).
+--
+-- A return type cannot be changed in place: each function is dropped and created again
+-- with everything else it had: name, arguments and defaults, column names and types, the
+-- attributes and SET clauses (enable_seqscan = off), its comment, and its privileges
+-- (nothing for PUBLIC, EXECUTE for the same roles as before).
+-- Nothing in the schema depends on them (SQL bodies name them only as text).
+-- replay_failed() keeps returning a set (one row per failed event); its body reads
+-- billing.replay(provider, event_id) in FROM, which takes the composite as it took the row.
+
+-- ---- the ledger ----
+
+DROP FUNCTION billing.debit(text, bigint, text, jsonb);
+CREATE FUNCTION billing.debit(customer text, amount bigint, idempotency_key text, metadata jsonb DEFAULT '{}',
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_debit';
+COMMENT ON FUNCTION billing.debit(text, bigint, text, jsonb) IS 'Takes credits now, soonest-expiring grants first; BL001 when short, BL002 on a reused key.';
+REVOKE ALL ON FUNCTION billing.debit(text, bigint, text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.debit(text, bigint, text, jsonb) TO billing_app;
+
+DROP FUNCTION billing.settle(uuid, bigint);
+CREATE FUNCTION billing.settle(reservation_id uuid, actual bigint,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_settle';
+COMMENT ON FUNCTION billing.settle(uuid, bigint) IS 'Turns a hold into a debit of actual; the rest goes back. Above the hold only if available.';
+REVOKE ALL ON FUNCTION billing.settle(uuid, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.settle(uuid, bigint) TO billing_app;
+
+DROP FUNCTION billing.release(uuid);
+CREATE FUNCTION billing.release(reservation_id uuid,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_release';
+COMMENT ON FUNCTION billing.release(uuid) IS 'Gives a hold back whole.';
+REVOKE ALL ON FUNCTION billing.release(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.release(uuid) TO billing_app;
+
+DROP FUNCTION billing.refund(uuid, bigint, text);
+CREATE FUNCTION billing.refund(entry_id uuid, amount bigint DEFAULT NULL, idempotency_key text DEFAULT NULL,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_refund';
+COMMENT ON FUNCTION billing.refund(uuid, bigint, text) IS 'Returns credits of a debit or settle (all, or part) to the grants they came from.';
+REVOKE ALL ON FUNCTION billing.refund(uuid, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.refund(uuid, bigint, text) TO billing_app;
+
+-- ---- access and metering ----
+
+DROP FUNCTION billing.access(text, text);
+CREATE FUNCTION billing.access(customer text, feature text DEFAULT NULL,
+    OUT allowed boolean, OUT reason text, OUT plan text, OUT status text, OUT balance bigint, OUT period_end timestamptz)
+RETURNS record
+STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_access';
+COMMENT ON FUNCTION billing.access(text, text) IS 'Whether the customer may use the product (or a feature) now, and why: active, trialing, grace, past_due, canceled, frozen, no_plan, no_feature, no_credits.';
+REVOKE ALL ON FUNCTION billing.access(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.access(text, text) TO billing_app;
+
+DROP FUNCTION billing.charge(text, text, bigint, text);
+CREATE FUNCTION billing.charge(customer text, feature text, amount bigint, idempotency_key text,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_charge';
+COMMENT ON FUNCTION billing.charge(text, text, bigint, text) IS 'Access check, rate limit and debit in one call; denies with the reason''s SQLSTATE.';
+REVOKE ALL ON FUNCTION billing.charge(text, text, bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.charge(text, text, bigint, text) TO billing_app;
+
+DROP FUNCTION billing.record_usage(text, text, bigint, text, timestamptz, uuid);
+CREATE FUNCTION billing.record_usage(customer text, meter text, quantity bigint, idempotency_key text,
+    occurred_at timestamptz DEFAULT NULL, reservation_id uuid DEFAULT NULL,
+    OUT entry_id uuid, OUT credits bigint, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_record_usage';
+COMMENT ON FUNCTION billing.record_usage(text, text, bigint, text, timestamptz, uuid) IS 'Rates usage at the price in force at occurred_at and debits it (or settles a hold), exactly, idempotently.';
+REVOKE ALL ON FUNCTION billing.record_usage(text, text, bigint, text, timestamptz, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.record_usage(text, text, bigint, text, timestamptz, uuid) TO billing_app;
+
+-- ---- webhooks ----
+
+DROP FUNCTION billing.ingest(text, jsonb, text);
+CREATE FUNCTION billing.ingest(endpoint text, headers jsonb, body text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_ingest';
+COMMENT ON FUNCTION billing.ingest(text, jsonb, text) IS 'Verifies, stores once and applies a webhook delivery; BL010-BL014 store nothing.';
+REVOKE ALL ON FUNCTION billing.ingest(text, jsonb, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.ingest(text, jsonb, text) TO billing_webhook;
+
+-- replay(provider, event_id) before the wrapper whose body reads it (checked at CREATE).
+DROP FUNCTION billing.replay(text);
+DROP FUNCTION billing.replay(text, text);
+CREATE FUNCTION billing.replay(provider text, event_id text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_replay';
+COMMENT ON FUNCTION billing.replay(text, text) IS 'Applies a stored event again (failed ones; applied ones are left alone).';
+REVOKE ALL ON FUNCTION billing.replay(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.replay(text, text) TO billing_admin;
+
+CREATE FUNCTION billing.replay(event_id text,
+    OUT event_id text, OUT status text, OUT detail text)
+RETURNS record
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS
+$$ SELECT r.* FROM billing.replay('stripe', $1) r $$;
+REVOKE ALL ON FUNCTION billing.replay(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.replay(text) TO billing_admin;
+
+-- billing 0.9.0: add_secret refuses secrets that cannot verify safely.
+--
+-- A blank Stripe secret (empty or whitespace after any whsec_ prefix) is an HMAC key anyone
+-- can guess, so anyone could sign for the endpoint; a Standard Webhooks secret that does not
+-- decode never verifies anything. add_secret now refuses both (22023, naming the endpoint,
+-- never quoting the secret), by the rule the verifier skips such secrets by, those stored
+-- before this release included: one Rust function, signature::check_secret
+-- (src/webhook/signature.rs), reached from SQL through billing._check_secret.
+CREATE FUNCTION billing._check_secret(endpoint text, provider text, secret text)
+RETURNS void IMMUTABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_check_secret';
+COMMENT ON FUNCTION billing._check_secret IS 'Raises 22023 unless the secret can verify deliveries for the provider (add_secret''s check; the verifier skips secrets it refuses).';
+REVOKE ALL ON FUNCTION billing._check_secret(text, text, text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION billing.add_secret(name text, secret text)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    p text;
+BEGIN
+    IF name IS NULL THEN RAISE EXCEPTION 'endpoint name must not be NULL' USING ERRCODE = '22023'; END IF;
+    IF secret IS NULL OR secret = '' THEN RAISE EXCEPTION 'secret must not be empty (endpoint "%")', name USING ERRCODE = '22023'; END IF;
+    SELECT e.provider INTO p FROM billing.endpoints e WHERE e.name = add_secret.name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown webhook endpoint "%"', name USING ERRCODE = 'BL013';
+    END IF;
+    PERFORM billing._check_secret(name, p, secret);
+    INSERT INTO billing.endpoint_secrets (endpoint, secret) VALUES (name, secret) ON CONFLICT DO NOTHING;
+END $$;
+-- CREATE OR REPLACE keeps add_secret's privileges (sql/roles.sql: none for
+-- PUBLIC, EXECUTE for billing_admin); restated so this file says what it relies on.
+REVOKE ALL ON FUNCTION billing.add_secret(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.add_secret(text, text) TO billing_admin;
+
+-- billing 0.9.0: verify() as one function, and _grants_now's ACL.
+--
+-- 0.5.0, 0.6.0 and 0.8.0 each added checks by renaming verify() and wrapping it
+-- (_verify_ledger, then _verify_slots, then _verify_entry_ids, each the one before plus
+-- its own checks). verify() now holds every check itself, in one query, as
+-- sql/operations.sql declares it; the wrappers go. CREATE OR REPLACE keeps verify()'s
+-- comment and privileges. Nothing in the schema depends on the wrappers (SQL bodies name
+-- functions only as text).
+CREATE OR REPLACE FUNCTION billing.verify()
+RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+WITH j AS (
+    SELECT j.*, lag(j.balance_after, 1, 0::bigint) OVER w AS before,
+           lag(j.at) OVER w AS prev_at, row_number() OVER w AS n,
+           (SELECT coalesce(sum(d), 0) FROM unnest(j.deltas) d) AS line_sum
+      FROM billing.journal j
+    WINDOW w AS (PARTITION BY j.customer ORDER BY j.seq)
+), lines AS (
+    SELECT j.customer, j.kind, l.a, l.d
+      FROM billing.journal j, unnest(j.accounts, j.deltas) AS l(a, d)
+), last AS (
+    SELECT DISTINCT ON (j.customer) j.customer, j.balance_after, j.seq, j.at
+      FROM billing.journal j ORDER BY j.customer, j.seq DESC
+), borrowed AS (
+    SELECT r.customer, r.id, sum(l.x) FILTER (WHERE l.a = r.id) AS x
+      FROM billing.reservations r, unnest(r.accounts, r.amounts) AS l(a, x)
+     WHERE r.status = 'active' GROUP BY r.customer, r.id
+)
+-- each entry's amount is the sum of its lines
+SELECT j.customer, 'entry_lines', j.amount, j.line_sum, 'entry ' || j.entry_id
+  FROM j WHERE j.amount IS DISTINCT FROM j.line_sum
+UNION ALL
+-- the running balance adds up entry by entry
+SELECT j.customer, 'running_balance', j.before + j.amount, j.balance_after, 'entry ' || j.entry_id
+  FROM j WHERE j.balance_after IS DISTINCT FROM j.before + j.amount
+UNION ALL
+-- no gaps in a customer's sequence, time never goes back
+SELECT j.customer, 'sequence', j.n, j.seq, 'entry ' || j.entry_id FROM j WHERE j.seq <> j.n
+UNION ALL
+SELECT j.customer, 'time_order', NULL, NULL, 'entry ' || j.entry_id || ' is earlier than the entry before it'
+  FROM j WHERE j.at < j.prev_at
+UNION ALL
+-- the cached balance and sequence of each customer match the journal
+SELECT c.customer, 'customer_balance', coalesce(l.balance_after, 0), c.balance, NULL
+  FROM billing.customers c LEFT JOIN last l USING (customer)
+ WHERE c.balance <> coalesce(l.balance_after, 0)
+UNION ALL
+SELECT c.customer, 'customer_seq', coalesce(l.seq, 0), c.seq, NULL
+  FROM billing.customers c LEFT JOIN last l USING (customer)
+ WHERE c.seq <> coalesce(l.seq, 0)
+UNION ALL
+-- every grant's remainder is the sum of the journal lines on it
+SELECT g.customer, 'grant_remaining', coalesce(s.total, 0), g.remaining, 'grant ' || g.id
+  FROM billing._grants_now g
+  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
+         ON s.customer = g.customer AND s.a = g.id
+ WHERE g.remaining <> coalesce(s.total, 0) OR g.open <> (g.remaining > 0)
+UNION ALL
+-- the overdraft account
+SELECT c.customer, 'overdraft_account', coalesce(s.total, 0), c.od, NULL
+  FROM billing.customers c
+  LEFT JOIN (SELECT lines.customer, sum(lines.d) AS total FROM lines
+              WHERE lines.a = '00000000-0000-0000-0000-000000000000' GROUP BY 1) s USING (customer)
+ WHERE c.od <> coalesce(s.total, 0)
+UNION ALL
+-- what each hold borrowed is on its own account while it is active, and nothing after
+SELECT r.customer, 'hold_borrowing', -coalesce(b.x, 0), coalesce(s.total, 0), 'reservation ' || r.id
+  FROM billing.reservations r
+  LEFT JOIN borrowed b ON b.customer = r.customer AND b.id = r.id
+  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
+         ON s.customer = r.customer AND s.a = r.id
+ WHERE coalesce(s.total, 0) <> -coalesce(b.x, 0)
+UNION ALL
+SELECT r.customer, 'hold_amount', r.amount, (SELECT sum(x) FROM unnest(r.amounts) x), 'reservation ' || r.id
+  FROM billing.reservations r
+ WHERE r.amount <> (SELECT sum(x) FROM unnest(r.amounts) x)
+UNION ALL
+-- the balance equals its parts: live grants + overdraft account - active borrowing,
+-- as of the customer's last entry (expired grants must have been written down)
+SELECT c.customer, 'balance_parts',
+       coalesce((SELECT sum(g.remaining) FROM billing._grants_now g
+                  WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
+       + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0),
+       c.balance, NULL
+  FROM billing.customers c
+ WHERE c.balance <> coalesce((SELECT sum(g.remaining) FROM billing._grants_now g
+                               WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
+                   + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0)
+UNION ALL
+SELECT g.customer, 'expired_grant_written_down', 0, g.remaining, 'grant ' || g.id
+  FROM billing._grants_now g JOIN billing.customers c USING (customer)
+ WHERE g.expires_at <= c.last_at AND g.remaining > 0
+UNION ALL
+-- refunds never return more than their entry consumed
+SELECT r.customer, 'refund_bound', -d.amount, r.total, 'entry ' || d.entry_id
+  FROM (SELECT j.customer, j.ref_entry, sum(j.amount) AS total FROM billing.journal j
+         WHERE j.kind = 'refund' GROUP BY 1, 2) r
+  JOIN billing.journal d ON d.entry_id = r.ref_entry
+ WHERE d.kind = 'debit' AND r.total > -d.amount
+UNION ALL
+-- every transfer has its pair in another account of the same customer: the same
+-- credits the other way
+SELECT t.customer, 'transfer_pair', -t.amount, p.amount, 'entry ' || t.entry_id
+  FROM billing.journal t
+  JOIN billing.customers ct ON ct.customer = t.customer
+  LEFT JOIN (billing.journal p JOIN billing.customers cp ON cp.customer = p.customer)
+         ON p.entry_id = t.ref_entry AND p.kind = 'transfer' AND p.ref_entry = t.entry_id
+        AND p.customer <> t.customer
+        AND coalesce(cp.slot_of, cp.customer) = coalesce(ct.slot_of, ct.customer)
+ WHERE t.kind = 'transfer' AND p.amount IS DISTINCT FROM -t.amount
+UNION ALL
+-- a mirror holds credits of a grant of its own customer, with that grant's expiry
+SELECT m.customer, 'mirror_origin', NULL, NULL, 'grant ' || m.id
+  FROM billing.grants m
+  JOIN billing.customers c ON c.customer = m.customer
+  LEFT JOIN billing.grants o ON o.customer = c.slot_of AND o.id = m.origin
+ WHERE m.origin IS NOT NULL AND (o.id IS NULL OR o.expires_at <> m.expires_at)
+UNION ALL
+-- a customer's pending draw is on an open grant of its own that it leaves credits
+SELECT c.customer, 'draw', c.draw, coalesce(g.remaining, 0), 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant
+ WHERE c.draw <> 0 AND (g.id IS NULL OR NOT g.open OR g.remaining - c.draw <= 0 OR c.draw < 0)
+UNION ALL
+-- a slotted customer has exactly its slot accounts
+SELECT c.customer, 'slot_accounts', c.slots - 1, count(s.customer), NULL
+  FROM billing.customers c
+  LEFT JOIN billing.customers s ON s.slot_of = c.customer
+ WHERE c.slot_of IS NULL
+ GROUP BY c.customer, c.slots
+HAVING count(s.customer) <> c.slots - 1
+UNION ALL
+-- a located entry id names its own account's number and its own seq
+SELECT j.customer, 'entry_id', j.seq, ('x' || substr(replace(j.entry_id::text, '-', ''), 18, 10))::bit(40)::bigint,
+       'entry ' || j.entry_id || ' does not name account ' || c.num || ', seq ' || j.seq
+  FROM billing.journal j JOIN billing.customers c ON c.customer = j.customer
+ WHERE j.entry_id >= 'ff000000-0000-0000-0000-000000000000'
+   AND substr(replace(j.entry_id::text, '-', ''), 1, 12) || substr(replace(j.entry_id::text, '-', ''), 18, 10)
+       <> 'ff' || lpad(to_hex(c.num), 10, '0') || lpad(to_hex(j.seq), 10, '0')
+UNION ALL
+-- the grant the customer row keeps as first in spending order (draw_left) is: it has
+-- that remainder, and no other open grant with credits comes before it
+SELECT c.customer, 'first_grant', c.draw_left, g.remaining - c.draw, 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant AND g.open
+ WHERE c.draw_left IS NOT NULL
+   AND (g.id IS NULL OR g.remaining - c.draw <> c.draw_left OR c.draw_left <= 0
+        OR EXISTS (SELECT FROM billing._grants_now o
+                    WHERE o.customer = c.customer AND o.open AND o.remaining > 0 AND o.id <> g.id
+                      AND (o.expires_at, -o.priority, o.seq) < (g.expires_at, -g.priority, g.seq)))
+UNION ALL
+-- an account number names one account
+SELECT min(c.customer), 'account_number', 1, count(*), 'number ' || c.num || ' is on ' || string_agg(c.customer, ', ')
+  FROM billing.customers c
+ GROUP BY c.num
+HAVING count(*) > 1
+UNION ALL
+-- the rows the hot path writes hold what its functions write (no CHECK: sql/ledger.sql)
+SELECT r.customer, 'reservation_row', NULL::bigint, r.amount,
+       'reservation ' || r.id || ': amount ' || r.amount || ', status ' || coalesce(r.status, 'NULL')
+  FROM billing.reservations r
+ WHERE NOT (r.amount > 0 AND r.status IN ('active', 'settled', 'released', 'expired'))
+UNION ALL
+SELECT u.customer, 'usage_row', NULL::bigint, u.credits,
+       'usage ' || u.idempotency_key || ': quantity ' || u.quantity || ', credits ' || u.credits
+  FROM billing.usage_events u
+ WHERE NOT (u.quantity > 0 AND u.credits >= 0)
+UNION ALL
+SELECT k.customer, 'usage_carry', k.den, k.num,
+       'carry of meter ' || k.meter || ' is ' || k.num || '/' || k.den || ', not a fraction below one'
+  FROM billing.usage_carry k
+ WHERE NOT (k.num >= 0 AND k.den > 0 AND k.num < k.den)
+UNION ALL
+SELECT e.customer, 'event_status', NULL::bigint, NULL::bigint,
+       'event ' || e.provider || ' ' || e.event_id || ' has status ' || coalesce(e.status, 'NULL')
+  FROM billing.events e
+ WHERE NOT (e.status IN ('applied', 'stale', 'ignored', 'failed'))
+UNION ALL
+SELECT o.customer, 'outbox_kind', o.id, NULL::bigint, 'outbox row ' || o.id || ' has kind ' || coalesce(o.kind, 'NULL')
+  FROM billing.outbox o
+ WHERE NOT (o.kind IN ('low_balance', 'subscription_status', 'access_changed', 'event_failed', 'topup_due'))
+UNION ALL
+-- a period's plan grants add up to what it says it granted, and its allowance stays
+-- between its base and its ceiling
+SELECT p.customer, 'plan_period', p.granted, coalesce(g.total, 0),
+       'subscription ' || p.subscription_id || ', period ending ' || p.period_end || ': granted ' || p.granted
+       || ', plan grants ' || coalesce(g.total, 0) || ', allowance ' || p.allowance || ', ceiling ' || p.ceiling
+  FROM billing.subscription_periods p
+  LEFT JOIN LATERAL (SELECT sum(g.amount)::bigint AS total FROM billing.grants g
+                      WHERE g.customer = p.customer AND g.source LIKE 'plan:%' AND g.expires_at = p.period_end
+                        AND g.metadata->>'subscription' = p.subscription_id) g ON true
+ WHERE p.granted <> coalesce(g.total, 0) OR p.allowance > p.ceiling OR p.base > p.allowance
+$$;
+DROP FUNCTION billing._verify_entry_ids();
+DROP FUNCTION billing._verify_slots();
+DROP FUNCTION billing._verify_ledger();
+
+-- A fresh install revokes PUBLIC's rights on every table and view at once
+-- (sql/roles.sql); _grants_now (0.5.0, made again by 0.6.0) came after 0.1.0's revoke
+-- and had no ACL, which means the same: owner only.
+REVOKE ALL ON billing._grants_now FROM PUBLIC;

@@ -16,17 +16,15 @@ billing.sync_status and nothing else:
 
     CREATE ROLE stripe_sync LOGIN PASSWORD '...' IN ROLE billing_sync;
 
-    # crontab: every 15 minutes (keep the interval well under --margin, see "Where it starts")
+    # crontab: every 15 minutes (any interval works: each run starts where the last got to)
     */15 * * * * STRIPE_API_KEY=rk_live_... python3 /opt/billing/stripe-sync.py --dsn "..." --endpoint stripe-main
 
-Where it starts: --since UNIX_TS if given (to recover a known outage: the time it began);
-else the newest event stored for the endpoint (the later of newest_delivered and
-newest_fetched in billing.sync_status) minus --margin seconds (default 3600: events are
-listed by their `created`, and a webhook or an earlier run may have brought a newer event
-while an older one was still missing); else, with nothing stored, 30 days ago (all Stripe
-keeps). Note that while webhooks arrive, the newest stored event is about "now", so each run
-looks back --margin seconds only: run it more often than that, or pass --since after an
-outage longer than the margin.
+Where it starts: --since UNIX_TS if given; else where the last committed run got to
+(`synced_through` in billing.sync_status: the newest event a run handed in) minus --margin
+seconds (default 3600: events are listed by their `created`, which a late one may predate);
+else, for an endpoint never synced, 30 days ago (all Stripe keeps). Not the newest event
+stored: while webhooks flow that is about now, and events of an outage that Stripe stopped
+retrying would never be looked at. So any interval works; a first run reads 30 days.
 
 What it does: pages through GET {api-base}/v1/events?limit=100&created[gte]=<start> with
 starting_after until has_more is false, then, in ONE database transaction, hands every event
@@ -202,22 +200,22 @@ def start_from(conn, endpoint, margin, since):
     """Where to start: `since` if given, else from what is stored. Checks the endpoint (and
     that this role may read billing.sync_status) before anything is asked of Stripe."""
     row = conn.execute(
-        "SELECT provider, greatest(newest_delivered, newest_fetched) FROM billing.sync_status WHERE endpoint = %s",
+        "SELECT provider, synced_through FROM billing.sync_status WHERE endpoint = %s",
         (endpoint,),
     ).fetchone()
     if row is None:
         raise SyncError(f"unknown webhook endpoint \"{endpoint}\" (billing.sync_status has no row for it; "
                         "see billing.add_endpoint)")
-    provider, newest = row
+    provider, synced = row
     if provider != "stripe":
         raise SyncError(f"endpoint \"{endpoint}\" is a {provider} endpoint, not a stripe one")
     if since is not None:
         return since, "--since"
     now = int(time.time())
-    if newest is None:
-        return now - RETENTION, "nothing stored yet: all Stripe keeps (30 days)"
-    since = int(newest.timestamp()) - margin
-    return since, f"newest stored event {newest.isoformat()} minus {margin} s"
+    if synced is None:
+        return now - RETENTION, "never synced: all Stripe keeps (30 days)"
+    since = int(synced.timestamp()) - margin
+    return since, f"synced through {synced.isoformat()} minus {margin} s"
 
 
 def main(argv=None):
@@ -228,7 +226,7 @@ def main(argv=None):
     ap.add_argument("--api-base", default="https://api.stripe.com", help="default https://api.stripe.com")
     ap.add_argument("--since", type=int, metavar="UNIX_TS", help="fetch events created at or after this time")
     ap.add_argument("--margin", type=int, default=3600, metavar="SECONDS",
-                    help="without --since: how far before the newest stored event to start (default 3600)")
+                    help="without --since: how far before synced_through to start (default 3600)")
     ap.add_argument("--timeout", type=float, default=60, help="seconds per HTTP request (default 60)")
     args = ap.parse_args(argv)
 

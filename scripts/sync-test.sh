@@ -217,7 +217,7 @@ def snapshot():
         "journal": q("SELECT count(*), coalesce(sum(amount), 0) FROM billing.journal")[0],
         "balances": q("SELECT string_agg(customer || '=' || billing.balance(customer), ',' ORDER BY customer) FROM billing.customers")[0],
         "outbox": q("SELECT count(*) FROM billing.outbox")[0],
-        "sync_status": q("SELECT endpoint, delivered, fetched, newest_delivered, newest_fetched FROM billing.sync_status ORDER BY 1"),
+        "sync_status": q("SELECT endpoint, delivered, fetched, newest_delivered, newest_fetched, synced_through FROM billing.sync_status ORDER BY 1"),
     }
 
 
@@ -420,7 +420,10 @@ try:
     rc, out, err, rows = sync(api)
     start = max(want_st[2], want_st[3]) - 3600
     in_window = [e["id"] for e in expect if e["created"] >= start]
-    check("(d) a second run without --since starts at the newest stored event minus 3600 s",
+    synced = q("SELECT extract(epoch FROM synced_through)::bigint FROM billing.sync_status WHERE endpoint = 'stripe-main'")[0][0]
+    check("(d) the first run marked how far it got: synced_through is the newest event it handed in",
+          synced == max(e["created"] for e in expect), f"{synced}")
+    check("(d) a second run without --since starts where the last one got to, minus 3600 s",
           f"({start};" in err, err.strip()[:300])
     check("(d) ... brings only duplicates (the events of that last hour), exit 0",
           rc == 0 and [r[0] for r in rows] == in_window and rows and all(r[2] == "duplicate" for r in rows),
@@ -457,6 +460,22 @@ try:
     check("a full re-run after all that: 351 duplicates, exit 0, nothing changed",
           rc == 0 and len(rows) == 351 and all(r[2] == "duplicate" for r in rows) and snapshot() == before,
           f"rc={rc} {len(rows)} {diff(before, snapshot())}")
+
+    # ------------------------------------------------------------ (g) an outage, then deliveries resume
+    # The endpoint was down: an event missed (Stripe gave up retrying it), then webhooks flow
+    # again for hours before the next sync. The run must still reach back to the outage.
+    t0 = new["created"] + 600
+    gap = topup(1001, "sync-a", 31, t0)
+    resumed = [topup(1002 + k, "sync-b", 1, t0 + 3 * 3600 + k) for k in range(3)]
+    write_events(events_path, events + [new, gap] + resumed)
+    for ev in resumed:
+        deliver(ev)
+    rc, out, err, rows = sync(api)
+    got = {r[0]: r[2] for r in rows}
+    check("(g) after an outage and hours of deliveries, the next run still brings the missed event",
+          rc == 0 and got.get(gap["id"]) == "applied" and all(got.get(ev["id"]) == "duplicate" for ev in resumed),
+          f"rc={rc} {got.get(gap['id'])} {err.strip()[-300:]}")
+    check("(g) ... its credits granted", balance("sync-a") == credits_of["sync-a"] + 777 + 31, f"{balance('sync-a')}")
 except Exception:
     import traceback
     traceback.print_exc()

@@ -106,8 +106,6 @@ GRANT USAGE ON SCHEMA billing TO billing_sync;
 -- How each event was first stored: 'delivery' (a signed webhook) or 'fetch' (from the
 -- provider's API). Whichever comes second is a duplicate.
 ALTER TABLE billing.events ADD COLUMN via text NOT NULL DEFAULT 'delivery';
--- The newest event per endpoint and path, without a scan (the sync tool starts there).
-CREATE INDEX events_endpoint_newest ON billing.events (endpoint, via, created);
 
 CREATE FUNCTION billing.ingest_fetched(endpoint text, body text,
     OUT event_id text, OUT status text, OUT detail text)
@@ -115,17 +113,30 @@ RETURNS record VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_ca
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_ingest_fetched';
 COMMENT ON FUNCTION billing.ingest_fetched IS 'Stores once and applies a Stripe event fetched from the provider''s API (unsigned): as a delivery would, a duplicate of one.';
 
+-- How far the sync from the provider's API got, per endpoint: the newest event a fetch
+-- handed in, stored before or not. The sync tool starts its next run there (minus a
+-- margin), not at the newest event stored: while deliveries flow, that is about now, and
+-- an outage whose events the provider stopped retrying would never be looked at.
+CREATE TABLE billing.sync_marks (
+    endpoint       text        PRIMARY KEY REFERENCES billing.endpoints ON DELETE CASCADE,
+    synced_through timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('billing.sync_marks', '');
+
 CREATE VIEW billing.sync_status AS
 SELECT e.name AS endpoint, e.provider,
        (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS newest_delivered,
        (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS newest_fetched,
        (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS delivered,
-       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched
+       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched,
+       (SELECT m.synced_through FROM billing.sync_marks m WHERE m.endpoint = e.name) AS synced_through
   FROM billing.endpoints e;
-COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, and how many each path brought.';
+COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, how many each path brought, and how far the sync from the provider''s API got.';
 
 REVOKE ALL ON FUNCTION billing.ingest_fetched(text, text) FROM PUBLIC;
-REVOKE ALL ON billing.sync_status FROM PUBLIC;
+REVOKE ALL ON billing.sync_status, billing.sync_marks FROM PUBLIC;
+GRANT SELECT ON billing.sync_marks TO billing_admin;
 GRANT EXECUTE ON FUNCTION billing.ingest_fetched(text, text) TO billing_sync;
 GRANT SELECT ON billing.sync_status TO billing_sync, billing_reader;
 

@@ -97,5 +97,6 @@ TO billing_admin;
 GRANT SELECT ON billing.customers, billing.grants, billing.reservations, billing.journal, billing.grant_status,
     billing.endpoints, billing.events, billing.event_variants, billing.provider_customers,
     billing.provider_objects, billing.purchases, billing.refunds, billing.disputes, billing.topup_credits,
-    billing.usage_carry, billing.usage_events, billing.buckets, billing.auto_topups, billing.outbox
+    billing.usage_carry, billing.usage_events, billing.buckets, billing.auto_topups, billing.outbox,
+    billing.sync_marks
 TO billing_admin;

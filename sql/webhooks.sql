@@ -44,8 +44,6 @@ CREATE TABLE billing.events (
 );
 CREATE INDEX events_failed ON billing.events (provider_customer, created, event_id) WHERE status = 'failed';
 CREATE INDEX events_failed_app ON billing.events (customer, created, event_id) WHERE status = 'failed';
--- The newest event per endpoint and path, without a scan (the sync tool starts there).
-CREATE INDEX events_endpoint_newest ON billing.events (endpoint, via, created);
 
 -- The same event id delivered with a different body (one event rendered in two API
 -- versions): a duplicate, kept as evidence.
@@ -288,11 +286,23 @@ SELECT e.endpoint, count(*) AS events,
   FROM billing.events e
  WHERE e.received_at > now() - interval '1 day' AND e.created IS NOT NULL
  GROUP BY e.endpoint;
+-- How far the sync from the provider's API got, per endpoint: the newest event a fetch
+-- handed in, stored before or not. The sync tool starts its next run there (minus a
+-- margin), not at the newest event stored: while deliveries flow, that is about now, and
+-- an outage whose events the provider stopped retrying would never be looked at.
+CREATE TABLE billing.sync_marks (
+    endpoint       text        PRIMARY KEY REFERENCES billing.endpoints ON DELETE CASCADE,
+    synced_through timestamptz NOT NULL,
+    updated_at     timestamptz NOT NULL
+);
+SELECT pg_catalog.pg_extension_config_dump('billing.sync_marks', '');
+
 CREATE VIEW billing.sync_status AS
 SELECT e.name AS endpoint, e.provider,
        (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS newest_delivered,
        (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS newest_fetched,
        (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS delivered,
-       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched
+       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched,
+       (SELECT m.synced_through FROM billing.sync_marks m WHERE m.endpoint = e.name) AS synced_through
   FROM billing.endpoints e;
-COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, and how many each path brought.';
+COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, how many each path brought, and how far the sync from the provider''s API got.';

@@ -11,7 +11,6 @@ pub mod clock;
 pub mod error;
 pub mod ledger;
 pub mod maintenance;
-mod one_row_tests;
 pub mod pg;
 pub mod usage;
 pub mod webhook;

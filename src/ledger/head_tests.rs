@@ -1,5 +1,5 @@
 //! `#[pg_test]`s of the first grant kept on the customer row (`Op::take_from_head`,
-//! sql/head.sql): debits it covers read no grant, and every change of the grants that
+//! sql/ledger.sql): debits it covers read no grant, and every change of the grants that
 //! could make another one first clears it.
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]

@@ -1,4 +1,4 @@
-//! Slotted balances for hot customers (`billing.set_slots`, sql/slots.sql).
+//! Slotted balances for hot customers (`billing.set_slots`, sql/ledger.sql).
 //!
 //! A customer's debits queue on its lock, each holding it through its commit flush. A
 //! slotted customer's credits are spread over `n` accounts: its own (slot 0) and

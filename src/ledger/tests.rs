@@ -36,7 +36,7 @@ mod tests {
     }
 
     /// The CHECK constraints 0.8.0 dropped from the rows a reserve, a settle, a usage and an
-    /// ingest write (sql/hot_checks.sql) are verify()'s to report now: a row written past
+    /// ingest write (sql/billing--0.7.0--0.8.0.sql) are verify()'s to report now: a row written past
     /// the functions that breaks one shows up under its check.
     #[pg_test]
     fn verify_reports_rows_the_dropped_checks_refused() {

@@ -6,3 +6,4 @@ pub mod jsonb;
 pub mod one_row;
 pub mod spi;
 pub mod whole_row;
+mod one_row_tests;

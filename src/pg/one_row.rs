@@ -1,5 +1,5 @@
 //! Functions that answer one row (`debit`, `settle`, `ingest`, ...): declared with OUT
-//! parameters, `RETURNS record` (not a set, sql/one_row_composites.sql), so the answer is
+//! parameters, `RETURNS record` (not a set), so the answer is
 //! one composite value that works wherever a value does: `SELECT * FROM billing.debit(..)`,
 //! `SELECT (billing.debit(..)).balance_after`, `coalesce((billing.record_usage(..)).credits, 0)`,
 //! PL/pgSQL `SELECT * INTO`, `LATERAL`.

@@ -302,6 +302,13 @@ fn ingest_fetched(endpoint: Option<&str>, body: Option<&str>) {
 }
 crate::sql_entry!(pg_finfo_billing_ingest_fetched, billing_ingest_fetched, ingest_fetched_wrapper, jsonb = [], one_row);
 
+/// How far the sync got: the newest event handed in, whatever became of it.
+static SYNC_MARK: Stmt = Stmt {
+    sql: "INSERT INTO billing.sync_marks AS m (endpoint, synced_through, updated_at) VALUES ($1, to_timestamp($2), now())
+          ON CONFLICT (endpoint) DO UPDATE SET synced_through = greatest(m.synced_through, EXCLUDED.synced_through), updated_at = now()",
+    args: &[TEXTOID, FLOAT8OID],
+};
+
 fn ingest_fetched_impl(endpoint: Option<&str>, body: Option<&str>) -> Result<EventRow> {
     let endpoint = need(endpoint, "endpoint")?;
     let body = need(body, "body")?;
@@ -319,7 +326,12 @@ fn ingest_fetched_impl(endpoint: Option<&str>, body: Option<&str>) -> Result<Eve
             return Err(BillingError::invalid(format!("endpoint \"{endpoint}\" is a {provider} endpoint: only Stripe events are fetched")));
         }
         let d = parse_delivery(Provider::Stripe, endpoint, body, None)?;
-        store_and_apply(c, d, endpoint, body, None, Via::Fetch)
+        let created = d.created;
+        let row = store_and_apply(c, d, endpoint, body, None, Via::Fetch)?;
+        if let Some(t) = created {
+            run(c, &SYNC_MARK, &[endpoint.into(), (t as f64).into()])?;
+        }
+        Ok(row)
     })
 }
 

@@ -1,5 +1,5 @@
 //! `billing._check_secret(endpoint, provider, secret)`: `billing.add_secret`'s check of a new
-//! secret (sql/secrets_check.sql). The rule is [`signature::check_secret`], the same one the
+//! secret (sql/webhooks.sql). The rule is [`signature::check_secret`], the same one the
 //! verifier skips stored secrets by, so what add_secret accepts is exactly what can verify.
 use super::signature::{self, Provider};
 use crate::error::{deliver, BillingError, Result};

@@ -1,5 +1,5 @@
 //! `#[pg_test]`s of `billing.add_secret`'s refusal of secrets that cannot verify safely
-//! (sql/secrets_check.sql), and of the verifier skipping such secrets stored before it.
+//! (sql/webhooks.sql), and of the verifier skipping such secrets stored before it.
 #[cfg(any(test, feature = "pg_test"))]
 #[pgrx::pg_schema]
 mod tests {

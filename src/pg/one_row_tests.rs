@@ -1,5 +1,5 @@
-//! `#[pg_test]`s of the one-row functions as composite values (sql/one_row_composites.sql,
-//! src/one_row.rs): each of them in every way SQL calls a function (in FROM, a field of
+//! `#[pg_test]`s of the one-row functions as composite values (`one_row`; declared in
+//! sql/ledger.sql, webhooks.sql, plans.sql, usage.sql): each of them in every way SQL calls a function (in FROM, a field of
 //! it, the whole value, inside `coalesce`, per row of a `LATERAL`, in PL/pgSQL), with its
 //! declaration and privileges, and its errors with their SQLSTATEs in each of those ways.
 #[cfg(any(test, feature = "pg_test"))]
@@ -343,7 +343,7 @@ mod tests {
         ));
         assert_eq!(comments, "billing.replay(text)");
         assert!(q::<bool>("SELECT obj_description('billing.debit(text,bigint,text,jsonb)'::regprocedure, 'pg_proc') LIKE 'Takes credits now%'"));
-        // billing.ingest_fetched (sql/reconcile.sql) answers through the same entry
+        // billing.ingest_fetched (sql/webhooks.sql) answers through the same entry
         assert_eq!(
             q::<String>("SELECT format('%s|%s', proretset, pg_get_function_arguments(oid)) FROM pg_proc WHERE oid = 'billing.ingest_fetched(text,text)'::regprocedure"),
             format!("f|endpoint text, body text, {event}")

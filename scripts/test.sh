@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test layer. Installs what it needs (scripts/bootstrap.sh); safe to re-run.
+#   0.   cargo fmt --check and cargo clippy -D warnings
 #   1+2. Rust unit tests (pure rules, signatures) and #[pg_test]s, via cargo pgrx test
 #   3.   isolation specs (pg_isolation_regress) and the client-side crate (pgrx-tests/:
 #        randomized model, many-connection races, dump/restore, roles) against a
@@ -16,6 +17,10 @@ unset RUST_BACKTRACE
 ./scripts/bootstrap.sh
 
 section() { printf '\n==== %s\n' "$*"; }
+
+section "format and lint: cargo fmt --check, cargo clippy (warnings are errors)"
+cargo fmt --all -- --check
+cargo clippy --features pg15 --workspace --all-targets -- -D warnings
 
 section "layers 1+2: unit tests and #[pg_test]s"
 install -d -o postgres -g postgres /tmp/billing-pgrx-test

@@ -27,7 +27,7 @@ pub fn now() -> i64 {
                 pg_sys::timestamptz_in,
                 &[Some(pg_sys::Datum::from(s.as_ptr())), Some(pg_sys::Datum::from(pg_sys::InvalidOid)), Some(pg_sys::Datum::from(-1i32))],
             )
-            .unwrap_or_else(|| TimestampWithTimeZone::positive_infinity());
+            .unwrap_or_else(TimestampWithTimeZone::positive_infinity);
             pg_sys::TimestampTz::from(t)
         },
         _ => unsafe { pg_sys::GetCurrentTimestamp() },

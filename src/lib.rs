@@ -12,10 +12,12 @@ pub mod error;
 pub mod ledger;
 pub mod maintenance;
 pub mod pg;
+#[cfg(test)]
+mod proptests;
+#[cfg(any(test, feature = "pg_test"))]
+pub mod test_sql;
 pub mod usage;
 pub mod webhook;
-#[cfg(test)] mod proptests;
-#[cfg(any(test, feature = "pg_test"))] pub mod test_sql;
 
 ::pgrx::pg_module_magic!(name, version);
 

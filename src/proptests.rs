@@ -51,8 +51,7 @@ fn stripe_element() -> impl Strategy<Value = String> {
 }
 
 fn stripe_header() -> impl Strategy<Value = String> {
-    (prop::collection::vec(stripe_element(), 0..12), prop::sample::select(vec![",", ", ", " ,", ",,"]))
-        .prop_map(|(parts, sep)| parts.join(sep))
+    (prop::collection::vec(stripe_element(), 0..12), prop::sample::select(vec![",", ", ", " ,", ",,"])).prop_map(|(parts, sep)| parts.join(sep))
 }
 
 fn standard_sig_header() -> impl Strategy<Value = String> {
@@ -210,10 +209,38 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
     leaf.prop_recursive(6, 64, 8, |inner| {
         let key = prop_oneof![
             prop::sample::select(vec![
-                "id", "type", "created", "data", "object", "metadata", "credits", "customer", "items", "lines", "price",
-                "status", "payment_intent", "amount", "amount_refunded", "amount_received", "current_period_end",
-                "period", "end", "parent", "subscription_details", "subscription", "client_reference_id", "charge",
-                "payment_status", "mode", "currency", "amount_total", "trial_end", "plan", "pricing", "price_details",
+                "id",
+                "type",
+                "created",
+                "data",
+                "object",
+                "metadata",
+                "credits",
+                "customer",
+                "items",
+                "lines",
+                "price",
+                "status",
+                "payment_intent",
+                "amount",
+                "amount_refunded",
+                "amount_received",
+                "current_period_end",
+                "period",
+                "end",
+                "parent",
+                "subscription_details",
+                "subscription",
+                "client_reference_id",
+                "charge",
+                "payment_status",
+                "mode",
+                "currency",
+                "amount_total",
+                "trial_end",
+                "plan",
+                "pricing",
+                "price_details",
             ])
             .prop_map(str::to_string),
             "[a-z]{1,6}",
@@ -335,14 +362,8 @@ struct Scenario {
 fn scenario() -> impl Strategy<Value = Scenario> {
     let grant = (0i64..1000, prop_oneof![Just(None), (1i64..2000).prop_map(Some)], -3i32..4);
     let hold = (prop::collection::vec((0usize..8, 1i64..300), 0..3), 0i64..200, 1i64..2000);
-    (
-        prop::collection::vec(grant, 0..8),
-        prop::collection::vec(hold, 0..4),
-        -400i64..200,
-        0i64..500,
-        0i64..1000,
-    )
-        .prop_map(|(grants, holds, od, limit, clock)| {
+    (prop::collection::vec(grant, 0..8), prop::collection::vec(hold, 0..4), -400i64..200, 0i64..500, 0i64..1000).prop_map(
+        |(grants, holds, od, limit, clock)| {
             let mut book = Book { od, overdraft_limit: limit, ..Default::default() };
             for (i, (remaining, exp, priority)) in grants.into_iter().enumerate() {
                 // live at the clock: expiries lie after it
@@ -370,7 +391,8 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             }
             book.balance = accounts_sum(&book);
             Scenario { book, clock }
-        })
+        },
+    )
 }
 
 /// The balance from its parts: grants' remaining credits, the overdraft account, less what

@@ -31,16 +31,15 @@ pub fn state(sql: &str) -> String {
 
 /// A statement's one text result, or the SQLSTATE it raised.
 pub fn outcome(sql: &str) -> String {
-    Spi::get_one_with_args::<String>("SELECT pg_temp.outcome_of($1)", &[sql.into()])
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .unwrap_or_default()
+    Spi::get_one_with_args::<String>("SELECT pg_temp.outcome_of($1)", &[sql.into()]).unwrap_or_else(|e| panic!("{sql}: {e}")).unwrap_or_default()
 }
 
 /// Panics with `verify()`'s rows unless there are none.
 pub fn clean() {
     let problems: i64 = q("SELECT count(*) FROM billing.verify()");
     if problems != 0 {
-        let rows: String = q("SELECT string_agg(format('%s %s %s %s %s', customer, check_name, expected, actual, detail), E'\\n') FROM billing.verify()");
+        let rows: String =
+            q("SELECT string_agg(format('%s %s %s %s %s', customer, check_name, expected, actual, detail), E'\\n') FROM billing.verify()");
         panic!("verify() reports inconsistencies:\n{rows}");
     }
 }

@@ -20,9 +20,11 @@ fn storm(db: &TestDb, threads: usize, per: usize, feature: &str, tag: &str) -> V
                 c.batch_execute("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
                 barrier.wait();
                 (0..per)
-                    .map(|i| match c.query_one("SELECT balance_after FROM billing.charge('hot', $1, 1, $2)", &[&feature, &format!("{tag}-{t}-{i}")]) {
-                        Ok(_) => "ok".to_string(),
-                        Err(e) => sqlstate(&e),
+                    .map(|i| {
+                        match c.query_one("SELECT balance_after FROM billing.charge('hot', $1, 1, $2)", &[&feature, &format!("{tag}-{t}-{i}")]) {
+                            Ok(_) => "ok".to_string(),
+                            Err(e) => sqlstate(&e),
+                        }
                     })
                     .collect::<Vec<_>>()
             })

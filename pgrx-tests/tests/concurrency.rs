@@ -373,7 +373,7 @@ fn lock_wait_surfaces_as_lock_timeout() {
 
     tx.commit().unwrap();
     assert_eq!(balance(&mut c, "held"), 990, "only the holder's debit counted");
-    assert_eq!(debit(&mut waiter, "held", 20, "w1").unwrap().2, false, "the timed-out debit left no trace: its key is free");
+    assert!(!debit(&mut waiter, "held", 20, "w1").unwrap().2, "the timed-out debit left no trace: its key is free");
     let problems: i64 = c.query_one("SELECT count(*) FROM billing.verify()", &[]).unwrap().get(0);
     assert_eq!(problems, 0);
 }

@@ -121,7 +121,8 @@ fn dump_and_restore_keep_the_ledger() {
     // stays frozen, new entries continue the sequence.
     set_clock(&mut b, HOUR + 1);
     let r = b.query_one("SELECT entry_id::text, replayed FROM billing.debit('d1', 300, 'd1', '{\"req\": 1}')", &[]).unwrap();
-    let orig: String = a.query_one("SELECT entry_id::text FROM billing.journal WHERE customer = 'd1' AND idempotency_key = 'd1'", &[]).unwrap().get(0);
+    let orig: String =
+        a.query_one("SELECT entry_id::text FROM billing.journal WHERE customer = 'd1' AND idempotency_key = 'd1'", &[]).unwrap().get(0);
     assert_eq!((r.get::<_, String>(0), r.get::<_, bool>(1)), (orig, true));
     expect_code(&mut b, "SELECT billing.debit('d1', 301, 'd1')", "BL002");
     expect_code(&mut b, "SELECT billing.debit('d3', 1, 'x')", "BL004");

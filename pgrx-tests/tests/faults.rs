@@ -168,14 +168,45 @@ fn connect_retry(cfg: &Config) -> Client {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Debit { cust: String, key: String, amount: i64 },
+    Debit {
+        cust: String,
+        key: String,
+        amount: i64,
+    },
     /// Two debits (of two customers, in a fixed order) in one transaction.
-    Tx { parts: Vec<(String, String, i64)> },
-    Reserve { cust: String, key: String, amount: i64 },
-    Settle { cust: String, rid: String, amount: i64, actual: i64 },
-    Release { cust: String, rid: String, amount: i64 },
-    Refund { cust: String, key: String, entry: String, amount: i64 },
-    Deliver { event: String, purchase: String, cust: String, credits: i64, body: String, inbox: bool },
+    Tx {
+        parts: Vec<(String, String, i64)>,
+    },
+    Reserve {
+        cust: String,
+        key: String,
+        amount: i64,
+    },
+    Settle {
+        cust: String,
+        rid: String,
+        amount: i64,
+        actual: i64,
+    },
+    Release {
+        cust: String,
+        rid: String,
+        amount: i64,
+    },
+    Refund {
+        cust: String,
+        key: String,
+        entry: String,
+        amount: i64,
+    },
+    Deliver {
+        event: String,
+        purchase: String,
+        cust: String,
+        credits: i64,
+        body: String,
+        inbox: bool,
+    },
 }
 
 impl Op {
@@ -511,7 +542,14 @@ impl Report {
         self.lost.is_empty() && self.duplicated.is_empty() && self.problems.is_empty()
     }
     fn describe(&self) -> String {
-        let mut s = format!("{}: {} ops checked, lost {}, duplicated {}, other problems {}", self.label, self.ops, self.lost.len(), self.duplicated.len(), self.problems.len());
+        let mut s = format!(
+            "{}: {} ops checked, lost {}, duplicated {}, other problems {}",
+            self.label,
+            self.ops,
+            self.lost.len(),
+            self.duplicated.len(),
+            self.problems.len()
+        );
         for (what, v) in [("lost", &self.lost), ("duplicated", &self.duplicated), ("problem", &self.problems)] {
             for x in v.iter().take(10) {
                 s.push_str(&format!("\n    {what}: {x}"));
@@ -808,7 +846,8 @@ fn no_committed_operation_lost_or_doubled_under_faults() {
 
     // Faults at fixed points of the load (counted in operations, not time).
     use Fault::*;
-    let plan = [Terminate, Kill9, Restart, Kill9, Terminate, Restart, Terminate, Kill9, Restart, Restart, Kill9, Terminate, Kill9, Restart, Terminate];
+    let plan =
+        [Terminate, Kill9, Restart, Kill9, Terminate, Restart, Terminate, Kill9, Restart, Restart, Kill9, Terminate, Kill9, Restart, Terminate];
     let total = THREADS * ops;
     let mut rng = Rng::new(seed);
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();

@@ -214,7 +214,10 @@ fn webhook_input_refused_cleanly() {
     let deep_bodies = [
         ("array nested 5000 deep", deep("[", "]", 5000)),
         ("object nested 5000 deep", deep("{\"a\":", "}", 5000)),
-        ("event whose data.object nests 3000 deep", format!(r#"{{"id":"evt_deep","type":"x","created":1,"data":{{"object":{}}}}}"#, deep("{\"a\":", "}", 3000))),
+        (
+            "event whose data.object nests 3000 deep",
+            format!(r#"{{"id":"evt_deep","type":"x","created":1,"data":{{"object":{}}}}}"#, deep("{\"a\":", "}", 3000)),
+        ),
         ("mixed nesting 20000 deep", deep("[{\"a\":", "}]", 10000)),
     ];
     for (name, body) in &deep_bodies {
@@ -323,12 +326,21 @@ fn webhook_input_refused_cleanly() {
     let ts = now.to_string();
     let big_id = "m".repeat(100_000);
     let std_cases: Vec<(&str, String)> = vec![
-        ("webhook-id of 100,000 characters", stripe::headers(&[("webhook-id", &big_id), ("webhook-timestamp", &ts), ("webhook-signature", "v1,AAAA")])),
+        (
+            "webhook-id of 100,000 characters",
+            stripe::headers(&[("webhook-id", &big_id), ("webhook-timestamp", &ts), ("webhook-signature", "v1,AAAA")]),
+        ),
         ("webhook-id with a dot", stripe::headers(&[("webhook-id", "a.b"), ("webhook-timestamp", &ts), ("webhook-signature", "v1,AAAA")])),
         ("timestamp -1", stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", "-1"), ("webhook-signature", "v1,AAAA")])),
         ("timestamp 1e9", stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", "1e9"), ("webhook-signature", "v1,AAAA")])),
-        ("timestamp beyond bigint", stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", "99999999999999999999"), ("webhook-signature", "v1,AAAA")])),
-        ("10,000 signatures", stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", &ts), ("webhook-signature", &"v1,AAAA ".repeat(10_000))])),
+        (
+            "timestamp beyond bigint",
+            stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", "99999999999999999999"), ("webhook-signature", "v1,AAAA")]),
+        ),
+        (
+            "10,000 signatures",
+            stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", &ts), ("webhook-signature", &"v1,AAAA ".repeat(10_000))]),
+        ),
         ("no headers", "{}".to_string()),
     ];
     for (name, h) in &std_cases {
@@ -336,7 +348,8 @@ fn webhook_input_refused_cleanly() {
     }
 
     // -- a verified event whose amount is beyond bigint: stored as failed, no credits
-    let huge_credits = good.replace("evt_good", "evt_huge").replace("pi_good", "pi_huge").replace("\"credits\":\"10\"", "\"credits\":\"99999999999999999999\"");
+    let huge_credits =
+        good.replace("evt_good", "evt_huge").replace("pi_good", "pi_huge").replace("\"credits\":\"10\"", "\"credits\":\"99999999999999999999\"");
     let h = signed(&huge_credits);
     let journal = scalar_i64(k.c, "SELECT count(*) FROM billing.journal");
     let rows = k.accept("verified event with credits beyond bigint", INGEST, &[&ep, &h, &huge_credits]);
@@ -469,7 +482,12 @@ fn ledger_arguments_refused_cleanly() {
             k.refuse(&format!("amount {big}: {call}"), &format!("SELECT * FROM {call}"), &[], &["22003", "22P02"]);
         }
         let s: &str = big;
-        k.refuse(&format!("amount {big} as a text parameter"), "SELECT * FROM billing.debit('hl', $1::text::bigint, 'kb')", &[&s], &["22003", "22P02"]);
+        k.refuse(
+            &format!("amount {big} as a text parameter"),
+            "SELECT * FROM billing.debit('hl', $1::text::bigint, 'kb')",
+            &[&s],
+            &["22003", "22P02"],
+        );
     }
     k.refuse("amount as numeric beyond bigint", "SELECT * FROM billing.debit('hl', 99999999999999999999::numeric::bigint, 'kb')", &[], &["22003"]);
     k.refuse("settle far above the hold", &format!("SELECT * FROM billing.settle({r}, 9223372036854775807)"), &[], &["BL001"]);
@@ -512,7 +530,12 @@ fn ledger_arguments_refused_cleanly() {
     k.refuse("key with chr(0)", "SELECT * FROM billing.debit('hl', 1, 'a' || chr(0))", &[], &["54000"]);
     k.refuse("unknown customer", "SELECT * FROM billing.debit('nobody', 1, 'kn')", &[], &["BL003"]);
     k.refuse("unknown reservation", "SELECT * FROM billing.settle('00000000-0000-0000-0000-000000000001', 1)", &[], &["BL003"]);
-    k.refuse("a grant is not refundable", "SELECT * FROM billing.refund((SELECT entry_id FROM billing.journal WHERE idempotency_key = 'seed'))", &[], &["22023"]);
+    k.refuse(
+        "a grant is not refundable",
+        "SELECT * FROM billing.refund((SELECT entry_id FROM billing.journal WHERE idempotency_key = 'seed'))",
+        &[],
+        &["22023"],
+    );
     k.refuse("refund beyond the debit", &format!("SELECT * FROM billing.refund({e}, 11, 'kr')"), &[], &["22023"]);
 
     // -- intervals and instants
@@ -530,27 +553,51 @@ fn ledger_arguments_refused_cleanly() {
     let deep_md = deep("{\"a\":", "}", 1000);
     k.refuse("metadata nested 1000 deep", "SELECT * FROM billing.debit('hl', 1, 'km1', $1::text::jsonb)", &[&deep_md.as_str()], &["22023"]);
     let deep_arr = deep("[", "]", 5000);
-    k.refuse("metadata array nested 5000 deep", "SELECT billing.grant('hl', 1, 'km2', metadata => $1::text::jsonb)", &[&deep_arr.as_str()], &["22023"]);
+    k.refuse(
+        "metadata array nested 5000 deep",
+        "SELECT billing.grant('hl', 1, 'km2', metadata => $1::text::jsonb)",
+        &[&deep_arr.as_str()],
+        &["22023"],
+    );
     // 1e400 is a valid jsonb number: accepted, and stored exactly (never as infinity or rounded)
     if k.accept_or_refuse("metadata with 1e400", "SELECT * FROM billing.debit('hl', 1, 'km3', '{\"x\": 1e400}')", &[], &["22023"]).is_some() {
-        let same: bool = k.c.query_one("SELECT metadata = '{\"x\": 1e400}'::jsonb FROM billing.journal WHERE idempotency_key = 'km3'", &[]).unwrap().get(0);
+        let same: bool =
+            k.c.query_one("SELECT metadata = '{\"x\": 1e400}'::jsonb FROM billing.journal WHERE idempotency_key = 'km3'", &[]).unwrap().get(0);
         k.check("metadata with 1e400", same, || "accepted but stored altered".to_string());
     }
     k.refuse("headers nested 1000 deep", INGEST, &[&EP, &deep_md.as_str(), &"{}"], &["22023", "BL010"]);
     k.refuse("headers with 1e400", INGEST, &[&EP, &r#"{"x": 1e400}"#, &"{}"], &["22023", "BL010"]);
     let exact = r#"{"big": 123456789012345678901234567890, "tiny": 0.1000000000000000000001, "neg": -99999999999999999999}"#;
-    if k.accept_or_refuse("metadata with numbers beyond f64", "SELECT * FROM billing.debit('hl', 1, 'km4', $1::text::jsonb)", &[&exact], &["22023"]).is_some() {
-        let same: bool = k.c.query_one("SELECT metadata = $1::text::jsonb FROM billing.journal WHERE idempotency_key = 'km4'", &[&exact]).unwrap().get(0);
+    if k.accept_or_refuse("metadata with numbers beyond f64", "SELECT * FROM billing.debit('hl', 1, 'km4', $1::text::jsonb)", &[&exact], &["22023"])
+        .is_some()
+    {
+        let same: bool =
+            k.c.query_one("SELECT metadata = $1::text::jsonb FROM billing.journal WHERE idempotency_key = 'km4'", &[&exact]).unwrap().get(0);
         let stored: String = k.c.query_one("SELECT metadata::text FROM billing.journal WHERE idempotency_key = 'km4'", &[]).unwrap().get(0);
         k.check("metadata with numbers beyond f64", same, || format!("accepted but stored altered: {stored} (sent {exact})"));
     }
     let huge_md = format!("{{{}}}", (0..50_000).map(|i| format!("\"k{i}\":\"{}\"", "v".repeat(20))).collect::<Vec<_>>().join(","));
-    if k.accept_or_refuse("metadata of 1.5 MB", "SELECT * FROM billing.debit('hl', 1, 'km5', $1::text::jsonb)", &[&huge_md.as_str()], &["22023", "54000"]).is_some() {
-        let same: bool = k.c.query_one("SELECT metadata = $1::text::jsonb FROM billing.journal WHERE idempotency_key = 'km5'", &[&huge_md.as_str()]).unwrap().get(0);
+    if k.accept_or_refuse(
+        "metadata of 1.5 MB",
+        "SELECT * FROM billing.debit('hl', 1, 'km5', $1::text::jsonb)",
+        &[&huge_md.as_str()],
+        &["22023", "54000"],
+    )
+    .is_some()
+    {
+        let same: bool =
+            k.c.query_one("SELECT metadata = $1::text::jsonb FROM billing.journal WHERE idempotency_key = 'km5'", &[&huge_md.as_str()])
+                .unwrap()
+                .get(0);
         k.check("metadata of 1.5 MB", same, || "accepted but stored altered".into());
     }
     let wide = format!("[{}]", vec!["{}"; 200_000].join(","));
-    k.accept_or_refuse("metadata array of 200,000 objects", "SELECT billing.grant('hl', 1, 'km6', metadata => $1::text::jsonb)", &[&wide.as_str()], &["22023", "54000"]);
+    k.accept_or_refuse(
+        "metadata array of 200,000 objects",
+        "SELECT billing.grant('hl', 1, 'km6', metadata => $1::text::jsonb)",
+        &[&wide.as_str()],
+        &["22023", "54000"],
+    );
 
     verify_clean(k.c);
     k.finish("ledger_arguments_refused_cleanly");
@@ -662,52 +709,64 @@ fn webhook_role_can_only_ingest() {
 
     // and nothing else
     let mut denied: Vec<String> = [
-        "endpoint_secrets", "endpoints", "events", "event_variants", "journal", "customers", "grants", "reservations",
-        "purchases", "provider_customers", "subscriptions", "plans", "inbox", "grant_status", "failed_events", "stale_events",
+        "endpoint_secrets",
+        "endpoints",
+        "events",
+        "event_variants",
+        "journal",
+        "customers",
+        "grants",
+        "reservations",
+        "purchases",
+        "provider_customers",
+        "subscriptions",
+        "plans",
+        "inbox",
+        "grant_status",
+        "failed_events",
+        "stale_events",
     ]
     .iter()
     .map(|t| format!("SELECT * FROM billing.{t}"))
     .collect();
-    denied.extend(
-        [
-            "SELECT * FROM billing.debit('cust', 1, 'x')".to_string(),
-            "SELECT billing.grant('cust', 1000000, 'x')".into(),
-            "SELECT billing.reserve('cust', 1, 'x')".into(),
-            format!("SELECT * FROM billing.settle('{rid}', 1)"),
-            format!("SELECT * FROM billing.release('{rid}')"),
-            format!("SELECT * FROM billing.refund('{entry}')"),
-            "SELECT billing.balance('cust')".into(),
-            "SELECT billing.set_overdraft('cust', 1000000)".into(),
-            "SELECT billing.set_frozen('cust', false)".into(),
-            "SELECT * FROM billing.verify()".into(),
-            "SELECT billing.maintenance()".into(),
-            format!("SELECT billing.add_secret('{EP}', 'whsec_attacker')"),
-            format!("SELECT billing.remove_secret('{EP}', '{SECRET}')"),
-            "SELECT billing.add_endpoint('evil', 'stripe')".into(),
-            "SELECT * FROM billing.replay('evt_r1')".into(),
-            "SELECT * FROM billing.replay_failed()".into(),
-            "SELECT * FROM billing.link_customer('attacker', 'cus_victim')".into(),
-            "SELECT billing.verify_signature('stripe', '{}', '{}', '')".into(),
-            "SELECT billing.define_topup('usd:1', 1000000)".into(),
-            "UPDATE billing.inbox SET body = ''".into(),
-            "DELETE FROM billing.inbox".into(),
-            "TRUNCATE billing.inbox".into(),
-            "INSERT INTO billing.journal (customer) VALUES ('x')".into(),
-            "INSERT INTO billing.endpoint_secrets (endpoint, secret) VALUES ('stripe-hostile', 'whsec_attacker')".into(),
-            "INSERT INTO billing.events (provider) VALUES ('stripe')".into(),
-            "CREATE TABLE billing.evil (x int)".into(),
-            "CREATE FUNCTION billing.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'".into(),
-            "GRANT SELECT ON billing.journal TO PUBLIC".into(),
-            "GRANT SELECT ON billing.endpoint_secrets TO PUBLIC".into(),
-            format!("GRANT billing_admin TO {}", role.0),
-            format!("GRANT billing_app TO {}", role.0),
-            "SET ROLE billing_admin".into(),
-            "SET ROLE billing_app".into(),
-            "SET billing.webhook_tolerance = 86400".into(),
-            "SET billing.webhook_max_bytes = 67108864".into(),
-            "SET billing.clock = '2030-01-01 00:00:00+00'".into(),
-        ],
-    );
+    denied.extend([
+        "SELECT * FROM billing.debit('cust', 1, 'x')".to_string(),
+        "SELECT billing.grant('cust', 1000000, 'x')".into(),
+        "SELECT billing.reserve('cust', 1, 'x')".into(),
+        format!("SELECT * FROM billing.settle('{rid}', 1)"),
+        format!("SELECT * FROM billing.release('{rid}')"),
+        format!("SELECT * FROM billing.refund('{entry}')"),
+        "SELECT billing.balance('cust')".into(),
+        "SELECT billing.set_overdraft('cust', 1000000)".into(),
+        "SELECT billing.set_frozen('cust', false)".into(),
+        "SELECT * FROM billing.verify()".into(),
+        "SELECT billing.maintenance()".into(),
+        format!("SELECT billing.add_secret('{EP}', 'whsec_attacker')"),
+        format!("SELECT billing.remove_secret('{EP}', '{SECRET}')"),
+        "SELECT billing.add_endpoint('evil', 'stripe')".into(),
+        "SELECT * FROM billing.replay('evt_r1')".into(),
+        "SELECT * FROM billing.replay_failed()".into(),
+        "SELECT * FROM billing.link_customer('attacker', 'cus_victim')".into(),
+        "SELECT billing.verify_signature('stripe', '{}', '{}', '')".into(),
+        "SELECT billing.define_topup('usd:1', 1000000)".into(),
+        "UPDATE billing.inbox SET body = ''".into(),
+        "DELETE FROM billing.inbox".into(),
+        "TRUNCATE billing.inbox".into(),
+        "INSERT INTO billing.journal (customer) VALUES ('x')".into(),
+        "INSERT INTO billing.endpoint_secrets (endpoint, secret) VALUES ('stripe-hostile', 'whsec_attacker')".into(),
+        "INSERT INTO billing.events (provider) VALUES ('stripe')".into(),
+        "CREATE TABLE billing.evil (x int)".into(),
+        "CREATE FUNCTION billing.evil() RETURNS int LANGUAGE sql AS 'SELECT 1'".into(),
+        "GRANT SELECT ON billing.journal TO PUBLIC".into(),
+        "GRANT SELECT ON billing.endpoint_secrets TO PUBLIC".into(),
+        format!("GRANT billing_admin TO {}", role.0),
+        format!("GRANT billing_app TO {}", role.0),
+        "SET ROLE billing_admin".into(),
+        "SET ROLE billing_app".into(),
+        "SET billing.webhook_tolerance = 86400".into(),
+        "SET billing.webhook_max_bytes = 67108864".into(),
+        "SET billing.clock = '2030-01-01 00:00:00+00'".into(),
+    ]);
     for sql in &denied {
         k.refuse(&format!("as billing_webhook: {sql}"), sql, &[], &["42501"]);
     }
@@ -765,7 +824,11 @@ fn secrets_never_leak() {
     let not_event = "{\"hello\": 1}";
     let h_not_event = stripe::signed_headers(SECRET, not_event);
     let h_big = stripe::signed_headers(SECRET, "x");
-    let std_wrong = stripe::headers(&[("webhook-id", "m1"), ("webhook-timestamp", &now.to_string()), ("webhook-signature", "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")]);
+    let std_wrong = stripe::headers(&[
+        ("webhook-id", "m1"),
+        ("webhook-timestamp", &now.to_string()),
+        ("webhook-signature", "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    ]);
     let mut wh = db.connect_as(&webhook.0);
     let mut su2 = db.connect();
     for (who, c) in [("billing_webhook", &mut wh), ("superuser", &mut su2)] {
@@ -801,7 +864,10 @@ fn secrets_never_leak() {
         .collect();
     for v in &all_views {
         let n: i64 = su
-            .query_one(&format!("SELECT count(*) FROM {v} x WHERE x::text LIKE '%' || $1 || '%' OR x::text LIKE '%' || $2 || '%'"), &[&SECRET, &second])
+            .query_one(
+                &format!("SELECT count(*) FROM {v} x WHERE x::text LIKE '%' || $1 || '%' OR x::text LIKE '%' || $2 || '%'"),
+                &[&SECRET, &second],
+            )
             .unwrap()
             .get(0);
         if n > 0 {
@@ -824,7 +890,9 @@ fn secrets_never_leak() {
         }
     }
     let mut adm = db.connect_as(&admin.0);
-    for sql in ["SELECT * FROM billing.endpoint_secrets", "SELECT secret FROM billing.endpoint_secrets", "SELECT count(*) FROM billing.endpoint_secrets"] {
+    for sql in
+        ["SELECT * FROM billing.endpoint_secrets", "SELECT secret FROM billing.endpoint_secrets", "SELECT count(*) FROM billing.endpoint_secrets"]
+    {
         match adm.query(sql, &[]) {
             Ok(_) => failures.push(format!("billing_admin: {sql} succeeded")),
             Err(e) if e.code().map(|c| c.code()) == Some("42501") => {}

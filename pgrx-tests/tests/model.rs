@@ -320,7 +320,11 @@ impl Model {
         let ci = CUSTOMERS.iter().position(|x| *x == c).expect("grants go to model customers");
         if let Some(k) = self.custs[ci].keys.get(&key) {
             return match k {
-                KeyRec::Grant { amount: a, source: s, expires: e, priority: p, id } if *a == amount && s == source && *e == expires && *p == priority => want_id(act, id),
+                KeyRec::Grant { amount: a, source: s, expires: e, priority: p, id }
+                    if *a == amount && s == source && *e == expires && *p == priority =>
+                {
+                    want_id(act, id)
+                }
                 _ => want_err(act, "BL002"),
             };
         }
@@ -495,7 +499,9 @@ impl Model {
         let key = key.clone().unwrap_or_else(|| format!("refund:{entry}:{}", amount.map_or("all".into(), |a| a.to_string())));
         if let Some(k) = self.custs[ci].keys.get(&key) {
             return match k {
-                KeyRec::Refund { of, requested, entry: e, balance_after } if of == entry && *requested == amount => want_replay(act, e, *balance_after),
+                KeyRec::Refund { of, requested, entry: e, balance_after } if of == entry && *requested == amount => {
+                    want_replay(act, e, *balance_after)
+                }
                 _ => want_err(act, "BL002"),
             };
         }
@@ -582,12 +588,9 @@ fn short(k: &Option<String>) -> String {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Op::Grant { c, amount, key, source, expires, priority } => write!(
-                f,
-                "grant({c}, {amount:?}, {}, {source}, expires {}, priority {priority})",
-                short(key),
-                expires.map_or("never".into(), ts)
-            ),
+            Op::Grant { c, amount, key, source, expires, priority } => {
+                write!(f, "grant({c}, {amount:?}, {}, {source}, expires {}, priority {priority})", short(key), expires.map_or("never".into(), ts))
+            }
             Op::Debit { c, amount, key, meta } => write!(f, "debit({c}, {amount:?}, {}, {meta})", short(key)),
             Op::Reserve { c, amount, key, ttl } => write!(f, "reserve({c}, {amount:?}, {}, {ttl} us)", short(key)),
             Op::Settle { rid, actual } => write!(f, "settle({rid}, {actual:?})"),
@@ -629,10 +632,9 @@ fn run(db: &mut Client, op: &Op) -> Act {
             "SELECT billing.grant($1, $2, $3, $4, $5::text::timestamptz, $6)::text",
             &[c, amount, key, source, &expires.map(ts), priority],
         )),
-        Op::Debit { c, amount, key, meta } => entry_row(db.query_one(
-            "SELECT entry_id::text, balance_after, replayed FROM billing.debit($1, $2, $3, $4::text::jsonb)",
-            &[c, amount, key, meta],
-        )),
+        Op::Debit { c, amount, key, meta } => entry_row(
+            db.query_one("SELECT entry_id::text, balance_after, replayed FROM billing.debit($1, $2, $3, $4::text::jsonb)", &[c, amount, key, meta]),
+        ),
         Op::Reserve { c, amount, key, ttl } => {
             id_row(db.query_one("SELECT billing.reserve($1, $2, $3, $4::text::interval)::text", &[c, amount, key, &interval(*ttl)]))
         }
@@ -644,10 +646,9 @@ fn run(db: &mut Client, op: &Op) -> Act {
             let sql = format!("SELECT {}", micros_sql("billing.extend($1::text::uuid, $2::text::interval)"));
             db.query_one(&sql, &[rid, &interval(*ttl)]).map(|r| Out::Time(r.get(0))).map_err(error_of)
         }
-        Op::Refund { entry, amount, key } => entry_row(db.query_one(
-            "SELECT entry_id::text, balance_after, replayed FROM billing.refund($1::text::uuid, $2, $3)",
-            &[entry, amount, key],
-        )),
+        Op::Refund { entry, amount, key } => entry_row(
+            db.query_one("SELECT entry_id::text, balance_after, replayed FROM billing.refund($1::text::uuid, $2, $3)", &[entry, amount, key]),
+        ),
         Op::SetOverdraft { c, limit } => db.execute("SELECT billing.set_overdraft($1, $2)", &[c, limit]).map(|_| Out::Unit).map_err(error_of),
         Op::SetFrozen { c, frozen } => db.execute("SELECT billing.set_frozen($1, $2)", &[c, frozen]).map(|_| Out::Unit).map_err(error_of),
         Op::Maintenance => db.execute("SELECT billing.maintenance()", &[]).map(|_| Out::Unit).map_err(error_of),
@@ -821,7 +822,14 @@ impl Gen {
             // 255 bytes is still a valid key
             5 => Op::Debit { c, amount: Some(1), key: Some(format!("{}{}", "é".repeat(127), self.n)[..255].to_string()), meta: "{}".into() },
             6 => Op::Debit { c: GHOST.into(), amount: Some(1), key: self.key(), meta: "{}".into() },
-            7 => Op::Grant { c, amount: Some(10), key: self.key(), source: "manual".into(), expires: Some(m.now - self.rng.range(0, 1) * SEC), priority: 0 },
+            7 => Op::Grant {
+                c,
+                amount: Some(10),
+                key: self.key(),
+                source: "manual".into(),
+                expires: Some(m.now - self.rng.range(0, 1) * SEC),
+                priority: 0,
+            },
             8 => Op::Reserve { c, amount: Some(5), key: self.key(), ttl: -self.rng.range(0, 1) * SEC },
             9 => Op::Settle { rid: self.hold(m).unwrap_or_else(|| unknown_uuid(1)), actual: Some(-1) },
             10 => Op::Settle { rid: unknown_uuid(self.n), actual: Some(1) },
@@ -938,12 +946,8 @@ fn compare_state(db: &mut Client, m: &Model) -> Result<(), String> {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
-    let mut want: Vec<(String, String, i64)> = m
-        .custs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, c)| c.grants.iter().map(move |g| (CUSTOMERS[i].to_string(), g.id.clone(), g.remaining)))
-        .collect();
+    let mut want: Vec<(String, String, i64)> =
+        m.custs.iter().enumerate().flat_map(|(i, c)| c.grants.iter().map(move |g| (CUSTOMERS[i].to_string(), g.id.clone(), g.remaining))).collect();
     got.sort();
     want.sort();
     if got != want {
@@ -968,7 +972,6 @@ fn check_balance_at(db: &mut Client, s: &Snapshot) -> Result<(), String> {
     }
     Ok(())
 }
-
 
 #[test]
 fn ledger_matches_model() {

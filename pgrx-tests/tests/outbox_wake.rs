@@ -103,7 +103,13 @@ fn run(tag: &str, release_on_empty: bool) -> (usize, usize) {
             assert_eq!(pending, 0, "lost wake-up: rows pending after the writers finished, and no notification");
             continue;
         }
-        let n = scalar_i64(&mut cons, &format!("SELECT count(*) FROM unnest('{{{}}}'::bigint[]) i WHERE billing.ack_outbox(i)", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")));
+        let n = scalar_i64(
+            &mut cons,
+            &format!(
+                "SELECT count(*) FROM unnest('{{{}}}'::bigint[]) i WHERE billing.ack_outbox(i)",
+                ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")
+            ),
+        );
         assert_eq!(n as usize, ids.len());
         acked += ids.len();
         if !release_on_empty {

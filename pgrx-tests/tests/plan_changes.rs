@@ -525,7 +525,8 @@ impl Gen {
                 let mut l = self.line(o, amount, t, e, true);
                 // credited_items names what billed the item; rarely null on a negative line.
                 if amount == 0 || !self.rng.pct(10) {
-                    l.credited = st.billed.get(si).cloned().or_else(|| Some((st.latest.last().map(|x| x.1.clone()).unwrap_or_default(), l.id.clone())));
+                    l.credited =
+                        st.billed.get(si).cloned().or_else(|| Some((st.latest.last().map(|x| x.1.clone()).unwrap_or_default(), l.id.clone())));
                 }
                 l.via_invoice_item = amount != 0 && self.rng.pct(20);
                 out.push(l);
@@ -695,7 +696,8 @@ impl Gen {
         // The subscription's own events: one per change of items or period, and one per
         // status change some of the time, each with the items and status of its instant.
         if st.tell_sub {
-            let status_at = |t: i64, st: &Story| -> &'static str { st.statuses.iter().filter(|x| x.0 <= t).max_by_key(|x| x.0).map_or("active", |x| x.1) };
+            let status_at =
+                |t: i64, st: &Story| -> &'static str { st.statuses.iter().filter(|x| x.0 <= t).max_by_key(|x| x.0).map_or("active", |x| x.1) };
             let latest_at = |t: i64, st: &Story| st.latest.iter().rev().find(|x| x.0 <= t).map(|x| x.1.clone());
             let states = st.states.clone();
             for (t, items, (s, e), prev, first) in states.iter().cloned() {
@@ -868,7 +870,13 @@ fn recurring(legacy: bool) -> J {
     if legacy {
         v.push(("aggregate_usage", J::Null));
     }
-    v.extend([("interval", s("day")), ("interval_count", J::I(30)), ("meter", J::Null), ("trial_period_days", J::Null), ("usage_type", s("licensed"))]);
+    v.extend([
+        ("interval", s("day")),
+        ("interval_count", J::I(30)),
+        ("meter", J::Null),
+        ("trial_period_days", J::Null),
+        ("usage_type", s("licensed")),
+    ]);
     J::O(v)
 }
 
@@ -1214,7 +1222,10 @@ fn sub_json(sub: &SubSnap, basil: bool, r: &Tag) -> J {
         ("next_pending_invoice_item_invoice", J::Null),
         ("on_behalf_of", J::Null),
         ("pause_collection", J::Null),
-        ("payment_settings", J::O(vec![("payment_method_options", J::Null), ("payment_method_types", J::Null), ("save_default_payment_method", s("off"))])),
+        (
+            "payment_settings",
+            J::O(vec![("payment_method_options", J::Null), ("payment_method_types", J::Null), ("save_default_payment_method", s("off"))]),
+        ),
         ("pending_invoice_item_interval", J::Null),
         ("pending_setup_intent", J::Null),
         ("pending_update", J::Null),
@@ -1385,11 +1396,14 @@ fn set_unix_clock(c: &mut Client, unix: i64) {
 /// `billing.ingest` of a body signed at `at` (the test clock): (status, detail), or the error.
 fn deliver(c: &mut Client, body: &str, at: i64) -> Result<(String, Option<String>), String> {
     let h = stripe::headers(&[("Content-Type", "application/json"), ("Stripe-Signature", &stripe::sign(SECRET, at, body.as_bytes()))]);
-    c.query_one("SELECT status, detail FROM billing.ingest($1, $2::text::jsonb, $3)", &[&EP, &h, &body]).map(|r| (r.get(0), r.get(1))).map_err(|e| msg(&e))
+    c.query_one("SELECT status, detail FROM billing.ingest($1, $2::text::jsonb, $3)", &[&EP, &h, &body])
+        .map(|r| (r.get(0), r.get(1)))
+        .map_err(|e| msg(&e))
 }
 
 fn link(c: &mut Client, customer: &str, cus: &str) {
-    c.query("SELECT * FROM billing.link_customer($1, $2)", &[&customer, &cus]).unwrap_or_else(|e| panic!("link_customer({customer}, {cus}): {}", msg(&e)));
+    c.query("SELECT * FROM billing.link_customer($1, $2)", &[&customer, &cus])
+        .unwrap_or_else(|e| panic!("link_customer({customer}, {cus}): {}", msg(&e)));
 }
 
 fn read_db(c: &mut Client, customer: &str, tag: &str) -> Result<DbState, String> {
@@ -1455,7 +1469,8 @@ fn compare(m: &ModelOut, d: &DbState, case: &Case, subs: &BTreeSet<String>) -> V
         }
         if let Some(h) = case.held.get(k) {
             if d_allow > *h {
-                let why = if multi_change(&case.events, k) { " (an invoice bills several changes' prorations: the rule as given sums them)" } else { "" };
+                let why =
+                    if multi_change(&case.events, k) { " (an invoice bills several changes' prorations: the rule as given sums them)" } else { "" };
                 out.push(format!("{what}: allowance {d_allow} exceeds the largest plan held in it ({h}){why}"));
             }
         }
@@ -1534,7 +1549,14 @@ fn category(diff: &str) -> &'static str {
 
 /// Greedy shrinking: drops deliveries while the extension still shows a difference of
 /// the category `kind`.
-fn shrink(c: &mut Client, case: &Case, order: &[(usize, bool)], label: &str, kind: &str, budget: &mut usize) -> (Vec<(usize, bool)>, Vec<String>, Vec<String>) {
+fn shrink(
+    c: &mut Client,
+    case: &Case,
+    order: &[(usize, bool)],
+    label: &str,
+    kind: &str,
+    budget: &mut usize,
+) -> (Vec<(usize, bool)>, Vec<String>, Vec<String>) {
     let mut cur = order.to_vec();
     let mut attempt = 0usize;
     let (mut diffs, mut log) = play(c, case, &cur, &format!("_{label}s{attempt}"));
@@ -1664,7 +1686,11 @@ fn plan_changes_match_the_model() {
     );
     if !failures.is_empty() {
         let summary: Vec<String> = counts.iter().map(|(k, (n, cs))| format!("{k}: {n} differences in {} cases", cs.len())).collect();
-        panic!("the extension disagrees with the model of SPEC section 2 (PLAN_SEED={seed}):\n  {}\n\n{}", summary.join("\n  "), failures.join("\n\n"));
+        panic!(
+            "the extension disagrees with the model of SPEC section 2 (PLAN_SEED={seed}):\n  {}\n\n{}",
+            summary.join("\n  "),
+            failures.join("\n\n")
+        );
     }
 }
 
@@ -1825,7 +1851,8 @@ fn vector_stories() {
             match flow_state(&mut c, f) {
                 Ok((got, row)) => {
                     if got != want {
-                        problems.push(format!("{} {how}, at the end: (allowance, plan, status, balance) = {got:?}, README says {want:?}", f.customer));
+                        problems
+                            .push(format!("{} {how}, at the end: (allowance, plan, status, balance) = {got:?}, README says {want:?}", f.customer));
                     }
                     if row != want_row {
                         problems.push(format!(

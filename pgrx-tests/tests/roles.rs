@@ -120,14 +120,24 @@ fn roles_get_exactly_their_rights() {
     expect_ok(&mut admin, "SELECT billing.debit('cust', 1, 'admin-d')");
     assert!(scalar_i64(&mut admin, "SELECT count(*) FROM billing.customers") >= 1);
     assert_eq!(scalar_i64(&mut admin, "SELECT count(*) FROM billing.verify()"), 0);
-    for sql in ["UPDATE billing.journal SET amount = 0", "DELETE FROM billing.journal", "TRUNCATE billing.journal", "UPDATE billing.customers SET balance = 0"] {
+    for sql in [
+        "UPDATE billing.journal SET amount = 0",
+        "DELETE FROM billing.journal",
+        "TRUNCATE billing.journal",
+        "UPDATE billing.customers SET balance = 0",
+    ] {
         expect_code(&mut admin, sql, "42501");
     }
     expect_ok(&mut admin, "SELECT billing.set_overdraft('cust', 0)");
 
     // billing_webhook: inbox and ingest only, so no ledger function.
     let mut hook = db.connect_as(roles.name("webhook"));
-    for sql in ["SELECT billing.debit('cust', 1, 'hook-d')", "SELECT billing.grant('cust', 1, 'hook-g')", "SELECT billing.balance('cust')", "SELECT * FROM billing.journal"] {
+    for sql in [
+        "SELECT billing.debit('cust', 1, 'hook-d')",
+        "SELECT billing.grant('cust', 1, 'hook-g')",
+        "SELECT billing.balance('cust')",
+        "SELECT * FROM billing.journal",
+    ] {
         expect_code(&mut hook, sql, "42501");
     }
 
@@ -166,7 +176,13 @@ fn roles_get_exactly_their_rights() {
 /// it; the receiver, the application, the reader and the admin may not.
 #[test]
 fn only_billing_sync_ingests_fetched_events() {
-    let roles = Roles::create(&[("sync", "billing_sync"), ("hook2", "billing_webhook"), ("app2", "billing_app"), ("reader2", "billing_reader"), ("admin2", "billing_admin")]);
+    let roles = Roles::create(&[
+        ("sync", "billing_sync"),
+        ("hook2", "billing_webhook"),
+        ("app2", "billing_app"),
+        ("reader2", "billing_reader"),
+        ("admin2", "billing_admin"),
+    ]);
     let db = TestDb::new("sync_role");
     let mut su = db.connect();
     expect_ok(&mut su, "SELECT billing.add_endpoint('s', 'stripe')");

@@ -5,8 +5,8 @@ use crate::error::{deliver, BillingError, Result, RATE_LIMITED};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
 use crate::ledger::store::Op;
 use crate::pg::spi::{micros, run, run_ro, ts, Stmt};
-use crate::usage::bucket::{Bucket, Limit};
 use crate::pg::whole_row::Fields;
+use crate::usage::bucket::{Bucket, Limit};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -280,10 +280,8 @@ static BUCKET_ENSURE: Stmt = Stmt {
           ON CONFLICT (customer, feature) DO NOTHING",
     args: &[TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID],
 };
-static BUCKET_LOCK: Stmt = Stmt {
-    sql: "SELECT tokens, at FROM billing.buckets WHERE customer = $1 AND feature = $2 FOR UPDATE",
-    args: &[TEXTOID, TEXTOID],
-};
+static BUCKET_LOCK: Stmt =
+    Stmt { sql: "SELECT tokens, at FROM billing.buckets WHERE customer = $1 AND feature = $2 FOR UPDATE", args: &[TEXTOID, TEXTOID] };
 static BUCKET_SAVE: Stmt = Stmt {
     sql: "UPDATE billing.buckets SET tokens = $3, at = $4 WHERE customer = $1 AND feature = $2",
     args: &[TEXTOID, TEXTOID, INT8OID, TIMESTAMPTZOID],
@@ -317,9 +315,15 @@ pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, fea
         }
         Err(wait_us) => {
             let ms = (wait_us + 999) / 1000;
-            Err(BillingError::new(RATE_LIMITED, format!("rate limit reached for customer \"{customer}\"{}", if feature.is_empty() { String::new() } else { format!(" on \"{feature}\"") }))
-                .detail(format!("retry after {ms} ms"))
-                .hint(format!("{} requests per {} s", limit.requests, limit.per_us / 1_000_000)))
+            Err(BillingError::new(
+                RATE_LIMITED,
+                format!(
+                    "rate limit reached for customer \"{customer}\"{}",
+                    if feature.is_empty() { String::new() } else { format!(" on \"{feature}\"") }
+                ),
+            )
+            .detail(format!("retry after {ms} ms"))
+            .hint(format!("{} requests per {} s", limit.requests, limit.per_us / 1_000_000)))
         }
     }
 }

@@ -142,7 +142,14 @@ mod tests {
     const DAY: i64 = 86_400_000_000;
 
     fn sub(status: &str) -> Sub {
-        Sub { status: status.into(), plan: Some("pro".into()), features: vec!["chat".into()], grace_us: 3 * DAY, period_end: Some(30 * DAY), ..Default::default() }
+        Sub {
+            status: status.into(),
+            plan: Some("pro".into()),
+            features: vec!["chat".into()],
+            grace_us: 3 * DAY,
+            period_end: Some(30 * DAY),
+            ..Default::default()
+        }
     }
     fn cust(s: Option<Sub>, balance: i64) -> Customer {
         Customer { known: true, balance, ever_granted: balance > 0, sub: s, ..Default::default() }

@@ -9,10 +9,7 @@ use crate::pg::spi::{run, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 
-static SET_FROZEN: Stmt = Stmt {
-    sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = ANY($1)",
-    args: &[TEXTARRAYOID, BOOLOID],
-};
+static SET_FROZEN: Stmt = Stmt { sql: "UPDATE billing.customers SET frozen = $2 WHERE customer = ANY($1)", args: &[TEXTARRAYOID, BOOLOID] };
 
 #[pg_extern(sql = false)]
 fn set_frozen(customer: Option<&str>, frozen: Option<bool>) {

@@ -61,7 +61,10 @@ fn xact_snapshot() -> bool {
 /// For each outbox row written (the `outbox_wake` trigger).
 fn wake() {
     // This session's own consumer waits too: it is not woken by a lock it holds itself.
-    if NOTIFY_ALWAYS.get() || waiting_here() || lock_in_mode(LockClass::Outbox, &[], WRITER, false, true) == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL {
+    if NOTIFY_ALWAYS.get()
+        || waiting_here()
+        || lock_in_mode(LockClass::Outbox, &[], WRITER, false, true) == pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+    {
         notify();
     }
 }

@@ -101,12 +101,15 @@ mod tests {
         Spi::run("SELECT billing.link_customer('w', 'cus_w')").unwrap();
         let deliver = |id: &str, kind: &str, created: i64, obj: serde_json::Value| {
             let body = serde_json::json!({"id": id, "object": "event", "type": kind, "created": created, "data": {"object": obj}}).to_string();
-            let h = serde_json::json!({"Stripe-Signature": crate::webhook::signature::sign_stripe("whsec_a", 1893456000, body.as_bytes())}).to_string();
+            let h =
+                serde_json::json!({"Stripe-Signature": crate::webhook::signature::sign_stripe("whsec_a", 1893456000, body.as_bytes())}).to_string();
             Spi::get_one_with_args::<String>("SELECT status FROM billing.ingest('s', $1::jsonb, $2)", &[h.into(), body.into()]).unwrap().unwrap()
         };
         let trial_end = 1893456000i64 + 14 * 86400;
-        let s = |status: &str| serde_json::json!({"id": "sub_w", "customer": "cus_w", "status": status, "trial_end": trial_end,
-            "items": {"data": [{"price": {"id": "price_pro"}, "current_period_end": trial_end}]}});
+        let s = |status: &str| {
+            serde_json::json!({"id": "sub_w", "customer": "cus_w", "status": status, "trial_end": trial_end,
+            "items": {"data": [{"price": {"id": "price_pro"}, "current_period_end": trial_end}]}})
+        };
         assert_eq!(deliver("e1", "customer.subscription.created", 1893456000, s("trialing")), "applied");
         assert_eq!(access("w", None), (true, "trialing".into()));
         let paid = serde_json::json!({"id": "in_1", "customer": "cus_w", "parent": {"subscription_details": {"subscription": "sub_w"}},
@@ -294,7 +297,8 @@ mod tests {
         Spi::run("SELECT billing.set_low_balance('o', 50)").unwrap();
         Spi::run("SELECT billing.set_auto_topup('o', 30, 500, 2, 1)").unwrap();
         for i in 0..6 {
-            Spi::run(&format!("SELECT billing.debit('o', 10, 'd{i}')")).unwrap(); // 90 .. 40
+            Spi::run(&format!("SELECT billing.debit('o', 10, 'd{i}')")).unwrap();
+            // 90 .. 40
         }
         assert_eq!(q::<i64>("SELECT count(*) FROM billing.outbox WHERE kind = 'low_balance'"), 1);
         Spi::run("SELECT billing.grant('o', 100, 'g2')").unwrap(); // back above: re-armed

@@ -1,7 +1,7 @@
 //! The ledger's SQL functions (SPEC section 1). Each validates its arguments, locks the
 //! one customer it concerns, and leaves the decisions to `core`.
-use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::entry_id;
+use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::slots::{self, Try};
 use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
@@ -15,7 +15,6 @@ use serde_json::json;
 
 pub const MAX_KEY: usize = 255;
 pub const MAX_CUSTOMER: usize = 255;
-
 
 type EntryRow = (pgrx::Uuid, i64, bool);
 
@@ -42,10 +41,7 @@ pub fn customer_arg(c: Option<&str>) -> Result<&str> {
 pub fn key_arg<'k>(k: Option<&'k str>, customer: &str) -> Result<&'k str> {
     let k = k.ok_or_else(|| BillingError::invalid(format!("idempotency_key must not be NULL (customer \"{customer}\")")))?;
     if k.is_empty() || k.len() > MAX_KEY {
-        return Err(BillingError::invalid(format!(
-            "idempotency_key must be 1 to {MAX_KEY} bytes, got {} (customer \"{customer}\")",
-            k.len()
-        )));
+        return Err(BillingError::invalid(format!("idempotency_key must be 1 to {MAX_KEY} bytes, got {} (customer \"{customer}\")", k.len())));
     }
     Ok(k)
 }
@@ -74,7 +70,10 @@ fn key_reused(customer: &str, key: &str, first: &Keyed) -> BillingError {
 }
 
 fn insufficient(customer: &str, what: &str, e: rules::Insufficient) -> BillingError {
-    BillingError::new(INSUFFICIENT, format!("insufficient credits for customer \"{customer}\": {what} of {} needs more than the {} available", e.requested, e.available))
+    BillingError::new(
+        INSUFFICIENT,
+        format!("insufficient credits for customer \"{customer}\": {what} of {} needs more than the {} available", e.requested, e.available),
+    )
 }
 
 fn frozen(customer: &str) -> BillingError {
@@ -183,12 +182,7 @@ pub fn grant_as(
 // ---- debit ----
 
 #[pg_extern(sql = false)]
-fn debit(
-    customer: Option<&str>,
-    amount: Option<i64>,
-    idempotency_key: Option<&str>,
-    metadata: Option<JsonB>,
-) {
+fn debit(customer: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>, metadata: Option<JsonB>) {
     row(debit_impl(customer, amount, idempotency_key, metadata))
 }
 crate::sql_entry!(pg_finfo_billing_debit, billing_debit, debit_wrapper, jsonb = [3], one_row);
@@ -210,7 +204,13 @@ pub fn key_taken(customer: &str, key: &str) -> BillingError {
     BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation"))
 }
 
-fn debit_as(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, metadata: Option<JsonB>, new_key: bool) -> Result<(pgrx::Uuid, i64, bool)> {
+fn debit_as(
+    customer: Option<&str>,
+    amount: Option<i64>,
+    key: Option<&str>,
+    metadata: Option<JsonB>,
+    new_key: bool,
+) -> Result<(pgrx::Uuid, i64, bool)> {
     let customer = customer_arg(customer)?;
     let amount = amount_arg(amount, "amount", customer)?;
     let key = key_arg(key, customer)?;
@@ -271,10 +271,8 @@ static RES_END: Stmt = Stmt {
            WHERE customer = $1 AND id = $2",
     args: &[TEXTOID, UUIDOID, TEXTOID, INT8OID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID],
 };
-static RES_EXTEND: Stmt = Stmt {
-    sql: "UPDATE billing.reservations SET expires_at = $3 WHERE customer = $1 AND id = $2",
-    args: &[TEXTOID, UUIDOID, TIMESTAMPTZOID],
-};
+static RES_EXTEND: Stmt =
+    Stmt { sql: "UPDATE billing.reservations SET expires_at = $3 WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID, TIMESTAMPTZOID] };
 
 #[pg_extern(sql = false)]
 fn reserve(customer: Option<&str>, amount: Option<i64>, idempotency_key: Option<&str>, ttl: Option<Interval>) -> Option<pgrx::Uuid> {
@@ -313,7 +311,17 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
             let account = op.customer.clone();
             op.run_beside(
                 &RES_INSERT,
-                &[account.as_str().into(), uuid(&id).into(), amount.into(), ttl_iv.into(), ts(expires).into(), accts, amounts, w.entry_id.into(), ts(now).into()],
+                &[
+                    account.as_str().into(),
+                    uuid(&id).into(),
+                    amount.into(),
+                    ttl_iv.into(),
+                    ts(expires).into(),
+                    accts,
+                    amounts,
+                    w.entry_id.into(),
+                    ts(now).into(),
+                ],
             )?;
             op.add_hold(Hold { id, lines: take, expires_at: expires });
             Ok(Try::Done(uuid(&id)))
@@ -540,7 +548,9 @@ fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>
         let deltas: Vec<i64> = r.get(4)?.unwrap_or_default();
         let rid: Option<pgrx::Uuid> = r.get(5)?;
         if kind != "debit" && kind != "settle" {
-            return Err(BillingError::invalid(format!("entry {entry} of customer \"{customer}\" is a {kind}; only debits and settles can be refunded")));
+            return Err(BillingError::invalid(format!(
+                "entry {entry} of customer \"{customer}\" is a {kind}; only debits and settles can be refunded"
+            )));
         }
         if let Some(a) = amount {
             amount_arg(Some(a), "amount", &customer)?;
@@ -612,7 +622,14 @@ pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, met
     })
 }
 
-fn revoke_in(op: &mut Op, customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, metadata: serde_json::Value) -> Result<Option<(pgrx::Uuid, i64)>> {
+fn revoke_in(
+    op: &mut Op,
+    customer: &str,
+    grant_id: &pgrx::Uuid,
+    amount: i64,
+    key: &str,
+    metadata: serde_json::Value,
+) -> Result<Option<(pgrx::Uuid, i64)>> {
     if let Some(k) = op.find_key(key)? {
         return if k.kind == "revocation" && k.amount == -amount { Ok(None) } else { Err(key_reused(customer, key, &k)) };
     }

@@ -81,7 +81,8 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(locate(&a), locate(&b));
         // 34 random bits: every bit of the 5 bytes but the top 6 shows in the id.
-        let ids: std::collections::HashSet<[u8; 16]> = (0..34).map(|i| located(7, 9, (1u64 << i).to_be_bytes()[3..].try_into().unwrap()).unwrap()).collect();
+        let ids: std::collections::HashSet<[u8; 16]> =
+            (0..34).map(|i| located(7, 9, (1u64 << i).to_be_bytes()[3..].try_into().unwrap()).unwrap()).collect();
         assert_eq!(ids.len(), 34);
     }
 

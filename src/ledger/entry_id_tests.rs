@@ -59,9 +59,8 @@ mod tests {
         assert_eq!((f2, b2, r2), (f, Some(80), Some(true)));
         assert_eq!(bal("ra"), 80);
         // An id that names a real account and seq but is not that entry's: unknown.
-        let forged: String = q(&format!(
-            "SELECT overlay('{d}'::text placing CASE WHEN right('{d}', 4) = '0000' THEN '1111' ELSE '0000' END from 33)"
-        ));
+        let forged: String =
+            q(&format!("SELECT overlay('{d}'::text placing CASE WHEN right('{d}', 4) = '0000' THEN '1111' ELSE '0000' END from 33)"));
         assert_eq!(state(&format!("SELECT billing.refund('{forged}')")), "BL003");
         // An id naming no account at all: unknown, without scanning anything.
         assert_eq!(state("SELECT billing.refund('ff0000ff-ff00-8000-8000-0000000fffff'::uuid)"), "BL003");
@@ -87,9 +86,7 @@ mod tests {
         q::<i64>("SELECT balance_after FROM billing.debit('xa', 30, 'd')");
         let d = entry("xa", "d");
         assert!(q::<bool>(&format!("SELECT '{d}'::uuid < {LOCATED} AND substr('{d}', 15, 1) = '7'")));
-        assert!(q::<bool>(&format!(
-            "SELECT count(*) = 1 FROM billing.journal WHERE entry_id = '{d}' AND entry_id < {LOCATED}"
-        )));
+        assert!(q::<bool>(&format!("SELECT count(*) = 1 FROM billing.journal WHERE entry_id = '{d}' AND entry_id < {LOCATED}")));
         assert_eq!(q::<i64>(&format!("SELECT count(*) FROM billing.entry('{d}') WHERE kind = 'debit'")), 1);
         let (_, b, r) = Spi::get_three::<pgrx::Uuid, i64, bool>(&format!("SELECT * FROM billing.refund('{d}')")).unwrap();
         assert_eq!((b, r), (Some(100), Some(false)));

@@ -9,6 +9,7 @@
 //!   after the debt was repaid: such credits never expire and are spent after grants;
 //! - `Borrow(hold)`: what an active hold took beyond the grants (overdraft), until it
 //!   is settled (it becomes `Debt`) or released.
+//!
 //! The spendable balance is the sum of all accounts, counting grants only while live.
 
 /// Timestamps are Postgres `TimestampTz` microseconds; `NEVER` is `'infinity'`.
@@ -301,11 +302,7 @@ pub fn settle_lines(hold_id: Id, plan: &SettlePlan, extra_lines: &[(Acct, i64)])
 /// Provenance of a settle for later refunds: the hold's consumed grants, borrowing as
 /// debt, then the extra.
 pub fn settle_consumed(hold_id: Id, plan: &SettlePlan, extra_lines: &[(Acct, i64)]) -> Vec<(Acct, i64)> {
-    let mut c: Vec<(Acct, i64)> = plan
-        .consumed
-        .iter()
-        .map(|&(a, x)| (if a == Acct::Borrow(hold_id) { Acct::Debt } else { a }, x))
-        .collect();
+    let mut c: Vec<(Acct, i64)> = plan.consumed.iter().map(|&(a, x)| (if a == Acct::Borrow(hold_id) { Acct::Debt } else { a }, x)).collect();
     c.extend_from_slice(extra_lines);
     c
 }
@@ -417,7 +414,7 @@ mod tests {
         // back at 150 to an expired grant and expire at once.
         let mut b = book(vec![g(1, 30, 100, 0), g(2, 50, 300, 0)]);
         b.holds.push(Hold { id: id(7), lines: vec![(Acct::Grant(id(1)), 20)], expires_at: 150 });
-        b.balance = 80 - 0; // the hold already took its 20 out of grant 1's remaining (30 left)
+        b.balance = 80; // the hold already took its 20 out of grant 1's remaining (30 left)
         let e = b.catch_up(200, 0);
         let kinds: Vec<(Kind, Ts, i64)> = e.iter().map(|e| (e.kind, e.at, e.amount())).collect();
         assert_eq!(kinds, vec![(Kind::Expiry, 100, -30), (Kind::Release, 150, 20), (Kind::Expiry, 150, -20)]);

@@ -135,7 +135,9 @@ mod tests {
         clean();
         // grant_status: the paid grant's credits sit in the slots, none used there yet.
         assert_eq!(
-            q::<String>("SELECT format('%s/%s/%s', used, transferred, remaining) FROM billing.grant_status WHERE customer = 'h' AND source = 'manual'"),
+            q::<String>(
+                "SELECT format('%s/%s/%s', used, transferred, remaining) FROM billing.grant_status WHERE customer = 'h' AND source = 'manual'"
+            ),
             "0/600/200"
         );
         // A freeze reaches every slot.

@@ -175,7 +175,8 @@ pub fn spend<T>(
             }
         }
     }
-    Err(BillingError::new(crate::error::SERIALIZATION, format!("the slots of customer \"{customer}\" changed during the call")).hint("Retry the transaction."))
+    Err(BillingError::new(crate::error::SERIALIZATION, format!("the slots of customer \"{customer}\" changed during the call"))
+        .hint("Retry the transaction."))
 }
 
 /// A grant's credits moved by a transfer: which grant, how many.
@@ -198,17 +199,14 @@ pub fn gathered<T>(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts, f: im
         op.catch_up()?;
         op.load_live_grants()?;
         let at = op.now;
-        let held: Vec<(Id, i64)> =
-            op.book.grants.iter().filter(|g| g.live(at) && g.remaining > 0).map(|g| (g.id, g.remaining)).collect();
+        let held: Vec<(Id, i64)> = op.book.grants.iter().filter(|g| g.live(at) && g.remaining > 0).map(|g| (g.id, g.remaining)).collect();
         if !held.is_empty() {
             let ids: Vec<Id> = held.iter().map(|h| h.0).collect();
             let origins: HashMap<Id, Id> = op.origins(&ids)?.into_iter().collect();
             let (out, into) = (new_id(), new_id());
             let lines: Lines = held.iter().map(|&(g, x)| (Acct::Grant(g), -x)).collect();
-            let to: Lines = held
-                .iter()
-                .map(|&(g, x)| origins.get(&g).map(|o| (Acct::Grant(*o), x)).ok_or_else(|| no_origin(&acct)))
-                .collect::<Result<_>>()?;
+            let to: Lines =
+                held.iter().map(|&(g, x)| origins.get(&g).map(|o| (Acct::Grant(*o), x)).ok_or_else(|| no_origin(&acct))).collect::<Result<_>>()?;
             let e = Entry { kind: Kind::Transfer, at, lines, grant: None, hold: None };
             op.write(&e, Extra { ref_entry: Some(uuid(&into)), entry_id: Some(out), ..Default::default() })?;
             back.push((into, out, to));
@@ -280,7 +278,8 @@ fn no_origin(acct: &str) -> BillingError {
 }
 
 static MIRROR_INSERT: Stmt = Stmt {
-    sql: "INSERT INTO billing.grants (customer, id, seq, source, amount, remaining, open, expires_at, priority, metadata, entry_id, created_at, origin)
+    sql:
+        "INSERT INTO billing.grants (customer, id, seq, source, amount, remaining, open, expires_at, priority, metadata, entry_id, created_at, origin)
           SELECT $1, $2, g.seq, g.source, 0, 0, false, g.expires_at, g.priority, g.metadata, $3, $4, g.id
             FROM billing.grants g WHERE g.customer = $5 AND g.id = $6",
     args: &[TEXTOID, UUIDOID, UUIDOID, TIMESTAMPTZOID, TEXTOID, UUIDOID],

@@ -65,8 +65,23 @@ macro_rules! lookup_sql {
 }
 /// The customer columns an operation reads, as `Op::open_as` numbers them (0-16).
 static CUSTOMER: Fields = Fields(&[
-    "balance", "od", "overdraft_limit", "frozen", "seq", "last_at", "next_event_at", "low_balance", "low_notified",
-    "topup_below", "topup_notified", "slots", "slot_of", "draw_grant", "draw", "draw_left", "num",
+    "balance",
+    "od",
+    "overdraft_limit",
+    "frozen",
+    "seq",
+    "last_at",
+    "next_event_at",
+    "low_balance",
+    "low_notified",
+    "topup_below",
+    "topup_notified",
+    "slots",
+    "slot_of",
+    "draw_grant",
+    "draw",
+    "draw_left",
+    "num",
 ]);
 /// The journal columns of an entry found under an idempotency key (`keyed_whole`).
 static KEYED: Fields = Fields(&["entry_id", "kind", "amount", "balance_after", "metadata", "grant_id", "reservation_id", "ref_entry"]);
@@ -114,10 +129,7 @@ struct Thresholds {
 }
 /// A customer's row, made if it does not exist (ledger calls that create their customer,
 /// webhook events that name one, `link_customer`).
-pub static CREATE: Stmt = Stmt {
-    sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING",
-    args: &[TEXTOID],
-};
+pub static CREATE: Stmt = Stmt { sql: "INSERT INTO billing.customers (customer) VALUES ($1) ON CONFLICT (customer) DO NOTHING", args: &[TEXTOID] };
 static GRANTS_LIVE: Stmt = Stmt {
     sql: "SELECT id, remaining, expires_at, priority, seq FROM billing.grants
            WHERE customer = $1 AND open AND expires_at > $2
@@ -134,10 +146,8 @@ static GRANTS_BY_ID: Stmt = Stmt {
            WHERE customer = $1 AND id = ANY($2)",
     args: &[TEXTOID, UUIDARRAYOID],
 };
-static ORIGINS: Stmt = Stmt {
-    sql: "SELECT id, origin FROM billing.grants WHERE customer = $1 AND id = ANY($2) AND origin IS NOT NULL",
-    args: &[TEXTOID, UUIDARRAYOID],
-};
+static ORIGINS: Stmt =
+    Stmt { sql: "SELECT id, origin FROM billing.grants WHERE customer = $1 AND id = ANY($2) AND origin IS NOT NULL", args: &[TEXTOID, UUIDARRAYOID] };
 static HOLDS_ACTIVE: Stmt = Stmt {
     sql: "SELECT id, expires_at, accounts, amounts FROM billing.reservations
            WHERE customer = $1 AND status = 'active'",
@@ -153,7 +163,22 @@ static INSERT_ENTRY: Stmt = Stmt {
     sql: "INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
             idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-    args: &[TEXTOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID],
+    args: &[
+        TEXTOID,
+        INT8OID,
+        UUIDOID,
+        TIMESTAMPTZOID,
+        TEXTOID,
+        INT8OID,
+        INT8OID,
+        TEXTOID,
+        UUIDOID,
+        UUIDOID,
+        UUIDOID,
+        UUIDARRAYOID,
+        INT8ARRAYOID,
+        JSONBOID,
+    ],
 };
 /// A grant's remainder moved by `$3`. One grant per statement, by the primary key: with
 /// an array of ids the planner assumes ten and prefers to read all the customer's grants.
@@ -181,22 +206,44 @@ macro_rules! finish_sql {
     };
 }
 const FINISH_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
-    TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID,
-    INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID,
-    UUIDOID, INT8OID, UUIDOID, INT8OID, INT8OID,
+    TEXTOID,
+    INT8OID,
+    INT8OID,
+    INT8OID,
+    TIMESTAMPTZOID,
+    TIMESTAMPTZOID,
+    BOOLOID,
+    BOOLOID,
+    INT8OID,
+    UUIDOID,
+    TIMESTAMPTZOID,
+    TEXTOID,
+    INT8OID,
+    INT8OID,
+    TEXTOID,
+    UUIDOID,
+    UUIDOID,
+    UUIDOID,
+    UUIDARRAYOID,
+    INT8ARRAYOID,
+    JSONBOID,
+    UUIDOID,
+    INT8OID,
+    UUIDOID,
+    INT8OID,
+    INT8OID,
 ];
 static FINISH: Stmt = Stmt {
-    sql: finish_sql!(",
+    sql: finish_sql!(
+        ",
           g AS (
             UPDATE billing.grants g SET remaining = g.remaining + $23, open = g.remaining + $23 > 0
-             WHERE g.customer = $1 AND g.id = $22)"),
+             WHERE g.customer = $1 AND g.id = $22)"
+    ),
     args: FINISH_ARGS,
 };
 /// FINISH when no grant row is written ($22 and $23 unused).
-static FINISH_NO_GRANT: Stmt = Stmt {
-    sql: finish_sql!(", g AS (SELECT $22::uuid, $23::int8)"),
-    args: FINISH_ARGS,
-};
+static FINISH_NO_GRANT: Stmt = Stmt { sql: finish_sql!(", g AS (SELECT $22::uuid, $23::int8)"), args: FINISH_ARGS };
 /// The balance after entry `$2` and the expiries that followed it (see `final_balance`).
 /// The entry by the seq `$3` its id names if it is located (`entry_id`), else through the
 /// partial index of the other ids.
@@ -208,14 +255,8 @@ static FINAL_BALANCE: Stmt = Stmt {
            ORDER BY seq DESC LIMIT 1",
     args: &[TEXTOID, UUIDOID, INT8OID],
 };
-static KEY: Stmt = Stmt {
-    sql: "SELECT j FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
-    args: &[TEXTOID, TEXTOID],
-};
-static KEY_USED: Stmt = Stmt {
-    sql: "SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2",
-    args: &[TEXTOID, TEXTOID],
-};
+static KEY: Stmt = Stmt { sql: "SELECT j FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2", args: &[TEXTOID, TEXTOID] };
+static KEY_USED: Stmt = Stmt { sql: "SELECT FROM billing.journal j WHERE j.customer = $1 AND j.idempotency_key = $2", args: &[TEXTOID, TEXTOID] };
 macro_rules! spend_lookup_sql {
     () => {
         "SELECT c, k FROM billing.customers c
@@ -349,9 +390,19 @@ impl Pending {
         let Some(p) = p else {
             let [no_accts, no_deltas] = no_line_params();
             return [
-                D::null::<i64>(), D::null::<pgrx::Uuid>(), D::null::<TimestampWithTimeZone>(), D::null::<&str>(),
-                D::null::<i64>(), D::null::<i64>(), D::null::<&str>(), D::null::<pgrx::Uuid>(), D::null::<pgrx::Uuid>(),
-                D::null::<pgrx::Uuid>(), no_accts, no_deltas, D::null::<JsonB>(),
+                D::null::<i64>(),
+                D::null::<pgrx::Uuid>(),
+                D::null::<TimestampWithTimeZone>(),
+                D::null::<&str>(),
+                D::null::<i64>(),
+                D::null::<i64>(),
+                D::null::<&str>(),
+                D::null::<pgrx::Uuid>(),
+                D::null::<pgrx::Uuid>(),
+                D::null::<pgrx::Uuid>(),
+                no_accts,
+                no_deltas,
+                D::null::<JsonB>(),
             ];
         };
         let opt = |u: Option<pgrx::Uuid>| u.map_or_else(D::null::<pgrx::Uuid>, |u| u.into());
@@ -397,7 +448,13 @@ impl<'a, 'c> Op<'a, 'c> {
     /// made under the key, in one statement; `Ok(None)` if there is no such account. On a
     /// slot account, `parent` is its customer, whose own journal is searched for the key
     /// as well (the slot's entry first). Grants are read later, if at all (`draw`).
-    pub fn lock_for_spend_held(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, key: &str, parent: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
+    pub fn lock_for_spend_held(
+        c: &'a mut SpiClient<'c>,
+        customer: &str,
+        now: Ts,
+        key: &str,
+        parent: Option<&str>,
+    ) -> Result<Option<(Self, Option<Keyed>)>> {
         Self::open_as(c, customer, now, false, false, Some(key), parent)
     }
 
@@ -406,7 +463,14 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(Self::open(c, customer, now, false, false, None)?.ok_or_else(|| unknown_customer(customer))?.0)
     }
 
-    fn open(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool, ro: bool, spend_key: Option<&str>) -> Result<Option<(Self, Option<Keyed>)>> {
+    fn open(
+        c: &'a mut SpiClient<'c>,
+        customer: &str,
+        now: Ts,
+        create: bool,
+        ro: bool,
+        spend_key: Option<&str>,
+    ) -> Result<Option<(Self, Option<Keyed>)>> {
         Self::open_as(c, customer, now, create, ro, spend_key, None)
     }
 
@@ -640,11 +704,8 @@ impl<'a, 'c> Op<'a, 'c> {
             }
             // A lapsing hold gives credits back to the grants it took them from, which may
             // be spent (not open) by now: the book must know them to expire what returns.
-            let held: Vec<Id> = holds
-                .iter()
-                .flat_map(|h| h.lines.iter())
-                .filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None })
-                .collect();
+            let held: Vec<Id> =
+                holds.iter().flat_map(|h| h.lines.iter()).filter_map(|l| if let Acct::Grant(g) = l.0 { Some(g) } else { None }).collect();
             self.book.holds = holds;
             self.holds_loaded = true;
             self.load_grants(&held)?;
@@ -701,8 +762,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// grants that are spent or expired, and so not loaded).
     pub fn load_grants(&mut self, ids: &[Id]) -> Result<()> {
         self.drop_head_only()?;
-        let missing: Vec<pgrx::Uuid> =
-            ids.iter().filter(|id| !self.book.grants.iter().any(|g| &g.id == *id)).map(uuid).collect();
+        let missing: Vec<pgrx::Uuid> = ids.iter().filter(|id| !self.book.grants.iter().any(|g| &g.id == *id)).map(uuid).collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -768,9 +828,11 @@ impl<'a, 'c> Op<'a, 'c> {
     /// Appends one entry to the journal and applies it to the book.
     pub fn write(&mut self, e: &Entry, x: Extra) -> Result<Written> {
         let amount = e.amount();
-        let balance_after = self.book.balance.checked_add(amount).ok_or_else(|| {
-            BillingError::new(crate::error::OVERFLOW, format!("balance of customer \"{}\" would overflow", self.customer))
-        })?;
+        let balance_after = self
+            .book
+            .balance
+            .checked_add(amount)
+            .ok_or_else(|| BillingError::new(crate::error::OVERFLOW, format!("balance of customer \"{}\" would overflow", self.customer)))?;
         for &(a, d) in &e.lines {
             if let Acct::Grant(id) = a {
                 if let Some(t) = self.grant_deltas.iter_mut().find(|t| t.0 == id) {
@@ -815,8 +877,7 @@ impl<'a, 'c> Op<'a, 'c> {
     /// not become spendable).
     pub fn write_and_settle_expired(&mut self, e: &Entry, x: Extra) -> Result<Written> {
         let w = self.write(e, x)?;
-        let returned: Vec<Id> =
-            e.lines.iter().filter_map(|&(a, d)| if let (Acct::Grant(id), true) = (a, d > 0) { Some(id) } else { None }).collect();
+        let returned: Vec<Id> = e.lines.iter().filter_map(|&(a, d)| if let (Acct::Grant(id), true) = (a, d > 0) { Some(id) } else { None }).collect();
         let now = self.now;
         let mut after = None;
         for id in returned {
@@ -924,7 +985,19 @@ impl<'a, 'c> Op<'a, 'c> {
             ts(next).into(),
             th.low_notified.into(),
             th.topup_notified.into(),
-            a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            a8,
+            a9,
+            a10,
+            a11,
+            a12,
+            a13,
             last.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |(id, _)| id.into()),
             last.map_or(0, |(_, d)| d).into(),
             draw_grant.map_or_else(DatumWithOid::null::<pgrx::Uuid>, |g| uuid(&g).into()),
@@ -947,7 +1020,13 @@ impl<'a, 'c> Op<'a, 'c> {
             return None;
         }
         if self.grants_loaded {
-            return self.book.grants.iter().filter(|g| g.live(self.now) && g.remaining > 0).min_by_key(|g| g.order_key()).map(|g| (g.id, g.remaining));
+            return self
+                .book
+                .grants
+                .iter()
+                .filter(|g| g.live(self.now) && g.remaining > 0)
+                .min_by_key(|g| g.order_key())
+                .map(|g| (g.id, g.remaining));
         }
         let (h, mut left) = self.head?;
         for &(id, d) in &self.grant_deltas {
@@ -1004,6 +1083,5 @@ pub fn try_lock_customer(customer: &str) -> bool {
 }
 
 pub fn unknown_customer(customer: &str) -> BillingError {
-    BillingError::new(UNKNOWN, format!("unknown customer \"{customer}\""))
-        .hint("A customer exists from its first billing.grant.")
+    BillingError::new(UNKNOWN, format!("unknown customer \"{customer}\"")).hint("A customer exists from its first billing.grant.")
 }

@@ -94,7 +94,9 @@ mod tests {
         q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'soon-hi', 'p', '2030-02-01', 9)");
         assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 150, 'd1')"), 250);
         let left = |k: &str| -> i64 {
-            q(&format!("SELECT g.remaining FROM billing._grants_now g JOIN billing.journal j ON j.entry_id = g.entry_id WHERE j.idempotency_key = '{k}'"))
+            q(&format!(
+                "SELECT g.remaining FROM billing._grants_now g JOIN billing.journal j ON j.entry_id = g.entry_id WHERE j.idempotency_key = '{k}'"
+            ))
         };
         assert_eq!((left("soon-hi"), left("soon-lo"), left("late"), left("never")), (0, 50, 100, 100));
         // provenance is on the entry
@@ -110,12 +112,15 @@ mod tests {
         q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
         // In FROM, as a LATERAL per outer row, and in the target list (ProjectSet).
         assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 1, 'f1')"), 99);
-        assert_eq!(q::<i64>("SELECT sum(d.balance_after)::bigint FROM generate_series(1, 3) i, LATERAL billing.debit('a', 1, 'l' || i) d"), 98 + 97 + 96);
+        assert_eq!(
+            q::<i64>("SELECT sum(d.balance_after)::bigint FROM generate_series(1, 3) i, LATERAL billing.debit('a', 1, 'l' || i) d"),
+            98 + 97 + 96
+        );
         assert_eq!(q::<i64>("SELECT count(*) FROM (SELECT billing.debit('a', 1, 't' || i) FROM generate_series(1, 4) i) s"), 4);
         assert_eq!(bal("a"), 92);
         assert_eq!(q::<i64>("SELECT (billing.debit('a', 2, 'x')).balance_after"), 90);
         // A replay through a different form gives the first answer again.
-        assert_eq!(q::<bool>("SELECT (billing.debit('a', 2, 'x')).replayed"), true);
+        assert!(q::<bool>("SELECT (billing.debit('a', 2, 'x')).replayed"));
         assert_eq!(q::<i64>("SELECT balance_after FROM billing.debit('a', 1, 't1')"), 95);
         // PL/pgSQL: SELECT INTO and FOR over the result, and an error inside the loop.
         Spi::run(
@@ -250,7 +255,7 @@ mod tests {
         let s = format!("SELECT balance_after FROM billing.settle('{r}', 120)");
         assert_eq!(q::<i64>(&s), 880);
         // settling again with the same amount replays; with another is refused
-        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.settle('{r}', 120)")), true);
+        assert!(q::<bool>(&format!("SELECT replayed FROM billing.settle('{r}', 120)")));
         assert_eq!(state(&format!("SELECT billing.settle('{r}', 121)")), "BL005");
         assert_eq!(state(&format!("SELECT billing.release('{r}')")), "BL005");
         assert_eq!(state(&format!("SELECT billing.extend('{r}', '1 minute')")), "BL005");
@@ -263,7 +268,7 @@ mod tests {
 
         let r3: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h3')");
         assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.release('{r3}')")), 630);
-        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.release('{r3}')")), true);
+        assert!(q::<bool>(&format!("SELECT replayed FROM billing.release('{r3}')")));
         assert_eq!(state(&format!("SELECT billing.settle('{r3}', 1)")), "BL005");
 
         let r4: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h4', '10 minutes')");
@@ -295,12 +300,12 @@ mod tests {
         assert_eq!(bal("a"), 950);
         // partial refund: the credits taken last (from the purchase) come back first
         assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e}', 40, 'r1')")), 990);
-        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}', 40, 'r1')")), true);
+        assert!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}', 40, 'r1')")));
         assert_eq!(state(&format!("SELECT billing.refund('{e}', 41, 'r1')")), "BL002");
         assert_eq!(state(&format!("SELECT billing.refund('{e}', 111, 'r2')")), "22023");
         // the rest, keyless; a keyless retry replays
         assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.refund('{e}')")), 1100);
-        assert_eq!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}')")), true);
+        assert!(q::<bool>(&format!("SELECT replayed FROM billing.refund('{e}')")));
         assert_eq!(state(&format!("SELECT billing.refund('{e}', 1, 'r3')")), "22023");
         assert_eq!(q::<i64>(&format!("SELECT remaining FROM billing._grants_now WHERE id = '{promo}'")), 100);
         assert_eq!(q::<i64>(&format!("SELECT refunded FROM billing.grant_status WHERE grant_id = '{promo}'")), 100);
@@ -405,10 +410,7 @@ mod tests {
         Spi::run("UPDATE billing.grants SET remaining = 99").unwrap();
         Spi::run("UPDATE billing.customers SET balance = 7").unwrap();
         let checks: Vec<String> = Spi::connect(|c| {
-            c.select("SELECT check_name FROM billing.verify() ORDER BY 1", None, &[])
-                .unwrap()
-                .map(|r| r.get::<String>(1).unwrap().unwrap())
-                .collect()
+            c.select("SELECT check_name FROM billing.verify() ORDER BY 1", None, &[]).unwrap().map(|r| r.get::<String>(1).unwrap().unwrap()).collect()
         });
         assert!(checks.contains(&"grant_remaining".to_string()), "{checks:?}");
         assert!(checks.contains(&"customer_balance".to_string()), "{checks:?}");

@@ -4,6 +4,6 @@
 //! knows of credits, events or plans.
 pub mod jsonb;
 pub mod one_row;
+mod one_row_tests;
 pub mod spi;
 pub mod whole_row;
-mod one_row_tests;

@@ -147,11 +147,8 @@ mod tests {
             let body: String = q(&format!("SELECT {}", event_sql(&format!("'evt_i.' || {tag}"))));
             let sig = crate::webhook::signature::sign_stripe(SECRET, T0, body.as_bytes());
             let headers = serde_json::json!({ "Stripe-Signature": sig }).to_string();
-            Spi::run_with_args(
-                &format!("INSERT INTO pg_temp.deliv VALUES ({tag}, $1::jsonb, $2)"),
-                &[headers.as_str().into(), body.as_str().into()],
-            )
-            .unwrap();
+            Spi::run_with_args(&format!("INSERT INTO pg_temp.deliv VALUES ({tag}, $1::jsonb, $2)"), &[headers.as_str().into(), body.as_str().into()])
+                .unwrap();
         }
         // the event replay() takes again: stored and ignored
         let base: String = q(&format!("SELECT status FROM billing.ingest_fetched('s', {})", event_sql("'evt_base'")));
@@ -179,19 +176,16 @@ mod tests {
             // a field of the value, in a target list
             assert_eq!(q::<String>(&format!("SELECT ({}).{c}::text", call("field"))), want(&f, "field"), "{n}: (f()).{c}");
             // the whole value: one record, read afterwards
-            assert_eq!(q::<String>(&format!("SELECT (r).{c}::text FROM (SELECT {} AS r OFFSET 0) s", call("whole"))), want(&f, "whole"), "{n}: f() as a value");
+            assert_eq!(
+                q::<String>(&format!("SELECT (r).{c}::text FROM (SELECT {} AS r OFFSET 0) s", call("whole"))),
+                want(&f, "whole"),
+                "{n}: f() as a value"
+            );
             assert_eq!(q::<String>(&format!("SELECT pg_typeof({})::text", call("type"))), "record", "{n}: pg_typeof");
             // inside an expression that refuses sets
-            assert_eq!(
-                q::<String>(&format!("SELECT coalesce(({}).{c}::text, 'none')", call("coalesce"))),
-                want(&f, "coalesce"),
-                "{n} in coalesce()"
-            );
+            assert_eq!(q::<String>(&format!("SELECT coalesce(({}).{c}::text, 'none')", call("coalesce"))), want(&f, "coalesce"), "{n} in coalesce()");
             // once per outer row
-            let lateral = format!(
-                "SELECT string_agg(x.{c}::text, ',' ORDER BY i) FROM generate_series(1, 3) i, LATERAL {} x",
-                (f.call)("'l' || i")
-            );
+            let lateral = format!("SELECT string_agg(x.{c}::text, ',' ORDER BY i) FROM generate_series(1, 3) i, LATERAL {} x", (f.call)("'l' || i"));
             let w = (1..=3).map(|i| want(&f, &format!("l{i}"))).collect::<Vec<_>>().join(",");
             assert_eq!(q::<String>(&lateral), w, "{n} LATERAL");
         }
@@ -293,7 +287,10 @@ mod tests {
             assert_eq!(q::<String>(&format!("SELECT status FROM billing.ingest_fetched('s', {})", event_sql(&format!("'{id}'")))), "ignored");
         }
         Spi::run("UPDATE billing.events SET status = 'failed' WHERE event_id IN ('evt_x1', 'evt_x2')").unwrap();
-        assert_eq!(q::<String>("SELECT string_agg(event_id || ':' || status, ',' ORDER BY event_id) FROM billing.replay_failed()"), "evt_x1:ignored,evt_x2:ignored");
+        assert_eq!(
+            q::<String>("SELECT string_agg(event_id || ':' || status, ',' ORDER BY event_id) FROM billing.replay_failed()"),
+            "evt_x1:ignored,evt_x2:ignored"
+        );
         assert_eq!(q::<i64>("SELECT count(*) FROM billing.replay_failed()"), 0);
     }
 

@@ -1,10 +1,10 @@
 //! SPI plumbing: statements prepared once per backend and kept (`SPI_keepplan`), so the
 //! hot path never re-parses SQL, plus small conversions.
 use crate::error::BillingError;
+use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::{self, PgBuiltInOids, PgOid};
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiError, SpiTupleTable};
-use pgrx::datum::DatumWithOid;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -65,7 +65,9 @@ fn run_as<'c>(c: &mut SpiClient<'c>, s: &Stmt, args: &[DatumWithOid], ro: bool) 
 pub fn uuid_array<'a>(v: &[pgrx::Uuid]) -> DatumWithOid<'a> {
     // construct_array copies each element from the pointer it is given.
     let mut elems: Vec<pg_sys::Datum> = v.iter().map(|u| pg_sys::Datum::from(u.as_bytes().as_ptr())).collect();
-    let a = unsafe { pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, pg_sys::UUIDOID, 16, false, pg_sys::TYPALIGN_CHAR as std::ffi::c_char) };
+    let a = unsafe {
+        pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, pg_sys::UUIDOID, 16, false, pg_sys::TYPALIGN_CHAR as std::ffi::c_char)
+    };
     unsafe { DatumWithOid::new(pg_sys::Datum::from(a), PgBuiltInOids::UUIDARRAYOID.value()) }
 }
 
@@ -73,7 +75,9 @@ pub fn uuid_array<'a>(v: &[pgrx::Uuid]) -> DatumWithOid<'a> {
 pub fn int8_array<'a>(v: &[i64]) -> DatumWithOid<'a> {
     const _: () = assert!(std::mem::size_of::<pg_sys::Datum>() == 8);
     let mut elems: Vec<pg_sys::Datum> = v.iter().map(|x| pg_sys::Datum::from(*x)).collect();
-    let a = unsafe { pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, pg_sys::INT8OID, 8, true, pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char) };
+    let a = unsafe {
+        pg_sys::construct_array(elems.as_mut_ptr(), elems.len() as i32, pg_sys::INT8OID, 8, true, pg_sys::TYPALIGN_DOUBLE as std::ffi::c_char)
+    };
     unsafe { DatumWithOid::new(pg_sys::Datum::from(a), PgBuiltInOids::INT8ARRAYOID.value()) }
 }
 

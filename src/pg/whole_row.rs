@@ -103,9 +103,7 @@ unsafe fn layout(fields: &'static Fields, ident: u64, desc: pg_sys::TupleDesc) -
     let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
     let mut out = Vec::with_capacity(fields.0.len());
     for name in fields.0 {
-        let found = attrs
-            .iter()
-            .position(|a| !a.attisdropped && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes());
+        let found = attrs.iter().position(|a| !a.attisdropped && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes());
         match found {
             Some(at) => out.push((at, attrs[at].atttypid)),
             None => return Err(BillingError::new(INTERNAL, format!("billing: internal error: no column \"{name}\" in the row read"))),

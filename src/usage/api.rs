@@ -139,7 +139,10 @@ fn record_usage_impl(
                 && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(8)?.map(micros) == Some(occurred))
                 && r.get::<pgrx::Uuid>(9)? == rid;
             if !same {
-                return Err(BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage")));
+                return Err(BillingError::new(
+                    KEY_REUSED,
+                    format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage"),
+                ));
             }
             let (credits, entry) = (r.get::<i64>(10)?.unwrap_or(0), r.get::<pgrx::Uuid>(11)?);
             let mut op = Op::lock_existing(c, customer, now)?;
@@ -172,10 +175,14 @@ fn record_usage_impl(
             crate::access::api::take_token(c, customer, plan.as_deref(), meter, now)?;
         }
         let Some(rated) = rated else {
-            return Err(BillingError::new(UNKNOWN, format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")")));
+            return Err(BillingError::new(
+                UNKNOWN,
+                format!("unknown meter \"{meter}\", or no price in force at the usage's time (customer \"{customer}\")"),
+            ));
         };
-        let (credits, next) =
-            rated.ok_or_else(|| BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")")))?;
+        let (credits, next) = rated.ok_or_else(|| {
+            BillingError::new(OVERFLOW, format!("usage of {quantity} on meter \"{meter}\" is out of range (customer \"{customer}\")"))
+        })?;
         let metadata = pgrx::JsonB(json!({ "meter": meter, "quantity": quantity }));
         let (entry, balance) = match rid {
             Some(r) => {
@@ -258,7 +265,13 @@ fn set_auto_topup(customer: Option<&str>, threshold: Option<i64>, amount: Option
 }
 crate::sql_entry!(pg_finfo_billing_set_auto_topup, billing_set_auto_topup, set_auto_topup_wrapper);
 
-fn set_auto_topup_impl(customer: Option<&str>, threshold: Option<i64>, amount: Option<i64>, cap: Option<i32>, max_failures: Option<i32>) -> Result<()> {
+fn set_auto_topup_impl(
+    customer: Option<&str>,
+    threshold: Option<i64>,
+    amount: Option<i64>,
+    cap: Option<i32>,
+    max_failures: Option<i32>,
+) -> Result<()> {
     let customer = customer_arg(customer)?;
     Spi::connect_mut(|c| {
         drop(Op::lock_existing(c, customer, clock::now())?);

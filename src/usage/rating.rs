@@ -99,7 +99,12 @@ mod tests {
             seed ^= seed << 17;
             seed % m
         };
-        let prices = [Price { credits: 3, per_units: 1000 }, Price { credits: 7, per_units: 3 }, Price { credits: 1, per_units: 1_000_000 }, Price { credits: 25, per_units: 1 }];
+        let prices = [
+            Price { credits: 3, per_units: 1000 },
+            Price { credits: 7, per_units: 3 },
+            Price { credits: 1, per_units: 1_000_000 },
+            Price { credits: 25, per_units: 1 },
+        ];
         for _ in 0..200 {
             let (mut c, mut charged) = (Carry::default(), 0i128);
             let (mut num, mut den) = (0i128, 1i128); // exact total as a fraction

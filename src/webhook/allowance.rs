@@ -63,11 +63,7 @@ pub fn lines(invoice: &Value) -> Vec<Line> {
         .filter_map(|l| {
             let (start, end) = (i(l, &["period", "start"]), i(l, &["period", "end"])?);
             let parent = ["subscription_item_details", "invoice_item_details"];
-            let proration = parent
-                .iter()
-                .find_map(|p| flag(l, &["parent", p, "proration"]))
-                .or_else(|| flag(l, &["proration"]))
-                .unwrap_or(false);
+            let proration = parent.iter().find_map(|p| flag(l, &["parent", p, "proration"])).or_else(|| flag(l, &["proration"])).unwrap_or(false);
             let credited = parent.iter().any(|p| present(l, &["parent", p, "proration_details", "credited_items"]))
                 || present(l, &["proration_details", "credited_items"]);
             let amount = i(l, &["amount"]).unwrap_or(0);
@@ -170,10 +166,7 @@ pub fn entitlement(end: i64, reported: Option<i64>, facts: &[Fact]) -> Entitleme
 /// The plan in force among items `(plan, period_credits, quantity)`: the largest
 /// allowance, then the smaller name. Never "whichever line came first".
 pub fn plan_in_force<'a>(items: impl IntoIterator<Item = (&'a str, i64, i64)>) -> Option<&'a str> {
-    items
-        .into_iter()
-        .max_by(|a, b| a.1.saturating_mul(a.2).cmp(&b.1.saturating_mul(b.2)).then_with(|| b.0.cmp(a.0)))
-        .map(|x| x.0)
+    items.into_iter().max_by(|a, b| a.1.saturating_mul(a.2).cmp(&b.1.saturating_mul(b.2)).then_with(|| b.0.cmp(a.0))).map(|x| x.0)
 }
 
 /// The items an invoice puts in force: its new proration lines when it has any (a

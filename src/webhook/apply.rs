@@ -49,13 +49,12 @@ pub struct Applied {
 }
 
 fn waiting(what: String) -> BillingError {
-    BillingError::new(UNKNOWN, what).hint("Link the customer with billing.link_customer(customer, provider_customer_id); its waiting events are then applied in order.")
+    BillingError::new(UNKNOWN, what)
+        .hint("Link the customer with billing.link_customer(customer, provider_customer_id); its waiting events are then applied in order.")
 }
 
-static LINKED: Stmt = Stmt {
-    sql: "SELECT customer FROM billing.provider_customers WHERE provider = $1 AND provider_customer = $2",
-    args: &[TEXTOID, TEXTOID],
-};
+static LINKED: Stmt =
+    Stmt { sql: "SELECT customer FROM billing.provider_customers WHERE provider = $1 AND provider_customer = $2", args: &[TEXTOID, TEXTOID] };
 /// The customer's row (as `store::CREATE`) and the link of the provider customer, in one
 /// statement (the link's foreign key check runs at its end and sees the customer the CTE made).
 static ENSURE_LINKED: Stmt = Stmt {
@@ -75,7 +74,11 @@ fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
         let owner = match &r.provider {
             Some(p) => {
                 let t = run(c, &LINKED, &[PROVIDER.into(), p.as_str().into()])?;
-                if t.is_empty() { None } else { t.first().get::<String>(1)? }
+                if t.is_empty() {
+                    None
+                } else {
+                    t.first().get::<String>(1)?
+                }
             }
             None => None,
         };
@@ -140,10 +143,8 @@ static PURCHASE_CLAIM: Stmt = Stmt {
           ON CONFLICT (provider, purchase_id) DO NOTHING RETURNING purchase_id",
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID],
 };
-static PURCHASE_GRANT: Stmt = Stmt {
-    sql: "UPDATE billing.purchases SET grant_id = $3 WHERE customer = $1 AND purchase_id = $2",
-    args: &[TEXTOID, TEXTOID, UUIDOID],
-};
+static PURCHASE_GRANT: Stmt =
+    Stmt { sql: "UPDATE billing.purchases SET grant_id = $3 WHERE customer = $1 AND purchase_id = $2", args: &[TEXTOID, TEXTOID, UUIDOID] };
 
 fn mapped_credits(c: &mut SpiClient<'_>, keys: &[String]) -> Result<Option<i64>> {
     for k in keys {
@@ -204,7 +205,12 @@ fn checkout(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
     let outcome = match credits {
         Some(n) => top_up(c, e, &customer, &p, n)?,
         None if p.mode.as_deref() == Some("subscription") => Outcome::Applied("subscription checkout: the invoice grants the allowance".into()),
-        None => return Err(BillingError::invalid(format!("no credits for purchase {}: no metadata.credits and no billing.define_topup match", p.purchase))),
+        None => {
+            return Err(BillingError::invalid(format!(
+                "no credits for purchase {}: no metadata.credits and no billing.define_topup match",
+                p.purchase
+            )))
+        }
     };
     Ok(Applied { outcome, customer: Some(customer) })
 }
@@ -227,14 +233,10 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 // ---- subscriptions ----
 
 /// The plans of some prices: `(price, plan, period_credits)`.
-static PLANS_OF: Stmt = Stmt {
-    sql: "SELECT provider_price, plan, period_credits FROM billing.plans WHERE provider_price = ANY($1)",
-    args: &[TEXTARRAYOID],
-};
-static SUB: Stmt = Stmt {
-    sql: "SELECT customer, plan FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2",
-    args: &[TEXTOID, TEXTOID],
-};
+static PLANS_OF: Stmt =
+    Stmt { sql: "SELECT provider_price, plan, period_credits FROM billing.plans WHERE provider_price = ANY($1)", args: &[TEXTARRAYOID] };
+static SUB: Stmt =
+    Stmt { sql: "SELECT customer, plan FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2", args: &[TEXTOID, TEXTOID] };
 static ADVANCE: Stmt = Stmt {
     sql: "INSERT INTO billing.provider_objects AS o (provider, object_id, created, event_id) VALUES ($1, $2, $3, $4)
           ON CONFLICT (provider, object_id) DO UPDATE SET created = EXCLUDED.created, event_id = EXCLUDED.event_id
@@ -419,9 +421,22 @@ fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, sta
         let key = format!("stripe:allowance:{sub}:{end}:{}", ent.allowance);
         let source = format!("plan:{}", plan.unwrap_or("subscription"));
         let metadata = JsonB(json!({ "provider": PROVIDER, "subscription": sub, "period_end": end, "allowance": ent.allowance }));
-        grant_as(crate::pg::spi::new_id(), Some(customer), Some(delta), Some(&key), Some(&source), Some(crate::pg::spi::ts(end_us)), Some(0), Some(metadata))?;
+        grant_as(
+            crate::pg::spi::new_id(),
+            Some(customer),
+            Some(delta),
+            Some(&key),
+            Some(&source),
+            Some(crate::pg::spi::ts(end_us)),
+            Some(0),
+            Some(metadata),
+        )?;
     }
-    run(c, &PERIOD_SET, &[customer.into(), sub.into(), (end as f64).into(), ent.base.into(), ent.ceiling.into(), ent.allowance.into(), (granted + delta).into()])?;
+    run(
+        c,
+        &PERIOD_SET,
+        &[customer.into(), sub.into(), (end as f64).into(), ent.base.into(), ent.ceiling.into(), ent.allowance.into(), (granted + delta).into()],
+    )?;
     Ok(delta)
 }
 
@@ -572,10 +587,8 @@ fn refund(c: &mut SpiClient<'_>, _e: &Event, obj: &Value) -> Result<Applied> {
     revoke_to(c, &purchase, total, None)
 }
 
-static PURCHASE_CUSTOMER: Stmt = Stmt {
-    sql: "SELECT customer FROM billing.purchases WHERE provider = $1 AND purchase_id = $2",
-    args: &[TEXTOID, TEXTOID],
-};
+static PURCHASE_CUSTOMER: Stmt =
+    Stmt { sql: "SELECT customer FROM billing.purchases WHERE provider = $1 AND purchase_id = $2", args: &[TEXTOID, TEXTOID] };
 static DISPUTE_UPSERT: Stmt = Stmt {
     sql: "INSERT INTO billing.disputes AS d (provider, dispute_id, customer, status, open, updated_at) VALUES ($1, $2, $3, $4, $5, now())
           ON CONFLICT (provider, dispute_id) DO UPDATE SET status = EXCLUDED.status, open = EXCLUDED.open, updated_at = now()",

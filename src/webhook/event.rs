@@ -66,7 +66,9 @@ pub fn id_of(v: &Value, key: &str) -> Option<String> {
 pub fn metadata_credits(obj: &Value) -> Result<Option<i64>, String> {
     match obj.get("metadata").and_then(|m| m.get("credits")) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(t)) => t.trim().parse::<i64>().ok().filter(|n| *n > 0).map(Some).ok_or(format!("metadata.credits {t:?} is not a positive integer")),
+        Some(Value::String(t)) => {
+            t.trim().parse::<i64>().ok().filter(|n| *n > 0).map(Some).ok_or(format!("metadata.credits {t:?} is not a positive integer"))
+        }
         Some(Value::Number(n)) => n.as_i64().filter(|n| *n > 0).map(Some).ok_or(format!("metadata.credits {n} is not a positive integer")),
         Some(other) => Err(format!("metadata.credits {other} is not a positive integer")),
     }
@@ -105,7 +107,8 @@ pub struct Subscription {
 pub fn subscription(obj: &Value) -> Option<Subscription> {
     let items = obj.get("items").and_then(|i| i.get("data")).and_then(Value::as_array);
     let item_end = items.and_then(|it| it.iter().filter_map(|x| i(x, &["current_period_end"])).max());
-    let item_start = items.and_then(|it| it.iter().filter(|x| i(x, &["current_period_end"]) == item_end).filter_map(|x| i(x, &["current_period_start"])).max());
+    let item_start =
+        items.and_then(|it| it.iter().filter(|x| i(x, &["current_period_end"]) == item_end).filter_map(|x| i(x, &["current_period_start"])).max());
     let items = items
         .map(|it| {
             it.iter()
@@ -288,7 +291,8 @@ mod tests {
     fn legacy_and_thin_events_have_no_snapshot() {
         let e = parse(&fixture("stripe-events/event_pre_2017-05-25.json")).unwrap();
         assert!(e.object.is_none());
-        let thin = r#"{"id":"evt_1","object":"v2.core.event","type":"v1.billing.meter.error_report_triggered","created":1,"related_object":{"id":"x"}}"#;
+        let thin =
+            r#"{"id":"evt_1","object":"v2.core.event","type":"v1.billing.meter.error_report_triggered","created":1,"related_object":{"id":"x"}}"#;
         assert!(parse(thin).unwrap().object.is_none());
     }
 

@@ -77,12 +77,24 @@ fn sig_error(e: SigError, endpoint: &str) -> BillingError {
 }
 
 #[pg_extern(sql = false)]
-fn verify_signature(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<AnyElement>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Option<bool> {
+fn verify_signature(
+    provider: Option<&str>,
+    secrets: Option<Vec<Option<String>>>,
+    headers: Option<AnyElement>,
+    body: Option<&str>,
+    at: Option<TimestampWithTimeZone>,
+) -> Option<bool> {
     deliver(verify_signature_impl(provider, secrets, headers, body, at).map(Some), || None)
 }
 crate::sql_entry!(pg_finfo_billing_verify_signature, billing_verify_signature, verify_signature_wrapper, jsonb = [2]);
 
-fn verify_signature_impl(provider: Option<&str>, secrets: Option<Vec<Option<String>>>, headers: Option<AnyElement>, body: Option<&str>, at: Option<TimestampWithTimeZone>) -> Result<bool> {
+fn verify_signature_impl(
+    provider: Option<&str>,
+    secrets: Option<Vec<Option<String>>>,
+    headers: Option<AnyElement>,
+    body: Option<&str>,
+    at: Option<TimestampWithTimeZone>,
+) -> Result<bool> {
     let p = need(provider, "provider")?;
     let provider = Provider::parse(p).ok_or_else(|| BillingError::invalid(format!("unknown webhook provider {p:?} (stripe or standard)")))?;
     let secrets: Vec<String> = need(secrets, "secrets")?.into_iter().flatten().collect();
@@ -197,7 +209,10 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option
     let body = need(body, "body")?;
     let max = MAX_BYTES.get() as usize;
     if body.len() > max {
-        return Err(BillingError::new(TOO_LARGE, format!("webhook for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len())));
+        return Err(BillingError::new(
+            TOO_LARGE,
+            format!("webhook for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len()),
+        ));
     }
     let headers = Headers::of(headers)?;
     let h = &headers.map;
@@ -214,7 +229,8 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option
         let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
         let lookup = |name: &str| h.get(name).cloned();
         let now = unix_secs(crate::clock::now());
-        let v = signature::verify(provider, &secrets, &lookup, body.as_bytes(), now, TOLERANCE.get() as i64, max).map_err(|e| sig_error(e, endpoint))?;
+        let v =
+            signature::verify(provider, &secrets, &lookup, body.as_bytes(), now, TOLERANCE.get() as i64, max).map_err(|e| sig_error(e, endpoint))?;
         let d = parse_delivery(provider, endpoint, body, v.webhook_id)?;
         store_and_apply(c, d, endpoint, body, Some(&headers), Via::Delivery)
     })
@@ -248,49 +264,53 @@ fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &st
                 if !same {
                     run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), headers_param()])?;
                 }
-                let detail = if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
+                let detail =
+                    if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
                 return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
             }
         }
     }
-        let outcome = match &d.stripe {
-            Some(e) => apply_event(e),
-            None => Outcome {
-                status: "ignored".to_string(),
-                detail: "verified and stored; no built-in effects for Standard Webhooks events".to_string(),
-                customer: None,
-            },
-        };
-        let inserted = run(
-            c,
-            &INSERT_EVENT,
-            &[
-                d.provider.as_str().into(),
-                d.id.as_str().into(),
-                endpoint.into(),
-                d.kind.as_str().into(),
-                d.created.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into()),
-                opt_text(&d.api_version),
-                opt_text(&d.object_id),
-                opt_text(&d.provider_customer),
-                body.into(),
-                headers_param(),
-                outcome.status.as_str().into(),
-                outcome.detail.as_str().into(),
-                opt_text(&outcome.customer),
-                if via == Via::Fetch { "fetch" } else { "delivery" }.into(),
-            ],
-        )?;
-        if inserted.is_empty() {
-            // Only a snapshot older than the other session's commit gets here (REPEATABLE
-            // READ raises 40001 itself; under READ COMMITTED the lock above rules it out):
-            // what was applied must not stay, and a retry finds the event stored.
-            return Err(BillingError::new(crate::error::SERIALIZATION, format!("event {} of {} was stored concurrently; retry the delivery", d.id, d.provider)));
-        }
-        if let Some(e) = &d.stripe {
-            after_apply(c, e, &outcome, true)?;
-        }
-        Ok((d.id, outcome.status, Some(outcome.detail)))
+    let outcome = match &d.stripe {
+        Some(e) => apply_event(e),
+        None => Outcome {
+            status: "ignored".to_string(),
+            detail: "verified and stored; no built-in effects for Standard Webhooks events".to_string(),
+            customer: None,
+        },
+    };
+    let inserted = run(
+        c,
+        &INSERT_EVENT,
+        &[
+            d.provider.as_str().into(),
+            d.id.as_str().into(),
+            endpoint.into(),
+            d.kind.as_str().into(),
+            d.created.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into()),
+            opt_text(&d.api_version),
+            opt_text(&d.object_id),
+            opt_text(&d.provider_customer),
+            body.into(),
+            headers_param(),
+            outcome.status.as_str().into(),
+            outcome.detail.as_str().into(),
+            opt_text(&outcome.customer),
+            if via == Via::Fetch { "fetch" } else { "delivery" }.into(),
+        ],
+    )?;
+    if inserted.is_empty() {
+        // Only a snapshot older than the other session's commit gets here (REPEATABLE
+        // READ raises 40001 itself; under READ COMMITTED the lock above rules it out):
+        // what was applied must not stay, and a retry finds the event stored.
+        return Err(BillingError::new(
+            crate::error::SERIALIZATION,
+            format!("event {} of {} was stored concurrently; retry the delivery", d.id, d.provider),
+        ));
+    }
+    if let Some(e) = &d.stripe {
+        after_apply(c, e, &outcome, true)?;
+    }
+    Ok((d.id, outcome.status, Some(outcome.detail)))
 }
 
 /// `(event_id text, status text, detail text)` of an event fetched from the provider's
@@ -314,7 +334,10 @@ fn ingest_fetched_impl(endpoint: Option<&str>, body: Option<&str>) -> Result<Eve
     let body = need(body, "body")?;
     let max = MAX_BYTES.get() as usize;
     if body.len() > max {
-        return Err(BillingError::new(TOO_LARGE, format!("fetched event for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len())));
+        return Err(BillingError::new(
+            TOO_LARGE,
+            format!("fetched event for endpoint \"{endpoint}\" refused: body of {} bytes is over the limit of {max}", body.len()),
+        ));
     }
     Spi::connect_mut(|c| {
         let t = run(c, &ENDPOINT, &[endpoint.into()])?;
@@ -453,7 +476,11 @@ static LINK: Stmt = Stmt {
 };
 
 #[pg_extern(sql = false)]
-fn link_customer(customer: Option<&str>, provider_customer_id: Option<&str>, provider: Option<&str>) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
+fn link_customer(
+    customer: Option<&str>,
+    provider_customer_id: Option<&str>,
+    provider: Option<&str>,
+) -> TableIterator<'static, (name!(event_id, String), name!(status, String), name!(detail, Option<String>))> {
     deliver(link_impl(customer, provider_customer_id, provider).map(TableIterator::new), TableIterator::empty)
 }
 crate::sql_entry!(pg_finfo_billing_link_customer, billing_link_customer, link_customer_wrapper);

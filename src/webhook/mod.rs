@@ -4,8 +4,9 @@ pub mod allowance;
 pub mod apply;
 pub mod event;
 pub mod ingest;
-pub mod signature;
 mod plan_tests;
-mod tests;
 pub mod secret;
-#[cfg(any(test, feature = "pg_test"))] mod secret_tests;
+#[cfg(any(test, feature = "pg_test"))]
+mod secret_tests;
+pub mod signature;
+mod tests;

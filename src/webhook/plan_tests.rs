@@ -65,8 +65,10 @@ mod tests {
     }
 
     fn period() -> (i64, i64, i64) {
-        let r = Spi::get_three::<i64, i64, i64>("SELECT base, allowance, granted FROM billing.subscription_periods WHERE period_end = to_timestamp(1902592000)")
-            .unwrap();
+        let r = Spi::get_three::<i64, i64, i64>(
+            "SELECT base, allowance, granted FROM billing.subscription_periods WHERE period_end = to_timestamp(1902592000)",
+        )
+        .unwrap();
         (r.0.unwrap_or(0), r.1.unwrap_or(0), r.2.unwrap_or(0))
     }
 
@@ -86,12 +88,23 @@ mod tests {
         assert_eq!(balance(), 1000);
         // pro from mid-period: its proration invoice lists basic's credit first, then pro
         // ("basic" sorts before "pro": the plan must not be taken from a line's order)
-        assert_eq!(fetch(&event("e2", "invoice.paid", START + 15 * DAY, change("in_up", START + 15 * DAY, ("price_basic", 1), ("price_pro", 1)))), "applied");
+        assert_eq!(
+            fetch(&event("e2", "invoice.paid", START + 15 * DAY, change("in_up", START + 15 * DAY, ("price_basic", 1), ("price_pro", 1)))),
+            "applied"
+        );
         assert_eq!(period(), (1000, 3000, 3000));
         assert_eq!(balance(), 3000);
         assert_eq!(plan(), "pro");
         // invoice.payment_succeeded beside invoice.paid, and a redelivery: nothing more
-        assert_eq!(fetch(&event("e3", "invoice.payment_succeeded", START + 15 * DAY, change("in_up", START + 15 * DAY, ("price_basic", 1), ("price_pro", 1)))), "applied");
+        assert_eq!(
+            fetch(&event(
+                "e3",
+                "invoice.payment_succeeded",
+                START + 15 * DAY,
+                change("in_up", START + 15 * DAY, ("price_basic", 1), ("price_pro", 1))
+            )),
+            "applied"
+        );
         assert_eq!(fetch(&event("e2", "invoice.paid", START + 15 * DAY, json!({}))), "duplicate");
         assert_eq!(balance(), 3000);
         crate::test_sql::clean();
@@ -126,7 +139,7 @@ mod tests {
         assert_eq!((allowance, granted), (5000, 5000));
         assert_eq!(balance(), 5000);
         assert_eq!(plan(), "basic"); // the latest paid invoice's items, no subscription event yet
-        // the subscription's own events name the plan in force from then on
+                                     // the subscription's own events name the plan in force from then on
         fetch(&event("es", "customer.subscription.updated", t, subscription(&[("price_pro", 1)])));
         assert_eq!(plan(), "pro");
         fetch(&event("ed9", "invoice.paid", t + 1, change("in_down9", t + 1, ("price_pro", 1), ("price_basic", 1))));
@@ -167,11 +180,11 @@ mod tests {
         setup();
         fetch(&event("e1", "customer.subscription.created", START, subscription(&[("price_basic", 1)])));
         fetch(&event("e2", "invoice.paid", START, created_on("price_basic")));
-        assert_eq!(q::<bool>("SELECT billing.can_access('u', 'code')"), false);
+        assert!(!q::<bool>("SELECT billing.can_access('u', 'code')"));
         // proration_behavior=create_prorations: the change is billed at the next renewal
         fetch(&event("e3", "customer.subscription.updated", START + 10 * DAY, subscription(&[("price_pro", 1)])));
         assert_eq!(plan(), "pro");
-        assert_eq!(q::<bool>("SELECT billing.can_access('u', 'code')"), true);
+        assert!(q::<bool>("SELECT billing.can_access('u', 'code')"));
         assert_eq!(balance(), 1000);
     }
 
@@ -192,14 +205,14 @@ mod tests {
         fetch(&event("e3", "invoice.payment_failed", END + 1, next("in_renew")));
         assert_eq!(q::<String>("SELECT status FROM billing.subscriptions"), "past_due");
         assert_eq!(q::<String>("SELECT reason FROM billing.access('u')"), "past_due"); // grace (3 days) is over
-        // retried after the outage: paid, and payment_succeeded beside it, in either order
+                                                                                       // retried after the outage: paid, and payment_succeeded beside it, in either order
         fetch(&event("e5", "invoice.payment_succeeded", END + 4 * DAY, next("in_renew")));
         fetch(&event("e4", "invoice.paid", END + 4 * DAY, next("in_renew")));
         assert_eq!(q::<String>("SELECT status FROM billing.subscriptions"), "active");
-        assert_eq!(q::<bool>("SELECT billing.can_access('u', 'code')"), true);
+        assert!(q::<bool>("SELECT billing.can_access('u', 'code')"));
         assert_eq!(q::<i64>("SELECT granted FROM billing.subscription_periods WHERE period_end = to_timestamp(1905184000)"), 5000);
         assert_eq!(balance(), 5000); // the first period's grant expired at its end
-        // a late redelivery of the failure does not roll the status back
+                                     // a late redelivery of the failure does not roll the status back
         fetch(&event("e3b", "invoice.payment_failed", END + 2, next("in_renew")));
         assert_eq!(q::<String>("SELECT status FROM billing.subscriptions"), "active");
     }
@@ -255,7 +268,9 @@ mod tests {
         // the webhook arrives after the fetch: a duplicate, as is a re-fetch in another rendering
         let sig = crate::webhook::signature::sign_stripe("whsec_x", START + DAY, body.as_bytes());
         let headers = json!({ "Stripe-Signature": sig }).to_string();
-        let st = Spi::get_one_with_args::<String>("SELECT status FROM billing.ingest('s', $1::jsonb, $2)", &[headers.into(), body.clone().into()]).unwrap().unwrap();
+        let st = Spi::get_one_with_args::<String>("SELECT status FROM billing.ingest('s', $1::jsonb, $2)", &[headers.into(), body.clone().into()])
+            .unwrap()
+            .unwrap();
         assert_eq!(st, "duplicate");
         let pretty = serde_json::to_string_pretty(&serde_json::from_str::<Value>(&body).unwrap()).unwrap();
         assert_eq!(fetch(&pretty), "duplicate");
@@ -264,8 +279,11 @@ mod tests {
         assert_eq!(q::<String>("SELECT via FROM billing.events WHERE event_id = 'e1'"), "fetch");
         let delivered = event("e2", "customer.subscription.created", START + 1, subscription(&[("price_basic", 1)]));
         let sig = crate::webhook::signature::sign_stripe("whsec_x", START + DAY, delivered.as_bytes());
-        Spi::get_one_with_args::<String>("SELECT status FROM billing.ingest('s', $1::jsonb, $2)", &[json!({ "Stripe-Signature": sig }).to_string().into(), delivered.into()])
-            .unwrap();
+        Spi::get_one_with_args::<String>(
+            "SELECT status FROM billing.ingest('s', $1::jsonb, $2)",
+            &[json!({ "Stripe-Signature": sig }).to_string().into(), delivered.into()],
+        )
+        .unwrap();
         assert_eq!(
             q::<String>("SELECT concat_ws('|', delivered, fetched, newest_delivered = to_timestamp(1900000001), newest_fetched = to_timestamp(1900000000)) FROM billing.sync_status"),
             "1|1|t|t"

@@ -50,11 +50,7 @@ mod tests {
 
     fn assert_accepted(endpoint: &str, secret: &str) {
         assert_eq!(add(endpoint, secret), "ok", "{endpoint} {secret:?}");
-        let n: i64 = q(&format!(
-            "SELECT count(*) FROM billing.endpoint_secrets WHERE endpoint = {} AND secret = {}",
-            lit(endpoint),
-            lit(secret)
-        ));
+        let n: i64 = q(&format!("SELECT count(*) FROM billing.endpoint_secrets WHERE endpoint = {} AND secret = {}", lit(endpoint), lit(secret)));
         assert_eq!(n, 1, "{endpoint} {secret:?}");
     }
 
@@ -148,7 +144,12 @@ mod tests {
         for blank in [" ", "whsec_"] {
             let h = json!({"Stripe-Signature": sign_stripe(blank, T0, body.as_bytes())}).to_string();
             assert_eq!(state(&format!("SELECT billing.ingest('s', {}::jsonb, {})", lit(&h), lit(&body))), "BL010", "{blank:?}");
-            let ok: bool = q(&format!("SELECT billing.verify_signature('stripe', ARRAY[{}], {}::jsonb, {}, to_timestamp({T0}))", lit(blank), lit(&h), lit(&body)));
+            let ok: bool = q(&format!(
+                "SELECT billing.verify_signature('stripe', ARRAY[{}], {}::jsonb, {}, to_timestamp({T0}))",
+                lit(blank),
+                lit(&h),
+                lit(&body)
+            ));
             assert!(!ok, "{blank:?}");
         }
         // A delivery signed with the empty key (what a zero-byte key signs as) is refused.

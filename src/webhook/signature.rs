@@ -46,10 +46,8 @@ const SECRET_PREFIX: &str = "whsec_";
 
 /// Standard base64 that accepts input with or without `=` padding (secrets are sometimes
 /// stored unpadded; the Python library accepts both, so we do too).
-const BASE64_LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+const BASE64_LENIENT: GeneralPurpose =
+    GeneralPurpose::new(&alphabet::STANDARD, GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent));
 
 /// Which signature scheme a webhook endpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,9 +94,7 @@ impl SigError {
     /// `invalid_signature`, `timestamp_outside_tolerance` or `body_too_large`.
     pub fn code(&self) -> &'static str {
         match self {
-            SigError::Missing(_) | SigError::Malformed(_) | SigError::NoMatch => {
-                "invalid_signature"
-            }
+            SigError::Missing(_) | SigError::Malformed(_) | SigError::NoMatch => "invalid_signature",
             SigError::TooOld { .. } | SigError::TooNew { .. } => "timestamp_outside_tolerance",
             SigError::TooLarge { .. } => "body_too_large",
         }
@@ -110,20 +106,15 @@ impl fmt::Display for SigError {
         match self {
             SigError::Missing(what) => write!(f, "invalid signature: missing {what}"),
             SigError::Malformed(why) => write!(f, "invalid signature: malformed header: {why}"),
-            SigError::NoMatch => write!(
-                f,
-                "invalid signature: no signature matches the payload with any configured secret"
-            ),
+            SigError::NoMatch => write!(f, "invalid signature: no signature matches the payload with any configured secret"),
             SigError::TooOld { ts, now, tolerance } => write!(
                 f,
                 "timestamp outside tolerance: {ts} is {}s before now ({now}); tolerance is {tolerance}s",
                 i128::from(*now) - i128::from(*ts)
             ),
-            SigError::TooNew { ts, now, tolerance } => write!(
-                f,
-                "timestamp outside tolerance: {ts} is {}s after now ({now}); tolerance is {tolerance}s",
-                i128::from(*ts) - i128::from(*now)
-            ),
+            SigError::TooNew { ts, now, tolerance } => {
+                write!(f, "timestamp outside tolerance: {ts} is {}s after now ({now}); tolerance is {tolerance}s", i128::from(*ts) - i128::from(*now))
+            }
             SigError::TooLarge { len, max } => {
                 write!(f, "body too large: {len} bytes exceeds the limit of {max} bytes")
             }
@@ -167,10 +158,7 @@ pub fn verify(
     max_bytes: usize,
 ) -> Result<Verified, SigError> {
     if body.len() > max_bytes {
-        return Err(SigError::TooLarge {
-            len: body.len(),
-            max: max_bytes,
-        });
+        return Err(SigError::TooLarge { len: body.len(), max: max_bytes });
     }
     let verified = match provider {
         Provider::Stripe => verify_stripe(secrets, header, body)?,
@@ -194,14 +182,9 @@ pub fn sign_stripe(secret: &str, t: i64, body: &[u8]) -> String {
 ///
 /// Fails with [`SigError::Malformed`] when [`check_secret`] refuses the secret.
 pub fn sign_standard(secret: &str, id: &str, t: i64, body: &[u8]) -> Result<String, SigError> {
-    let key = secret_key(Provider::Standard, secret)
-        .map_err(|p| SigError::Malformed(format!("the secret {p}")))?;
-    let mac = standard_mac(&key, id, t, body)
-        .ok_or_else(|| SigError::Malformed("secret cannot be used as an HMAC key".into()))?;
-    Ok(format!(
-        "v1,{}",
-        STANDARD.encode(mac.finalize().into_bytes())
-    ))
+    let key = secret_key(Provider::Standard, secret).map_err(|p| SigError::Malformed(format!("the secret {p}")))?;
+    let mac = standard_mac(&key, id, t, body).ok_or_else(|| SigError::Malformed("secret cannot be used as an HMAC key".into()))?;
+    Ok(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,15 +208,9 @@ impl fmt::Display for SecretProblem {
     /// Describes the problem without quoting the secret.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            SecretProblem::Blank => {
-                "is blank (empty or whitespace after any whsec_ prefix): anyone could sign with it"
-            }
-            SecretProblem::NotBase64 => {
-                "is not base64 (whsec_ followed by standard base64 of the key, padding optional)"
-            }
-            SecretProblem::ZeroKey => {
-                "is a key of zero bytes only, which HMAC treats as the empty key: anyone could sign with it"
-            }
+            SecretProblem::Blank => "is blank (empty or whitespace after any whsec_ prefix): anyone could sign with it",
+            SecretProblem::NotBase64 => "is not base64 (whsec_ followed by standard base64 of the key, padding optional)",
+            SecretProblem::ZeroKey => "is a key of zero bytes only, which HMAC treats as the empty key: anyone could sign with it",
         })
     }
 }
@@ -259,11 +236,7 @@ fn secret_key(provider: Provider, secret: &str) -> Result<Cow<'_, [u8]>, SecretP
     }
     let key = match provider {
         Provider::Stripe => Cow::Borrowed(secret.as_bytes()),
-        Provider::Standard => Cow::Owned(
-            BASE64_LENIENT
-                .decode(rest)
-                .map_err(|_| SecretProblem::NotBase64)?,
-        ),
+        Provider::Standard => Cow::Owned(BASE64_LENIENT.decode(rest).map_err(|_| SecretProblem::NotBase64)?),
     };
     // Also covers a Standard secret that decodes to nothing.
     if key.iter().all(|&b| b == 0) {
@@ -275,13 +248,8 @@ fn secret_key(provider: Provider, secret: &str) -> Result<Cow<'_, [u8]>, SecretP
 // ---------------------------------------------------------------------------------------------
 // Stripe
 
-fn verify_stripe(
-    secrets: &[&str],
-    header: &dyn Fn(&str) -> Option<String>,
-    body: &[u8],
-) -> Result<Verified, SigError> {
-    let value =
-        non_empty(header("stripe-signature")).ok_or(SigError::Missing("stripe-signature"))?;
+fn verify_stripe(secrets: &[&str], header: &dyn Fn(&str) -> Option<String>, body: &[u8]) -> Result<Verified, SigError> {
+    let value = non_empty(header("stripe-signature")).ok_or(SigError::Missing("stripe-signature"))?;
 
     let mut timestamp: Option<i64> = None;
     let mut saw_v1 = false;
@@ -299,13 +267,9 @@ fn verify_stripe(
         match key {
             "t" => {
                 if timestamp.is_some() {
-                    return Err(SigError::Malformed(
-                        "stripe-signature has more than one t".into(),
-                    ));
+                    return Err(SigError::Malformed("stripe-signature has more than one t".into()));
                 }
-                timestamp = Some(parse_unix(val).ok_or_else(|| {
-                    SigError::Malformed("stripe-signature t is not a unix timestamp".into())
-                })?);
+                timestamp = Some(parse_unix(val).ok_or_else(|| SigError::Malformed("stripe-signature t is not a unix timestamp".into()))?);
             }
             "v1" => {
                 saw_v1 = true;
@@ -338,10 +302,7 @@ fn verify_stripe(
     if !matched {
         return Err(SigError::NoMatch);
     }
-    Ok(Verified {
-        timestamp: t,
-        webhook_id: None,
-    })
+    Ok(Verified { timestamp: t, webhook_id: None })
 }
 
 /// HMAC-SHA256 over `"{t}.{body}"`, keyed with the secret string's bytes (including `whsec_`,
@@ -357,11 +318,7 @@ fn stripe_mac(key: &[u8], t: i64, body: &[u8]) -> Option<HmacSha256> {
 // ---------------------------------------------------------------------------------------------
 // Standard Webhooks
 
-fn verify_standard(
-    secrets: &[&str],
-    header: &dyn Fn(&str) -> Option<String>,
-    body: &[u8],
-) -> Result<Verified, SigError> {
+fn verify_standard(secrets: &[&str], header: &dyn Fn(&str) -> Option<String>, body: &[u8]) -> Result<Verified, SigError> {
     let [id, ts_value, sig_value] = standard_headers(header)?;
 
     let id = id.trim();
@@ -371,8 +328,7 @@ fn verify_standard(
     if id.contains('.') {
         return Err(SigError::Malformed("webhook-id contains '.'".into()));
     }
-    let t = parse_unix(ts_value.trim())
-        .ok_or_else(|| SigError::Malformed("webhook-timestamp is not a unix timestamp".into()))?;
+    let t = parse_unix(ts_value.trim()).ok_or_else(|| SigError::Malformed("webhook-timestamp is not a unix timestamp".into()))?;
 
     let mut saw_v1 = false;
     let mut v1_seen = 0usize;
@@ -411,10 +367,7 @@ fn verify_standard(
     if !matched {
         return Err(SigError::NoMatch);
     }
-    Ok(Verified {
-        timestamp: t,
-        webhook_id: Some(id.to_owned()),
-    })
+    Ok(Verified { timestamp: t, webhook_id: Some(id.to_owned()) })
 }
 
 /// The `svix-*` header names, in the order id, timestamp, signature.
@@ -450,11 +403,7 @@ fn standard_headers(header: &dyn Fn(&str) -> Option<String>) -> Result<[String; 
     // Neither family is complete: name a header missing from the family the sender used
     // more of (`webhook-*` on a tie).
     let present = |family: &[Option<String>; 3]| family.iter().flatten().count();
-    let (names, family) = if present(&svix) > present(&unbranded) {
-        (SVIX_HEADERS, &svix)
-    } else {
-        (WEBHOOK_HEADERS, &unbranded)
-    };
+    let (names, family) = if present(&svix) > present(&unbranded) { (SVIX_HEADERS, &svix) } else { (WEBHOOK_HEADERS, &unbranded) };
     let missing = family.iter().position(Option::is_none).unwrap_or(0);
     Err(SigError::Missing(names[missing]))
 }
@@ -476,9 +425,7 @@ fn standard_mac(key: &[u8], id: &str, t: i64, body: &[u8]) -> Option<HmacSha256>
 /// Constant-time comparison of the expected tag with each candidate (`verify_slice` uses
 /// `subtle`). Which candidate matched may leak through timing; that reveals nothing secret.
 fn any_tag_matches(mac: &HmacSha256, candidates: &[[u8; TAG_LEN]]) -> bool {
-    candidates
-        .iter()
-        .any(|tag| mac.clone().verify_slice(tag).is_ok())
+    candidates.iter().any(|tag| mac.clone().verify_slice(tag).is_ok())
 }
 
 /// Treats an absent, empty or all-whitespace header as missing.
@@ -524,36 +471,16 @@ mod tests {
 
     /// Case-insensitive header map, as the caller would implement it.
     fn headers(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let pairs: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |name: &str| {
-            pairs
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        }
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        move |name: &str| pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
     }
 
-    fn stripe(
-        secrets: &[&str],
-        sig: &str,
-        body: &[u8],
-        now: i64,
-        tol: i64,
-    ) -> Result<Verified, SigError> {
+    fn stripe(secrets: &[&str], sig: &str, body: &[u8], now: i64, tol: i64) -> Result<Verified, SigError> {
         let h = headers(&[("Stripe-Signature", sig)]);
         verify(Provider::Stripe, secrets, &h, body, now, tol, MAX)
     }
 
-    fn standard(
-        secrets: &[&str],
-        pairs: &[(&str, &str)],
-        body: &[u8],
-        now: i64,
-        tol: i64,
-    ) -> Result<Verified, SigError> {
+    fn standard(secrets: &[&str], pairs: &[(&str, &str)], body: &[u8], now: i64, tol: i64) -> Result<Verified, SigError> {
         let h = headers(pairs);
         verify(Provider::Standard, secrets, &h, body, now, tol, MAX)
     }
@@ -566,11 +493,7 @@ mod tests {
     const SW_SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
 
     fn sw_headers(sig: &str) -> Vec<(&'static str, String)> {
-        vec![
-            ("webhook-id", SW_ID.to_owned()),
-            ("webhook-timestamp", SW_TS.to_string()),
-            ("webhook-signature", sig.to_owned()),
-        ]
+        vec![("webhook-id", SW_ID.to_owned()), ("webhook-timestamp", SW_TS.to_string()), ("webhook-signature", sig.to_owned())]
     }
 
     fn sw(secrets: &[&str], sig: &str, now: i64) -> Result<Verified, SigError> {
@@ -599,80 +522,41 @@ mod tests {
             if expected == "sign" {
                 let msg_id = case["msg_id"].as_str().expect("msg_id");
                 let ts = case["timestamp"].as_i64().expect("timestamp");
-                let want = case["expected_signature"]
-                    .as_str()
-                    .expect("expected_signature");
-                assert_eq!(
-                    sign_standard(secret, msg_id, ts, payload).as_deref(),
-                    Ok(want),
-                    "{id}"
-                );
+                let want = case["expected_signature"].as_str().expect("expected_signature");
+                assert_eq!(sign_standard(secret, msg_id, ts, payload).as_deref(), Ok(want), "{id}");
                 // And what we sign, we verify.
                 let ts_s = ts.to_string();
-                let pairs = [
-                    ("webhook-id", msg_id),
-                    ("webhook-timestamp", ts_s.as_str()),
-                    ("webhook-signature", want),
-                ];
+                let pairs = [("webhook-id", msg_id), ("webhook-timestamp", ts_s.as_str()), ("webhook-signature", want)];
                 assert!(standard(&[secret], &pairs, payload, ts, 0).is_ok(), "{id}");
                 signed += 1;
                 continue;
             }
 
             let now = case["now"].as_i64().expect("now");
-            let tol = case["tolerance_seconds"]
-                .as_i64()
-                .expect("tolerance_seconds");
-            let (result, ts, webhook_id) =
-                if let Some(sig) = case["stripe_signature_header"].as_str() {
-                    let t = sig
-                        .split(',')
-                        .find_map(|e| e.strip_prefix("t="))
-                        .and_then(|t| t.parse::<i64>().ok())
-                        .expect("t in vector header");
-                    (stripe(&[secret], sig, payload, now, tol), t, None)
-                } else {
-                    let map = case["headers"].as_object().expect("headers object");
-                    let pairs: Vec<(&str, &str)> = map
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str().expect("header string")))
-                        .collect();
-                    let t: i64 = map["webhook-timestamp"]
-                        .as_str()
-                        .expect("ts")
-                        .parse()
-                        .expect("ts int");
-                    let wid = map["webhook-id"].as_str().map(str::to_owned);
-                    (standard(&[secret], &pairs, payload, now, tol), t, wid)
-                };
+            let tol = case["tolerance_seconds"].as_i64().expect("tolerance_seconds");
+            let (result, ts, webhook_id) = if let Some(sig) = case["stripe_signature_header"].as_str() {
+                let t = sig.split(',').find_map(|e| e.strip_prefix("t=")).and_then(|t| t.parse::<i64>().ok()).expect("t in vector header");
+                (stripe(&[secret], sig, payload, now, tol), t, None)
+            } else {
+                let map = case["headers"].as_object().expect("headers object");
+                let pairs: Vec<(&str, &str)> = map.iter().map(|(k, v)| (k.as_str(), v.as_str().expect("header string"))).collect();
+                let t: i64 = map["webhook-timestamp"].as_str().expect("ts").parse().expect("ts int");
+                let wid = map["webhook-id"].as_str().map(str::to_owned);
+                (standard(&[secret], &pairs, payload, now, tol), t, wid)
+            };
 
             match expected {
                 "valid" => {
-                    assert_eq!(
-                        result,
-                        Ok(Verified {
-                            timestamp: ts,
-                            webhook_id
-                        }),
-                        "{id}"
-                    );
+                    assert_eq!(result, Ok(Verified { timestamp: ts, webhook_id }), "{id}");
                     valid += 1;
                 }
                 "invalid" => {
                     let reason = case["reason"].as_str().expect("reason");
                     let want = if reason.starts_with("timestamp_outside_tolerance") {
                         if now > ts {
-                            SigError::TooOld {
-                                ts,
-                                now,
-                                tolerance: tol,
-                            }
+                            SigError::TooOld { ts, now, tolerance: tol }
                         } else {
-                            SigError::TooNew {
-                                ts,
-                                now,
-                                tolerance: tol,
-                            }
+                            SigError::TooNew { ts, now, tolerance: tol }
                         }
                     } else if reason.starts_with("no_matching_signature") {
                         SigError::NoMatch
@@ -686,10 +570,7 @@ mod tests {
             }
         }
         assert_eq!(signed + valid + invalid, cases.len());
-        assert!(
-            signed >= 2 && valid >= 3 && invalid >= 2,
-            "vectors went missing"
-        );
+        assert!(signed >= 2 && valid >= 3 && invalid >= 2, "vectors went missing");
     }
 
     #[test]
@@ -709,48 +590,24 @@ mod tests {
         let sig = sign_stripe(SECRET, T, BODY);
         assert!(sig.starts_with(&format!("t={T},v1=")));
         assert_eq!(sig.len(), format!("t={T},v1=").len() + 64);
-        assert_eq!(
-            stripe(&[SECRET], &sig, BODY, T, 300),
-            Ok(Verified {
-                timestamp: T,
-                webhook_id: None
-            })
-        );
-        assert_eq!(
-            stripe(&[SECRET], &sig, b"{\"id\":\"evt_2\"}", T, 300),
-            Err(SigError::NoMatch)
-        );
-        assert_eq!(
-            stripe(&["whsec_other"], &sig, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(stripe(&[SECRET], &sig, BODY, T, 300), Ok(Verified { timestamp: T, webhook_id: None }));
+        assert_eq!(stripe(&[SECRET], &sig, b"{\"id\":\"evt_2\"}", T, 300), Err(SigError::NoMatch));
+        assert_eq!(stripe(&["whsec_other"], &sig, BODY, T, 300), Err(SigError::NoMatch));
     }
 
     #[test]
     fn stripe_key_includes_whsec_prefix() {
         // Signing with the bare part must not verify against the full secret.
         let sig = sign_stripe("test_secret", T, BODY);
-        assert_eq!(
-            stripe(&[SECRET], &sig, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(stripe(&[SECRET], &sig, BODY, T, 300), Err(SigError::NoMatch));
     }
 
     #[test]
     fn stripe_missing_header() {
         let none = headers(&[]);
-        assert_eq!(
-            verify(Provider::Stripe, &[SECRET], &none, BODY, T, 300, MAX),
-            Err(SigError::Missing("stripe-signature"))
-        );
-        assert_eq!(
-            stripe(&[SECRET], "", BODY, T, 300),
-            Err(SigError::Missing("stripe-signature"))
-        );
-        assert_eq!(
-            stripe(&[SECRET], "   ", BODY, T, 300),
-            Err(SigError::Missing("stripe-signature"))
-        );
+        assert_eq!(verify(Provider::Stripe, &[SECRET], &none, BODY, T, 300, MAX), Err(SigError::Missing("stripe-signature")));
+        assert_eq!(stripe(&[SECRET], "", BODY, T, 300), Err(SigError::Missing("stripe-signature")));
+        assert_eq!(stripe(&[SECRET], "   ", BODY, T, 300), Err(SigError::Missing("stripe-signature")));
     }
 
     #[test]
@@ -764,81 +621,40 @@ mod tests {
     fn stripe_missing_t() {
         let sig = sign_stripe(SECRET, T, BODY);
         let v1 = sig.split_once(',').expect("comma").1;
-        assert_eq!(
-            stripe(&[SECRET], v1, BODY, T, 300),
-            Err(SigError::Missing("t"))
-        );
+        assert_eq!(stripe(&[SECRET], v1, BODY, T, 300), Err(SigError::Missing("t")));
     }
 
     #[test]
     fn stripe_missing_v1() {
-        assert_eq!(
-            stripe(&[SECRET], &format!("t={T}"), BODY, T, 300),
-            Err(SigError::Missing("v1"))
-        );
+        assert_eq!(stripe(&[SECRET], &format!("t={T}"), BODY, T, 300), Err(SigError::Missing("v1")));
     }
 
     #[test]
     fn stripe_only_v0_even_if_correct_is_rejected() {
         // A correct MAC under the v0 label must not be accepted (downgrade protection).
         let sig = sign_stripe(SECRET, T, BODY).replace("v1=", "v0=");
-        assert_eq!(
-            stripe(&[SECRET], &sig, BODY, T, 300),
-            Err(SigError::Missing("v1"))
-        );
+        assert_eq!(stripe(&[SECRET], &sig, BODY, T, 300), Err(SigError::Missing("v1")));
     }
 
     #[test]
     fn stripe_bad_t() {
-        for t in [
-            "",
-            "abc",
-            "+1700000000",
-            "-5",
-            "1.5",
-            "17 00",
-            "0x10",
-            "1234567890123456789",
-            "١٢٣",
-        ] {
+        for t in ["", "abc", "+1700000000", "-5", "1.5", "17 00", "0x10", "1234567890123456789", "١٢٣"] {
             let sig = format!("t={t},v1={}", "00".repeat(32));
-            assert!(
-                matches!(
-                    stripe(&[SECRET], &sig, BODY, T, 300),
-                    Err(SigError::Malformed(_))
-                ),
-                "t={t:?}"
-            );
+            assert!(matches!(stripe(&[SECRET], &sig, BODY, T, 300), Err(SigError::Malformed(_))), "t={t:?}");
         }
         let dup = format!("t={T},{}", sign_stripe(SECRET, T, BODY));
-        assert!(matches!(
-            stripe(&[SECRET], &dup, BODY, T, 300),
-            Err(SigError::Malformed(_))
-        ));
+        assert!(matches!(stripe(&[SECRET], &dup, BODY, T, 300), Err(SigError::Malformed(_))));
     }
 
     #[test]
     fn stripe_bad_hex_is_ignored() {
         let good = sign_stripe(SECRET, T, BODY);
         let good_v1 = good.split_once(",v1=").expect("v1").1.to_owned();
-        for bad in [
-            "zz".repeat(32),
-            "abc".into(),
-            String::new(),
-            format!("{good_v1}00"),
-            good_v1[..62].to_owned(),
-        ] {
+        for bad in ["zz".repeat(32), "abc".into(), String::new(), format!("{good_v1}00"), good_v1[..62].to_owned()] {
             let only_bad = format!("t={T},v1={bad}");
-            assert_eq!(
-                stripe(&[SECRET], &only_bad, BODY, T, 300),
-                Err(SigError::NoMatch),
-                "{bad:?}"
-            );
+            assert_eq!(stripe(&[SECRET], &only_bad, BODY, T, 300), Err(SigError::NoMatch), "{bad:?}");
             let bad_then_good = format!("t={T},v1={bad},v1={good_v1}");
-            assert!(
-                stripe(&[SECRET], &bad_then_good, BODY, T, 300).is_ok(),
-                "{bad:?}"
-            );
+            assert!(stripe(&[SECRET], &bad_then_good, BODY, T, 300).is_ok(), "{bad:?}");
         }
     }
 
@@ -864,10 +680,7 @@ mod tests {
     fn stripe_rotation_second_secret_matches() {
         let sig = sign_stripe("whsec_new", T, BODY);
         assert!(stripe(&["whsec_old", "whsec_new"], &sig, BODY, T, 300).is_ok());
-        assert_eq!(
-            stripe(&["whsec_old"], &sig, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(stripe(&["whsec_old"], &sig, BODY, T, 300), Err(SigError::NoMatch));
         assert_eq!(stripe(&[], &sig, BODY, T, 300), Err(SigError::NoMatch));
     }
 
@@ -879,51 +692,24 @@ mod tests {
         assert!(sign_standard("", SW_ID, SW_TS, SW_BODY).is_err());
     }
 
-    const BLANK_SECRETS: [&str; 8] = [
-        "",
-        " ",
-        "   ",
-        "\t\r\n ",
-        "\u{3000}\u{a0}",
-        "whsec_",
-        "whsec_  ",
-        "whsec_\t",
-    ];
+    const BLANK_SECRETS: [&str; 8] = ["", " ", "   ", "\t\r\n ", "\u{3000}\u{a0}", "whsec_", "whsec_  ", "whsec_\t"];
 
     #[test]
     fn blank_stripe_secrets_are_refused_and_never_verify() {
         for blank in BLANK_SECRETS {
-            assert_eq!(
-                check_secret(Provider::Stripe, blank),
-                Err(SecretProblem::Blank),
-                "{blank:?}"
-            );
+            assert_eq!(check_secret(Provider::Stripe, blank), Err(SecretProblem::Blank), "{blank:?}");
             // A delivery signed with the blank key (anyone can make one) does not verify.
             let forged = sign_stripe(blank, T, BODY);
-            assert_eq!(
-                stripe(&[blank], &forged, BODY, T, 300),
-                Err(SigError::NoMatch),
-                "{blank:?}"
-            );
+            assert_eq!(stripe(&[blank], &forged, BODY, T, 300), Err(SigError::NoMatch), "{blank:?}");
             // Stored next to a real secret, it neither verifies forgeries nor gets in the way.
-            assert_eq!(
-                stripe(&[blank, SECRET], &forged, BODY, T, 300),
-                Err(SigError::NoMatch),
-                "{blank:?}"
-            );
+            assert_eq!(stripe(&[blank, SECRET], &forged, BODY, T, 300), Err(SigError::NoMatch), "{blank:?}");
             let genuine = sign_stripe(SECRET, T, BODY);
             assert!(stripe(&[blank, SECRET], &genuine, BODY, T, 300).is_ok());
         }
         // NUL bytes sign as the empty key does.
-        assert_eq!(
-            check_secret(Provider::Stripe, "\0\0"),
-            Err(SecretProblem::ZeroKey)
-        );
+        assert_eq!(check_secret(Provider::Stripe, "\0\0"), Err(SecretProblem::ZeroKey));
         let forged = sign_stripe("", T, BODY);
-        assert_eq!(
-            stripe(&["\0\0"], &forged, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(stripe(&["\0\0"], &forged, BODY, T, 300), Err(SigError::NoMatch));
     }
 
     #[test]
@@ -940,11 +726,7 @@ mod tests {
     #[test]
     fn undecodable_standard_secrets_are_refused_and_never_verify() {
         for blank in BLANK_SECRETS {
-            assert_eq!(
-                check_secret(Provider::Standard, blank),
-                Err(SecretProblem::Blank),
-                "{blank:?}"
-            );
+            assert_eq!(check_secret(Provider::Standard, blank), Err(SecretProblem::Blank), "{blank:?}");
             assert!(sw(&[blank], SW_SIG, SW_TS).is_err(), "{blank:?}");
         }
         for bad in [
@@ -958,46 +740,22 @@ mod tests {
             "WHSEC_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
             "=",
         ] {
-            assert_eq!(
-                check_secret(Provider::Standard, bad),
-                Err(SecretProblem::NotBase64),
-                "{bad:?}"
-            );
+            assert_eq!(check_secret(Provider::Standard, bad), Err(SecretProblem::NotBase64), "{bad:?}");
             assert_eq!(sw(&[bad], SW_SIG, SW_TS), Err(SigError::NoMatch), "{bad:?}");
             assert!(sw(&[bad, SW_SECRET], SW_SIG, SW_TS).is_ok(), "{bad:?}");
-            assert!(
-                sign_standard(bad, SW_ID, SW_TS, SW_BODY).is_err(),
-                "{bad:?}"
-            );
+            assert!(sign_standard(bad, SW_ID, SW_TS, SW_BODY).is_err(), "{bad:?}");
         }
         // Keys of zero bytes only: HMAC pads with zeros, so they sign as the empty key.
-        let tag = |key: &[u8]| {
-            standard_mac(key, SW_ID, SW_TS, SW_BODY)
-                .expect("any key length")
-                .finalize()
-                .into_bytes()
-        };
+        let tag = |key: &[u8]| standard_mac(key, SW_ID, SW_TS, SW_BODY).expect("any key length").finalize().into_bytes();
         assert_eq!(tag(&[0; 3]), tag(b""));
         assert_eq!(tag(&[0; 24]), tag(b""));
-        for zero in [
-            "whsec_AA==",
-            "whsec_AAAA",
-            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        ] {
-            assert_eq!(
-                check_secret(Provider::Standard, zero),
-                Err(SecretProblem::ZeroKey),
-                "{zero:?}"
-            );
+        for zero in ["whsec_AA==", "whsec_AAAA", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+            assert_eq!(check_secret(Provider::Standard, zero), Err(SecretProblem::ZeroKey), "{zero:?}");
             let mut mac = HmacSha256::new_from_slice(b"").expect("any key length");
             mac.update(format!("{SW_ID}.{SW_TS}.").as_bytes());
             mac.update(SW_BODY);
             let forged = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
-            assert_eq!(
-                sw(&[zero], &forged, SW_TS),
-                Err(SigError::NoMatch),
-                "{zero:?}"
-            );
+            assert_eq!(sw(&[zero], &forged, SW_TS), Err(SigError::NoMatch), "{zero:?}");
         }
     }
 
@@ -1014,32 +772,18 @@ mod tests {
             format!("whsec_{}", STANDARD.encode([0, 0, 1])),
         ];
         for secret in &forms {
-            assert_eq!(
-                check_secret(Provider::Standard, secret),
-                Ok(()),
-                "{secret:?}"
-            );
-            assert!(
-                sign_standard(secret, SW_ID, SW_TS, SW_BODY).is_ok(),
-                "{secret:?}"
-            );
+            assert_eq!(check_secret(Provider::Standard, secret), Ok(()), "{secret:?}");
+            assert!(sign_standard(secret, SW_ID, SW_TS, SW_BODY).is_ok(), "{secret:?}");
         }
         assert!(sw(&[SW_SECRET], SW_SIG, SW_TS).is_ok());
     }
 
     #[test]
     fn secret_problems_never_quote_the_secret() {
-        for p in [
-            SecretProblem::Blank,
-            SecretProblem::NotBase64,
-            SecretProblem::ZeroKey,
-        ] {
+        for p in [SecretProblem::Blank, SecretProblem::NotBase64, SecretProblem::ZeroKey] {
             let msg = p.to_string();
             assert!(msg.starts_with("is "), "{msg}");
-            assert!(
-                !msg.contains("not*base64") && !msg.contains("AAAA"),
-                "{msg}"
-            );
+            assert!(!msg.contains("not*base64") && !msg.contains("AAAA"), "{msg}");
         }
         let e = sign_standard("whsec_not*base64!", SW_ID, SW_TS, SW_BODY).expect_err("refused");
         assert!(!e.to_string().contains("not*base64"), "{e}");
@@ -1055,10 +799,7 @@ mod tests {
         assert!(stripe(&[SECRET], &at_32, BODY, T, 300).is_ok());
         // As the 33rd: ignored.
         let at_33 = format!("t={T}{},v1={v1}", filler.repeat(MAX_SIGNATURES));
-        assert_eq!(
-            stripe(&[SECRET], &at_33, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(stripe(&[SECRET], &at_33, BODY, T, 300), Err(SigError::NoMatch));
 
         let sw_fill = format!("v1,{} ", STANDARD.encode([0u8; 32]));
         let sw_32 = format!("{}{SW_SIG}", sw_fill.repeat(MAX_SIGNATURES - 1));
@@ -1073,55 +814,23 @@ mod tests {
     fn tolerance_boundaries_both_ways() {
         let sig = sign_stripe(SECRET, T, BODY);
         let tol = 300;
-        assert!(
-            stripe(&[SECRET], &sig, BODY, T + tol, tol).is_ok(),
-            "exactly tol in the past"
-        );
-        assert!(
-            stripe(&[SECRET], &sig, BODY, T - tol, tol).is_ok(),
-            "exactly tol in the future"
-        );
-        assert_eq!(
-            stripe(&[SECRET], &sig, BODY, T + tol + 1, tol),
-            Err(SigError::TooOld {
-                ts: T,
-                now: T + tol + 1,
-                tolerance: tol
-            })
-        );
-        assert_eq!(
-            stripe(&[SECRET], &sig, BODY, T - tol - 1, tol),
-            Err(SigError::TooNew {
-                ts: T,
-                now: T - tol - 1,
-                tolerance: tol
-            })
-        );
+        assert!(stripe(&[SECRET], &sig, BODY, T + tol, tol).is_ok(), "exactly tol in the past");
+        assert!(stripe(&[SECRET], &sig, BODY, T - tol, tol).is_ok(), "exactly tol in the future");
+        assert_eq!(stripe(&[SECRET], &sig, BODY, T + tol + 1, tol), Err(SigError::TooOld { ts: T, now: T + tol + 1, tolerance: tol }));
+        assert_eq!(stripe(&[SECRET], &sig, BODY, T - tol - 1, tol), Err(SigError::TooNew { ts: T, now: T - tol - 1, tolerance: tol }));
         // Same rule for Standard Webhooks.
         assert!(sw(&[SW_SECRET], SW_SIG, SW_TS + 300).is_ok());
         assert!(sw(&[SW_SECRET], SW_SIG, SW_TS - 300).is_ok());
-        assert!(matches!(
-            sw(&[SW_SECRET], SW_SIG, SW_TS + 301),
-            Err(SigError::TooOld { .. })
-        ));
-        assert!(matches!(
-            sw(&[SW_SECRET], SW_SIG, SW_TS - 301),
-            Err(SigError::TooNew { .. })
-        ));
+        assert!(matches!(sw(&[SW_SECRET], SW_SIG, SW_TS + 301), Err(SigError::TooOld { .. })));
+        assert!(matches!(sw(&[SW_SECRET], SW_SIG, SW_TS - 301), Err(SigError::TooNew { .. })));
     }
 
     #[test]
     fn tolerance_zero_is_exact_and_negative_rejects_all() {
         let sig = sign_stripe(SECRET, T, BODY);
         assert!(stripe(&[SECRET], &sig, BODY, T, 0).is_ok());
-        assert!(matches!(
-            stripe(&[SECRET], &sig, BODY, T + 1, 0),
-            Err(SigError::TooOld { .. })
-        ));
-        assert!(matches!(
-            stripe(&[SECRET], &sig, BODY, T - 1, 0),
-            Err(SigError::TooNew { .. })
-        ));
+        assert!(matches!(stripe(&[SECRET], &sig, BODY, T + 1, 0), Err(SigError::TooOld { .. })));
+        assert!(matches!(stripe(&[SECRET], &sig, BODY, T - 1, 0), Err(SigError::TooNew { .. })));
         assert!(stripe(&[SECRET], &sig, BODY, T, -1).is_err());
     }
 
@@ -1129,21 +838,11 @@ mod tests {
     fn extreme_clock_values_do_not_overflow() {
         let t = 999_999_999_999_999_999; // largest accepted timestamp
         let sig = sign_stripe(SECRET, t, BODY);
-        assert!(matches!(
-            stripe(&[SECRET], &sig, BODY, i64::MIN, i64::MAX),
-            Err(SigError::TooNew { .. })
-        ));
+        assert!(matches!(stripe(&[SECRET], &sig, BODY, i64::MIN, i64::MAX), Err(SigError::TooNew { .. })));
         assert!(stripe(&[SECRET], &sig, BODY, t, i64::MAX).is_ok());
         let sig0 = sign_stripe(SECRET, 0, BODY);
-        assert!(matches!(
-            stripe(&[SECRET], &sig0, BODY, i64::MAX, 0),
-            Err(SigError::TooOld { .. })
-        ));
-        let e = SigError::TooOld {
-            ts: i64::MIN,
-            now: i64::MAX,
-            tolerance: 0,
-        };
+        assert!(matches!(stripe(&[SECRET], &sig0, BODY, i64::MAX, 0), Err(SigError::TooOld { .. })));
+        let e = SigError::TooOld { ts: i64::MIN, now: i64::MAX, tolerance: 0 };
         assert!(e.to_string().contains("18446744073709551615"));
     }
 
@@ -1151,10 +850,7 @@ mod tests {
     fn forged_header_gets_no_match_not_timestamp_error() {
         // Signature is checked before the clock, so a forgery cannot probe the window.
         let forged = format!("t={},v1={}", T - DAY, "ab".repeat(32));
-        assert_eq!(
-            stripe(&[SECRET], &forged, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(stripe(&[SECRET], &forged, BODY, T, 300), Err(SigError::NoMatch));
     }
 
     // -- body size -----------------------------------------------------------------------------
@@ -1169,108 +865,45 @@ mod tests {
         for provider in [Provider::Stripe, Provider::Standard] {
             assert_eq!(
                 verify(provider, &[SECRET], &lookup, BODY, T, 300, BODY.len() - 1),
-                Err(SigError::TooLarge {
-                    len: BODY.len(),
-                    max: BODY.len() - 1
-                })
+                Err(SigError::TooLarge { len: BODY.len(), max: BODY.len() - 1 })
             );
         }
         assert_eq!(calls.get(), 0, "no header was even looked up");
         // At the limit is fine.
-        assert!(verify(
-            Provider::Stripe,
-            &[SECRET],
-            &lookup,
-            BODY,
-            T,
-            300,
-            BODY.len()
-        )
-        .is_ok());
-        assert_eq!(
-            verify(Provider::Stripe, &[SECRET], &lookup, b"", T, 300, 0).map(|v| v.timestamp),
-            Err(SigError::NoMatch)
-        );
+        assert!(verify(Provider::Stripe, &[SECRET], &lookup, BODY, T, 300, BODY.len()).is_ok());
+        assert_eq!(verify(Provider::Stripe, &[SECRET], &lookup, b"", T, 300, 0).map(|v| v.timestamp), Err(SigError::NoMatch));
     }
 
     // -- Standard Webhooks ---------------------------------------------------------------------
 
     #[test]
     fn standard_known_answer_and_webhook_id() {
-        assert_eq!(
-            sign_standard(SW_SECRET, SW_ID, SW_TS, SW_BODY).as_deref(),
-            Ok(SW_SIG)
-        );
-        assert_eq!(
-            sw(&[SW_SECRET], SW_SIG, SW_TS),
-            Ok(Verified {
-                timestamp: SW_TS,
-                webhook_id: Some(SW_ID.to_owned())
-            })
-        );
+        assert_eq!(sign_standard(SW_SECRET, SW_ID, SW_TS, SW_BODY).as_deref(), Ok(SW_SIG));
+        assert_eq!(sw(&[SW_SECRET], SW_SIG, SW_TS), Ok(Verified { timestamp: SW_TS, webhook_id: Some(SW_ID.to_owned()) }));
     }
 
     #[test]
     fn standard_round_trip_and_tamper() {
-        let secret = format!(
-            "whsec_{}",
-            STANDARD.encode(b"0123456789abcdef0123456789abcdef")
-        );
+        let secret = format!("whsec_{}", STANDARD.encode(b"0123456789abcdef0123456789abcdef"));
         let sig = sign_standard(&secret, "msg_1", T, BODY).expect("signs");
         let t = T.to_string();
-        let ok = [
-            ("webhook-id", "msg_1"),
-            ("webhook-timestamp", t.as_str()),
-            ("webhook-signature", sig.as_str()),
-        ];
+        let ok = [("webhook-id", "msg_1"), ("webhook-timestamp", t.as_str()), ("webhook-signature", sig.as_str())];
         assert!(standard(&[&secret], &ok, BODY, T, 300).is_ok());
-        assert_eq!(
-            standard(&[&secret], &ok, b"{}", T, 300),
-            Err(SigError::NoMatch)
-        );
-        let other_id = [
-            ("webhook-id", "msg_2"),
-            ("webhook-timestamp", t.as_str()),
-            ("webhook-signature", sig.as_str()),
-        ];
-        assert_eq!(
-            standard(&[&secret], &other_id, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        assert_eq!(standard(&[&secret], &ok, b"{}", T, 300), Err(SigError::NoMatch));
+        let other_id = [("webhook-id", "msg_2"), ("webhook-timestamp", t.as_str()), ("webhook-signature", sig.as_str())];
+        assert_eq!(standard(&[&secret], &other_id, BODY, T, 300), Err(SigError::NoMatch));
         let t2 = (T + 1).to_string();
-        let other_t = [
-            ("webhook-id", "msg_1"),
-            ("webhook-timestamp", t2.as_str()),
-            ("webhook-signature", sig.as_str()),
-        ];
-        assert_eq!(
-            standard(&[&secret], &other_t, BODY, T, 300),
-            Err(SigError::NoMatch)
-        );
+        let other_t = [("webhook-id", "msg_1"), ("webhook-timestamp", t2.as_str()), ("webhook-signature", sig.as_str())];
+        assert_eq!(standard(&[&secret], &other_t, BODY, T, 300), Err(SigError::NoMatch));
     }
 
     #[test]
     fn standard_svix_header_names() {
         let ts = SW_TS.to_string();
-        let svix = [
-            ("Svix-Id", SW_ID),
-            ("Svix-Timestamp", ts.as_str()),
-            ("Svix-Signature", SW_SIG),
-        ];
-        assert_eq!(
-            standard(&[SW_SECRET], &svix, SW_BODY, SW_TS, 300),
-            Ok(Verified {
-                timestamp: SW_TS,
-                webhook_id: Some(SW_ID.to_owned())
-            })
-        );
+        let svix = [("Svix-Id", SW_ID), ("Svix-Timestamp", ts.as_str()), ("Svix-Signature", SW_SIG)];
+        assert_eq!(standard(&[SW_SECRET], &svix, SW_BODY, SW_TS, 300), Ok(Verified { timestamp: SW_TS, webhook_id: Some(SW_ID.to_owned()) }));
         // A lone svix-* header does not make a family: the complete webhook-* one is used.
-        let both = [
-            ("webhook-id", SW_ID),
-            ("svix-id", "msg_other"),
-            ("webhook-timestamp", ts.as_str()),
-            ("webhook-signature", SW_SIG),
-        ];
+        let both = [("webhook-id", SW_ID), ("svix-id", "msg_other"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", SW_SIG)];
         assert!(standard(&[SW_SECRET], &both, SW_BODY, SW_TS, 300).is_ok());
     }
 
@@ -1279,31 +912,21 @@ mod tests {
         let values = [id, ts, sig];
         (0..3)
             .map(|i| {
-                let names = if svix[i] {
-                    SVIX_HEADERS
-                } else {
-                    WEBHOOK_HEADERS
-                };
+                let names = if svix[i] { SVIX_HEADERS } else { WEBHOOK_HEADERS };
                 (names[i].to_owned(), values[i].to_owned())
             })
             .collect()
     }
 
     fn standard_owned(pairs: &[(String, String)]) -> Result<Verified, SigError> {
-        let pairs: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300)
     }
 
     #[test]
     fn standard_header_families_are_never_mixed() {
         let ts = SW_TS.to_string();
-        let ok = Ok(Verified {
-            timestamp: SW_TS,
-            webhook_id: Some(SW_ID.to_owned()),
-        });
+        let ok = Ok(Verified { timestamp: SW_TS, webhook_id: Some(SW_ID.to_owned()) });
         // Each family alone verifies.
         for family in [[false; 3], [true; 3]] {
             let pairs = family_mix(family, SW_ID, &ts, SW_SIG);
@@ -1316,40 +939,16 @@ mod tests {
             let pairs = family_mix(svix, SW_ID, &ts, SW_SIG);
             let more_svix = svix.iter().filter(|&&b| b).count() >= 2;
             let missing = (0..3).find(|&i| svix[i] != more_svix).expect("a mix");
-            let name = if more_svix {
-                SVIX_HEADERS[missing]
-            } else {
-                WEBHOOK_HEADERS[missing]
-            };
-            assert_eq!(
-                standard_owned(&pairs),
-                Err(SigError::Missing(name)),
-                "{pairs:?}"
-            );
+            let name = if more_svix { SVIX_HEADERS[missing] } else { WEBHOOK_HEADERS[missing] };
+            assert_eq!(standard_owned(&pairs), Err(SigError::Missing(name)), "{pairs:?}");
         }
         // webhook-id with svix-timestamp and svix-signature, as a sender might mix them.
-        let mixed = [
-            ("webhook-id", SW_ID),
-            ("svix-timestamp", ts.as_str()),
-            ("svix-signature", SW_SIG),
-        ];
-        assert_eq!(
-            standard(&[SW_SECRET], &mixed, SW_BODY, SW_TS, 300),
-            Err(SigError::Missing("svix-id"))
-        );
+        let mixed = [("webhook-id", SW_ID), ("svix-timestamp", ts.as_str()), ("svix-signature", SW_SIG)];
+        assert_eq!(standard(&[SW_SECRET], &mixed, SW_BODY, SW_TS, 300), Err(SigError::Missing("svix-id")));
         // An empty or blank header is a missing one: it does not complete a family either.
         for blank in ["", "  "] {
-            let pairs = [
-                ("svix-id", blank),
-                ("svix-timestamp", ts.as_str()),
-                ("svix-signature", SW_SIG),
-                ("webhook-id", SW_ID),
-            ];
-            assert_eq!(
-                standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300),
-                Err(SigError::Missing("svix-id")),
-                "{blank:?}"
-            );
+            let pairs = [("svix-id", blank), ("svix-timestamp", ts.as_str()), ("svix-signature", SW_SIG), ("webhook-id", SW_ID)];
+            assert_eq!(standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300), Err(SigError::Missing("svix-id")), "{blank:?}");
         }
     }
 
@@ -1358,29 +957,11 @@ mod tests {
         let ts = SW_TS.to_string();
         let other_ts = (SW_TS + 1).to_string();
         let forged = format!("v1,{}", STANDARD.encode([1u8; 32]));
-        let genuine = [
-            ("svix-id", SW_ID.to_owned()),
-            ("svix-timestamp", ts.clone()),
-            ("svix-signature", SW_SIG.to_owned()),
-        ];
-        let disagreeing = [
-            ("webhook-id", "msg_other".to_owned()),
-            ("webhook-timestamp", other_ts.clone()),
-            ("webhook-signature", forged.clone()),
-        ];
+        let genuine = [("svix-id", SW_ID.to_owned()), ("svix-timestamp", ts.clone()), ("svix-signature", SW_SIG.to_owned())];
+        let disagreeing = [("webhook-id", "msg_other".to_owned()), ("webhook-timestamp", other_ts.clone()), ("webhook-signature", forged.clone())];
         // Both complete, svix-* genuine: it is the one verified (its id comes back).
-        let pairs: Vec<(String, String)> = genuine
-            .iter()
-            .chain(&disagreeing)
-            .map(|(k, v)| ((*k).to_owned(), v.clone()))
-            .collect();
-        assert_eq!(
-            standard_owned(&pairs),
-            Ok(Verified {
-                timestamp: SW_TS,
-                webhook_id: Some(SW_ID.to_owned())
-            })
-        );
+        let pairs: Vec<(String, String)> = genuine.iter().chain(&disagreeing).map(|(k, v)| ((*k).to_owned(), v.clone())).collect();
+        assert_eq!(standard_owned(&pairs), Ok(Verified { timestamp: SW_TS, webhook_id: Some(SW_ID.to_owned()) }));
         // Both complete, webhook-* genuine and svix-* not: svix-* is still the one used.
         let pairs: Vec<(String, String)> = [
             ("svix-id", "msg_other".to_owned()),
@@ -1399,86 +980,38 @@ mod tests {
     #[test]
     fn standard_missing_headers() {
         let ts = SW_TS.to_string();
-        let full = [
-            ("webhook-id", SW_ID),
-            ("webhook-timestamp", ts.as_str()),
-            ("webhook-signature", SW_SIG),
-        ];
-        for (skip, name) in [
-            (0, "webhook-id"),
-            (1, "webhook-timestamp"),
-            (2, "webhook-signature"),
-        ] {
-            let pairs: Vec<(&str, &str)> = full
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != skip)
-                .map(|(_, p)| *p)
-                .collect();
-            assert_eq!(
-                standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300),
-                Err(SigError::Missing(name))
-            );
+        let full = [("webhook-id", SW_ID), ("webhook-timestamp", ts.as_str()), ("webhook-signature", SW_SIG)];
+        for (skip, name) in [(0, "webhook-id"), (1, "webhook-timestamp"), (2, "webhook-signature")] {
+            let pairs: Vec<(&str, &str)> = full.iter().enumerate().filter(|(i, _)| *i != skip).map(|(_, p)| *p).collect();
+            assert_eq!(standard(&[SW_SECRET], &pairs, SW_BODY, SW_TS, 300), Err(SigError::Missing(name)));
         }
-        assert_eq!(
-            sw(&[SW_SECRET], "", SW_TS),
-            Err(SigError::Missing("webhook-signature"))
-        );
+        assert_eq!(sw(&[SW_SECRET], "", SW_TS), Err(SigError::Missing("webhook-signature")));
     }
 
     #[test]
     fn standard_malformed_headers() {
-        let bad_ts = [
-            ("webhook-id", SW_ID),
-            ("webhook-timestamp", "16142653.30"),
-            ("webhook-signature", SW_SIG),
-        ];
-        assert!(matches!(
-            standard(&[SW_SECRET], &bad_ts, SW_BODY, SW_TS, 300),
-            Err(SigError::Malformed(_))
-        ));
+        let bad_ts = [("webhook-id", SW_ID), ("webhook-timestamp", "16142653.30"), ("webhook-signature", SW_SIG)];
+        assert!(matches!(standard(&[SW_SECRET], &bad_ts, SW_BODY, SW_TS, 300), Err(SigError::Malformed(_))));
         let ts = SW_TS.to_string();
-        let dotted = [
-            ("webhook-id", "msg.1"),
-            ("webhook-timestamp", ts.as_str()),
-            ("webhook-signature", SW_SIG),
-        ];
-        assert!(matches!(
-            standard(&[SW_SECRET], &dotted, SW_BODY, SW_TS, 300),
-            Err(SigError::Malformed(_))
-        ));
+        let dotted = [("webhook-id", "msg.1"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", SW_SIG)];
+        assert!(matches!(standard(&[SW_SECRET], &dotted, SW_BODY, SW_TS, 300), Err(SigError::Malformed(_))));
     }
 
     #[test]
     fn standard_v2_and_other_versions_ignored() {
         let payload = SW_SIG.trim_start_matches("v1,");
         // Correct bytes under another version label do not count.
-        assert_eq!(
-            sw(&[SW_SECRET], &format!("v2,{payload} v1a,{payload}"), SW_TS),
-            Err(SigError::Missing("v1"))
-        );
+        assert_eq!(sw(&[SW_SECRET], &format!("v2,{payload} v1a,{payload}"), SW_TS), Err(SigError::Missing("v1")));
         // Mixed list as in the libraries' multi-signature test.
-        let mixed = format!(
-            "v2,{payload} v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v1,{payload}  v2,abc"
-        );
+        let mixed = format!("v2,{payload} v1,Ceo5qEr07ixe2NLpvHk3FH9bwy/WavXrAFQ/9tdO6mc= v1,{payload}  v2,abc");
         assert!(sw(&[SW_SECRET], &mixed, SW_TS).is_ok());
     }
 
     #[test]
     fn standard_bad_signature_values_ignored() {
-        for bad in [
-            "v1,",
-            "v1,!!!!",
-            "v1,AAAA",
-            "v1",
-            ",",
-            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=AAAA",
-        ] {
+        for bad in ["v1,", "v1,!!!!", "v1,AAAA", "v1", ",", "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=AAAA"] {
             let r = sw(&[SW_SECRET], bad, SW_TS);
-            assert!(
-                matches!(r, Err(SigError::NoMatch) | Err(SigError::Missing("v1"))),
-                "{bad:?}: {r:?}"
-            );
+            assert!(matches!(r, Err(SigError::NoMatch) | Err(SigError::Missing("v1"))), "{bad:?}: {r:?}");
         }
         // Unpadded signature bytes are the same signature.
         assert!(sw(&[SW_SECRET], SW_SIG.trim_end_matches('='), SW_TS).is_ok());
@@ -1492,14 +1025,8 @@ mod tests {
         let unpadded = padded.trim_end_matches('=').to_owned();
         let bare = STANDARD.encode(key);
         let sig = sign_standard(&padded, SW_ID, SW_TS, SW_BODY).expect("signs");
-        assert_eq!(
-            sign_standard(&unpadded, SW_ID, SW_TS, SW_BODY).as_ref(),
-            Ok(&sig)
-        );
-        assert_eq!(
-            sign_standard(&bare, SW_ID, SW_TS, SW_BODY).as_ref(),
-            Ok(&sig)
-        );
+        assert_eq!(sign_standard(&unpadded, SW_ID, SW_TS, SW_BODY).as_ref(), Ok(&sig));
+        assert_eq!(sign_standard(&bare, SW_ID, SW_TS, SW_BODY).as_ref(), Ok(&sig));
         assert!(sw(&[&unpadded], &sig, SW_TS).is_ok());
     }
 
@@ -1509,10 +1036,7 @@ mod tests {
         assert_eq!(sw(&[bad], SW_SIG, SW_TS), Err(SigError::NoMatch));
         // Rotation: the bad one is skipped, the second matches.
         assert!(sw(&[bad, SW_SECRET], SW_SIG, SW_TS).is_ok());
-        assert!(matches!(
-            sign_standard(bad, SW_ID, SW_TS, SW_BODY),
-            Err(SigError::Malformed(_))
-        ));
+        assert!(matches!(sign_standard(bad, SW_ID, SW_TS, SW_BODY), Err(SigError::Malformed(_))));
     }
 
     #[test]
@@ -1547,26 +1071,11 @@ mod tests {
             assert!(stripe(&[SECRET, ""], j, BODY, T, 300).is_err(), "{j:?}");
             let ts = T.to_string();
             for pairs in [
-                [
-                    ("webhook-id", j.as_str()),
-                    ("webhook-timestamp", ts.as_str()),
-                    ("webhook-signature", SW_SIG),
-                ],
-                [
-                    ("webhook-id", "m"),
-                    ("webhook-timestamp", j.as_str()),
-                    ("webhook-signature", SW_SIG),
-                ],
-                [
-                    ("webhook-id", "m"),
-                    ("webhook-timestamp", ts.as_str()),
-                    ("webhook-signature", j.as_str()),
-                ],
+                [("webhook-id", j.as_str()), ("webhook-timestamp", ts.as_str()), ("webhook-signature", SW_SIG)],
+                [("webhook-id", "m"), ("webhook-timestamp", j.as_str()), ("webhook-signature", SW_SIG)],
+                [("webhook-id", "m"), ("webhook-timestamp", ts.as_str()), ("webhook-signature", j.as_str())],
             ] {
-                assert!(
-                    standard(&[SW_SECRET, j.as_str()], &pairs, BODY, T, 300).is_err(),
-                    "{j:?}"
-                );
+                assert!(standard(&[SW_SECRET, j.as_str()], &pairs, BODY, T, 300).is_err(), "{j:?}");
             }
         }
     }
@@ -1577,22 +1086,8 @@ mod tests {
             (SigError::Missing("v1"), "invalid_signature"),
             (SigError::Malformed("x".into()), "invalid_signature"),
             (SigError::NoMatch, "invalid_signature"),
-            (
-                SigError::TooOld {
-                    ts: 1,
-                    now: 400,
-                    tolerance: 300,
-                },
-                "timestamp_outside_tolerance",
-            ),
-            (
-                SigError::TooNew {
-                    ts: 400,
-                    now: 1,
-                    tolerance: 300,
-                },
-                "timestamp_outside_tolerance",
-            ),
+            (SigError::TooOld { ts: 1, now: 400, tolerance: 300 }, "timestamp_outside_tolerance"),
+            (SigError::TooNew { ts: 400, now: 1, tolerance: 300 }, "timestamp_outside_tolerance"),
             (SigError::TooLarge { len: 2, max: 1 }, "body_too_large"),
         ];
         for (e, code) in cases {
@@ -1605,25 +1100,14 @@ mod tests {
             };
             assert!(msg.starts_with(prefix), "{msg}");
         }
-        assert!(SigError::TooOld {
-            ts: 1,
-            now: 400,
-            tolerance: 300
-        }
-        .to_string()
-        .contains("399s before"));
+        assert!(SigError::TooOld { ts: 1, now: 400, tolerance: 300 }.to_string().contains("399s before"));
         // Real failures carry no secret material.
         let sig = sign_stripe(SECRET, T, BODY);
-        for r in [
-            stripe(&[SECRET], "t=x,v1=00", BODY, T, 300),
-            stripe(&["whsec_other"], &sig, BODY, T, 300),
-            sw(&["whsec_not*base64!"], SW_SIG, SW_TS),
-        ] {
+        for r in
+            [stripe(&[SECRET], "t=x,v1=00", BODY, T, 300), stripe(&["whsec_other"], &sig, BODY, T, 300), sw(&["whsec_not*base64!"], SW_SIG, SW_TS)]
+        {
             let msg = r.expect_err("fails").to_string();
-            assert!(
-                !msg.contains("whsec") && !msg.contains("secret_") && !msg.contains(&sig[13..]),
-                "{msg}"
-            );
+            assert!(!msg.contains("whsec") && !msg.contains("secret_") && !msg.contains(&sig[13..]), "{msg}");
         }
     }
 }

@@ -5,7 +5,7 @@
 --      where the plan in force came from; allowances granted before 0.9.0 become their
 --      periods' facts.
 --   2. Reconciliation: events fetched from the provider's API (billing.ingest_fetched, the
---      billing_sync role, events.via, billing.sync_status).
+--      billing_sync role, events.via, billing.sync_marks, billing.sync_status).
 --   3. Every one-row function returns one composite (RETURNS record with OUT parameters)
 --      instead of a one-row set.
 --   4. add_secret refuses secrets that cannot verify safely (billing._check_secret).
@@ -14,6 +14,7 @@
 --      are dropped, as a fresh install (sql/operations.sql) never has them.
 --   6. billing._grants_now gets the ACL every other table and view has (owner only: its
 --      meaning is unchanged), as the fresh install's REVOKE ... ON ALL TABLES gives it.
+--   7. ack_outbox answers false, not NULL, for a row acknowledged before.
 \echo Use "ALTER EXTENSION billing UPDATE TO '0.9.0'" to load this file. \quit
 
 -- billing 0.9.0: plan allowances per (subscription, period) (SPEC section 2, "Plan changes").
@@ -500,3 +501,14 @@ DROP FUNCTION billing._verify_ledger();
 -- (sql/roles.sql); _grants_now (0.5.0, made again by 0.6.0) came after 0.1.0's revoke
 -- and had no ACL, which means the same: owner only.
 REVOKE ALL ON billing._grants_now FROM PUBLIC;
+
+-- ack_outbox answers false for a row acknowledged before (it answered NULL, while its
+-- comment said false).
+CREATE OR REPLACE FUNCTION billing.ack_outbox(id bigint)
+RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+    WITH acked AS (
+        UPDATE billing.outbox o SET acked_at = pg_catalog.clock_timestamp()
+         WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.acked_at IS NULL
+        RETURNING 1)
+    SELECT EXISTS (SELECT FROM acked)
+$$;

@@ -114,9 +114,11 @@ COMMENT ON FUNCTION billing.claim_outbox IS 'Claims up to n unacknowledged rows 
 
 CREATE FUNCTION billing.ack_outbox(id bigint)
 RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-    UPDATE billing.outbox o SET acked_at = pg_catalog.clock_timestamp()
-     WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.acked_at IS NULL
-    RETURNING true
+    WITH acked AS (
+        UPDATE billing.outbox o SET acked_at = pg_catalog.clock_timestamp()
+         WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.acked_at IS NULL
+        RETURNING 1)
+    SELECT EXISTS (SELECT FROM acked)
 $$;
 COMMENT ON FUNCTION billing.ack_outbox IS 'Marks a row done; false if it was already acknowledged.';
 

@@ -313,6 +313,7 @@ mod tests {
         assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10)"), 0); // leased
         let first: i64 = q("SELECT min(id) FROM billing.outbox");
         assert!(q::<bool>(&format!("SELECT billing.ack_outbox({first})")));
-        assert_eq!(Spi::get_one::<bool>(&format!("SELECT billing.ack_outbox({first})")).unwrap(), None);
+        assert_eq!(Spi::get_one::<bool>(&format!("SELECT billing.ack_outbox({first})")).unwrap(), Some(false));
+        assert_eq!(Spi::get_one::<bool>("SELECT billing.ack_outbox(-1)").unwrap(), Some(false));
     }
 }

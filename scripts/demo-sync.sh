@@ -50,7 +50,7 @@ PY
 balance() { psql -X -At -d "$DB" -c "SELECT billing.balance('demo-lost')"; }
 
 echo
-echo "== 14. A lost webhook, recovered from Stripe's API (scripts/stripe-sync.py)"
+echo "== 17. A lost webhook, recovered from Stripe's API (scripts/stripe-sync.py)"
 echo "demo-lost buys 500 credits; the webhook arrives (signed, through billing.ingest):"
 python3 - "$work/events.json" "$SECRET" "$DB" <<'PY'
 import hashlib, hmac, json, os, sys, time

@@ -9,7 +9,9 @@
 #   WARM [300] calls before them (plans and caches warm), SKIP_INSTALL=1 to use the build
 #   already installed (default: scripts/install-ext.sh --release), KEEP_DATA=dir to reuse
 #   a data directory made by an earlier run (same data, faster), BENCH_OUT to save the report,
-#   CLUSTER_LOCALE to make the data in a cluster of that locale (default C: no locale).
+#   CLUSTER_LOCALE to make the data in a cluster of that locale (default C: no locale;
+#   a locale the machine lacks, e.g. en_US.UTF-8 on a fresh Debian, is generated first),
+#   PGBIN to use another PostgreSQL 15 than the system's (a private install, with SKIP_INSTALL=1).
 # Each contender runs twice, each time on a fresh copy of the same data: WARM calls, then WARM + CALLS;
 # the difference over CALLS is its cost per call. Both runs pay the backend start, so it
 # cancels. Statements go through PREPARE/EXECUTE, as pgbench -M prepared sends them; the
@@ -25,6 +27,7 @@ if ! command -v valgrind >/dev/null; then
 fi
 if [ "${SKIP_INSTALL:-}" != 1 ]; then ./scripts/install-ext.sh --release >&2; fi
 source scripts/cluster.sh
+[ -z "${CLUSTER_LOCALE:-}" ] || ensure_locale "$CLUSTER_LOCALE"   # also when KEEP_DATA reuses a cluster made elsewhere
 WORK=$(mktemp -d /tmp/instr.XXXXXX); chmod 777 "$WORK"   # the backend (postgres) writes its profile here
 trap 'cluster_stop; rm -rf "$WORK"' EXIT
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }

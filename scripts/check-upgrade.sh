@@ -46,17 +46,19 @@ release_script() {  # release_script <version>: the install script of a released
 
 # The generated install script is what src/lib.rs loads (what the releases rely on).
 [ -f "$SHAREDIR/billing--$current.sql" ] || fail "no $SHAREDIR/billing--$current.sql: run scripts/install-ext.sh"
-built=$(mktemp /tmp/billing-built.XXXXXX); trap 'rm -f "$built"' EXIT
+# Its own files (another checkout may run this script at the same time).
+tmp=$(mktemp -d /tmp/billing-check.XXXXXX); trap 'rm -rf "$tmp"' EXIT
+built=$tmp/built.sql
 for f in $(loaded < src/lib.rs); do cat "$f"; echo; done > "$built"
-if ! diff <(strip "$built") <(strip "$SHAREDIR/billing--$current.sql") >/tmp/billing-install.diff; then
+if ! diff <(strip "$built") <(strip "$SHAREDIR/billing--$current.sql") >$tmp/install.diff; then
   echo "check-upgrade: the installed billing--$current.sql is not the files src/lib.rs loads (install again?):"
-  head -40 /tmp/billing-install.diff; exit 1
+  head -40 $tmp/install.diff; exit 1
 fi
 
 # (a) A released install script never changes; nor does a released upgrade script.
 if [ -n "${commit_of[$current]:-}" ]; then
-  if ! diff <(release_script "$current" | strip) <(strip "$built") >/tmp/billing-release.diff; then
-    echo "check-upgrade: the install script of released version $current changed:"; head -40 /tmp/billing-release.diff
+  if ! diff <(release_script "$current" | strip) <(strip "$built") >$tmp/release.diff; then
+    echo "check-upgrade: the install script of released version $current changed:"; head -40 $tmp/release.diff
     echo "bump the version in Cargo.toml and add an upgrade script instead"; exit 1
   fi
   frozen="$current's install script is as released"
@@ -67,15 +69,15 @@ prev=
 for v in "${released[@]}"; do
   if [ -n "$prev" ]; then
     u=sql/billing--$prev--$v.sql
-    git show "${commit_of[$v]}:$u" >/tmp/billing-released-upgrade.sql 2>/dev/null || fail "release $v: ${commit_of[$v]} has no $u"
-    cmp -s /tmp/billing-released-upgrade.sql "$u" || fail "$u changed since release $v: a released upgrade script is frozen"
+    git show "${commit_of[$v]}:$u" >$tmp/released-upgrade.sql 2>/dev/null || fail "release $v: ${commit_of[$v]} has no $u"
+    cmp -s $tmp/released-upgrade.sql "$u" || fail "$u changed since release $v: a released upgrade script is frozen"
   fi
   prev=$v
 done
 
 schema_of() {  # schema_of <db>: every object of the extension, as the catalogs define it
   # (pg_dump prints only "CREATE EXTENSION" for an extension's members): definitions,
-  # privileges, column order, storage, comments, sequences, membership.
+  # privileges, column order, collation and storage, comments, sequences, membership.
   psql -X -At -v ON_ERROR_STOP=1 -d "$1" <<'SQL'
 SELECT 'function ' || p.oid::regprocedure || ' ' || md5(pg_get_functiondef(p.oid)) || ' ' || coalesce(p.proacl::text, '')
   FROM pg_proc p WHERE p.pronamespace = 'billing'::regnamespace
@@ -84,6 +86,7 @@ SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.r
   FROM pg_class c WHERE c.relnamespace = 'billing'::regnamespace AND c.relkind IN ('r', 'v', 'S', 'i')
 UNION ALL
 SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' '
+       || coalesce(nullif(a.attcollation, 0)::regcollation::text, '-') || ' '
        || a.attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -137,17 +140,17 @@ SQL
 }
 psql -X -q -d postgres -c "DROP DATABASE IF EXISTS billing_fresh" -c "CREATE DATABASE billing_fresh"
 psql -X -q -d billing_fresh -c "CREATE EXTENSION billing"
-schema_of billing_fresh >/tmp/billing-fresh.schema
-[ "$(wc -l </tmp/billing-fresh.schema)" -gt 100 ] || fail "could not read the schema"
+schema_of billing_fresh >$tmp/fresh.schema
+[ "$(wc -l <$tmp/fresh.schema)" -gt 100 ] || fail "could not read the schema"
 n=0
 for v in "${released[@]}"; do
   [ "$v" = "$current" ] && continue
   release_script "$v" >"$SHAREDIR/billing--$v.sql.tmp.$$" && mv -f "$SHAREDIR/billing--$v.sql.tmp.$$" "$SHAREDIR/billing--$v.sql"
   psql -X -q -d postgres -c "DROP DATABASE IF EXISTS billing_upgraded" -c "CREATE DATABASE billing_upgraded"
   psql -X -q -v ON_ERROR_STOP=1 -d billing_upgraded -c "CREATE EXTENSION billing VERSION '$v'" -c "ALTER EXTENSION billing UPDATE"
-  schema_of billing_upgraded >/tmp/billing-upgraded.schema
-  if ! diff /tmp/billing-fresh.schema /tmp/billing-upgraded.schema >/tmp/billing-upgrade.diff; then
-    echo "check-upgrade: $v -> $current differs from a fresh install:"; head -60 /tmp/billing-upgrade.diff; exit 1
+  schema_of billing_upgraded >$tmp/upgraded.schema
+  if ! diff $tmp/fresh.schema $tmp/upgraded.schema >$tmp/upgrade.diff; then
+    echo "check-upgrade: $v -> $current differs from a fresh install:"; head -60 $tmp/upgrade.diff; exit 1
   fi
   echo "check-upgrade: $v (${commit_of[$v]:0:12}) -> $current equals a fresh install"
   n=$((n + 1))

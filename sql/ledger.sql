@@ -37,38 +37,47 @@
 -- grants.remaining >= 0, stays a constraint; verify() (sql/operations.sql) reports a
 -- row that breaks any of the others.
 
+-- Ids, keys, names and codes (customer ids, idempotency keys, provider ids, endpoint,
+-- plan, meter and feature names, statuses and kinds), here and in every other file, are
+-- text COLLATE "C": they are opaque, compared for equality and kept in B-trees, and a
+-- database whose collation is not C (en_US.UTF-8) would otherwise compare them with
+-- strcoll in every index descent (a debit took 18% more instructions). Their order is
+-- byte order in every database. Natural text (event bodies, details) keeps the
+-- database's collation; src/pg/collation_tests.rs lists it, and fails on a new text
+-- column that is neither.
+
 -- The account's number, carried by the ids of its journal entries (customers.num).
 CREATE SEQUENCE billing.customer_num;
 
 CREATE TABLE billing.customers (
-    customer        text        NOT NULL PRIMARY KEY,
-    od              bigint      NOT NULL DEFAULT 0,   -- overdraft account, negative = debt
-    overdraft_limit bigint      NOT NULL DEFAULT 0,
-    frozen          boolean     NOT NULL DEFAULT false,  -- set_frozen, an open dispute
-    next_event_at   timestamptz NOT NULL DEFAULT 'infinity',
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    customer        text COLLATE "C" NOT NULL PRIMARY KEY,
+    od              bigint           NOT NULL DEFAULT 0,   -- overdraft account, negative = debt
+    overdraft_limit bigint           NOT NULL DEFAULT 0,
+    frozen          boolean          NOT NULL DEFAULT false,  -- set_frozen, an open dispute
+    next_event_at   timestamptz      NOT NULL DEFAULT 'infinity',
+    created_at      timestamptz      NOT NULL DEFAULT now(),
     -- Low-balance and auto-top-up thresholds (sql/outbox.sql) live on the row the ledger
     -- locks anyway, so noticing a crossing costs no extra read on the debit path.
     low_balance     bigint,
-    low_notified    boolean     NOT NULL DEFAULT false,
+    low_notified    boolean          NOT NULL DEFAULT false,
     topup_below     bigint,
-    topup_notified  boolean     NOT NULL DEFAULT false,
-    access_reason   text,                              -- the last access reason noted (access_changed)
-    draw_grant      uuid,                              -- the grant debits drew from since its row was written
-    slots           int         NOT NULL DEFAULT 1,   -- accounts of a slotted customer, on its own row
-    slot_of         text,                              -- on a slot account: the customer it belongs to
+    topup_notified  boolean          NOT NULL DEFAULT false,
+    access_reason   text COLLATE "C",                       -- the last access reason noted (access_changed)
+    draw_grant      uuid,                                   -- the grant debits drew from since its row was written
+    slots           int              NOT NULL DEFAULT 1,   -- accounts of a slotted customer, on its own row
+    slot_of         text COLLATE "C",                       -- on a slot account: the customer it belongs to
     -- The columns a debit changes, together at the end of the row: a HOT update logs the
     -- bytes of the new row between the longest prefix and suffix it shares with the old
     -- one (log_heap_update), so a debit logs little more than these (num never changes).
     -- balance: the running balance after the last journal entry. Exact until
     -- next_event_at, when some grant or hold expires; readers then compute past it,
     -- writers write it down.
-    balance         bigint      NOT NULL DEFAULT 0,
-    seq             bigint      NOT NULL DEFAULT 0,   -- last journal seq of this customer
-    last_at         timestamptz NOT NULL DEFAULT '-infinity',
-    draw            bigint      NOT NULL DEFAULT 0,   -- drawn from draw_grant, not yet subtracted from its remaining
+    balance         bigint           NOT NULL DEFAULT 0,
+    seq             bigint           NOT NULL DEFAULT 0,   -- last journal seq of this customer
+    last_at         timestamptz      NOT NULL DEFAULT '-infinity',
+    draw            bigint           NOT NULL DEFAULT 0,   -- drawn from draw_grant, not yet subtracted from its remaining
     draw_left       bigint,
-    num             bigint      NOT NULL DEFAULT nextval('billing.customer_num')
+    num             bigint           NOT NULL DEFAULT nextval('billing.customer_num')
 ) WITH (fillfactor = 50);  -- updated in place on every debit: keep the updates HOT
 -- The sequence and the column refer to each other: it can only be owned once both exist.
 ALTER SEQUENCE billing.customer_num OWNED BY billing.customers.num;
@@ -111,19 +120,19 @@ CREATE INDEX customers_num ON billing.customers (num);
 -- back; a mirror keeps its grant's expiry and priority.
 
 CREATE TABLE billing.grants (
-    customer    text        NOT NULL REFERENCES billing.customers,
-    id          uuid        NOT NULL,
-    seq         bigint      NOT NULL,            -- journal seq of its creation: "oldest first"
-    source      text        NOT NULL,
-    amount      bigint      NOT NULL,
-    remaining   bigint      NOT NULL CHECK (remaining >= 0),
-    open        boolean     NOT NULL,            -- remaining > 0; the spending index covers open grants only
-    expires_at  timestamptz NOT NULL,            -- 'infinity' when it never expires
-    priority    int         NOT NULL,
-    metadata    jsonb       NOT NULL,
-    entry_id    uuid        NOT NULL,
-    created_at  timestamptz NOT NULL,
-    origin      uuid,                            -- on a slot's mirror: the grant it mirrors
+    customer    text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    id          uuid             NOT NULL,
+    seq         bigint           NOT NULL,            -- journal seq of its creation: "oldest first"
+    source      text COLLATE "C" NOT NULL,
+    amount      bigint           NOT NULL,
+    remaining   bigint           NOT NULL CHECK (remaining >= 0),
+    open        boolean          NOT NULL,            -- remaining > 0; the spending index covers open grants only
+    expires_at  timestamptz      NOT NULL,            -- 'infinity' when it never expires
+    priority    int              NOT NULL,
+    metadata    jsonb            NOT NULL,
+    entry_id    uuid             NOT NULL,
+    created_at  timestamptz      NOT NULL,
+    origin      uuid,                                 -- on a slot's mirror: the grant it mirrors
     PRIMARY KEY (customer, id)
 ) WITH (fillfactor = 70);
 -- The spending order over open grants only: the spending reads all ask for open grants,
@@ -135,22 +144,22 @@ COMMENT ON COLUMN billing.grants.remaining IS 'Credits left as of this row''s la
 COMMENT ON COLUMN billing.grants.origin IS 'On a slot account''s mirror grant: the customer''s grant whose credits it holds.';
 
 CREATE TABLE billing.reservations (
-    customer          text        NOT NULL,
-    id                uuid        NOT NULL,
-    amount            bigint      NOT NULL,
-    ttl               interval    NOT NULL,
-    status            text        NOT NULL,      -- active, settled, released, expired
-    expires_at        timestamptz NOT NULL,
+    customer          text COLLATE "C" NOT NULL,
+    id                uuid             NOT NULL,
+    amount            bigint           NOT NULL,
+    ttl               interval         NOT NULL,
+    status            text COLLATE "C" NOT NULL,      -- active, settled, released, expired
+    expires_at        timestamptz      NOT NULL,
     -- where the held credits came from: grant ids, or the reservation's own id for
     -- credits borrowed against the overdraft limit; amounts in allocation order
-    accounts          uuid[]      NOT NULL,
-    amounts           bigint[]    NOT NULL,
+    accounts          uuid[]           NOT NULL,
+    amounts           bigint[]         NOT NULL,
     settled           bigint,
-    consumed_accounts uuid[],                    -- a settle's provenance, for refunds
+    consumed_accounts uuid[],                         -- a settle's provenance, for refunds
     consumed_amounts  bigint[],
-    hold_entry        uuid        NOT NULL,
+    hold_entry        uuid             NOT NULL,
     end_entry         uuid,
-    created_at        timestamptz NOT NULL,
+    created_at        timestamptz      NOT NULL,
     PRIMARY KEY (customer, id)
 );
 CREATE UNIQUE INDEX reservations_id ON billing.reservations (id);
@@ -160,20 +169,20 @@ CREATE INDEX reservations_active ON billing.reservations (customer, expires_at) 
 -- accounts moved (a grant id; the nil uuid for the overdraft account; a reservation id
 -- for credits a hold borrowed); amount is their sum and balance_after the running sum.
 CREATE TABLE billing.journal (
-    customer        text        NOT NULL,
-    seq             bigint      NOT NULL,
-    entry_id        uuid        NOT NULL,
-    at              timestamptz NOT NULL,
-    kind            text        NOT NULL,        -- grant, debit, hold, settle, release, refund, expiry, revocation, transfer
-    amount          bigint      NOT NULL,
-    balance_after   bigint      NOT NULL,
-    idempotency_key text,
+    customer        text COLLATE "C" NOT NULL,
+    seq             bigint           NOT NULL,
+    entry_id        uuid             NOT NULL,
+    at              timestamptz      NOT NULL,
+    kind            text COLLATE "C" NOT NULL,        -- grant, debit, hold, settle, release, refund, expiry, revocation, transfer
+    amount          bigint           NOT NULL,
+    balance_after   bigint           NOT NULL,
+    idempotency_key text COLLATE "C",
     grant_id        uuid,
     reservation_id  uuid,
-    ref_entry       uuid,                        -- a refund's debit or settle; a transfer's pair
-    accounts        uuid[]      NOT NULL,
-    deltas          bigint[]    NOT NULL,
-    metadata        jsonb       NOT NULL DEFAULT '{}',
+    ref_entry       uuid,                             -- a refund's debit or settle; a transfer's pair
+    accounts        uuid[]           NOT NULL,
+    deltas          bigint[]         NOT NULL,
+    metadata        jsonb            NOT NULL DEFAULT '{}',
     PRIMARY KEY (customer, seq)
 );
 -- Entry ids say where their entry is: 0xff, the account's number (customers.num, 40

@@ -12,14 +12,14 @@
 -- session lock that makes writers notify, until a claim returns rows again; while every
 -- consumer is busy claiming, writers notify nobody.
 CREATE TABLE billing.outbox (
-    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    customer        text,
-    kind            text        NOT NULL,  -- low_balance, subscription_status, access_changed, event_failed, topup_due
-    payload         jsonb       NOT NULL DEFAULT '{}',
-    idempotency_key text,
-    created_at      timestamptz NOT NULL DEFAULT now(),
+    id              bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer        text COLLATE "C",
+    kind            text COLLATE "C" NOT NULL,  -- low_balance, subscription_status, access_changed, event_failed, topup_due
+    payload         jsonb            NOT NULL DEFAULT '{}',
+    idempotency_key text COLLATE "C",
+    created_at      timestamptz      NOT NULL DEFAULT now(),
     claimed_until   timestamptz,
-    attempts        int         NOT NULL DEFAULT 0,
+    attempts        int              NOT NULL DEFAULT 0,
     acked_at        timestamptz
 );
 CREATE INDEX outbox_pending ON billing.outbox (id) WHERE acked_at IS NULL;
@@ -49,14 +49,14 @@ CREATE TRIGGER subscription_outbox AFTER INSERT OR UPDATE OF status ON billing.s
 -- The thresholds themselves are on the customer row (customers.low_balance,
 -- topup_below, sql/ledger.sql); this is the auto top-up's policy and its count.
 CREATE TABLE billing.auto_topups (
-    customer     text   PRIMARY KEY REFERENCES billing.customers,
-    threshold    bigint NOT NULL,
-    amount       bigint NOT NULL CHECK (amount > 0),
-    monthly_cap  int    NOT NULL CHECK (monthly_cap >= 0),
-    max_failures int    NOT NULL CHECK (max_failures >= 0),
-    month        text   NOT NULL DEFAULT '',
-    this_month   int    NOT NULL DEFAULT 0,
-    failures     int    NOT NULL DEFAULT 0
+    customer     text COLLATE "C" PRIMARY KEY REFERENCES billing.customers,
+    threshold    bigint           NOT NULL,
+    amount       bigint           NOT NULL CHECK (amount > 0),
+    monthly_cap  int              NOT NULL CHECK (monthly_cap >= 0),
+    max_failures int              NOT NULL CHECK (max_failures >= 0),
+    month        text COLLATE "C" NOT NULL DEFAULT '',
+    this_month   int              NOT NULL DEFAULT 0,
+    failures     int              NOT NULL DEFAULT 0
 );
 
 SELECT pg_catalog.pg_extension_config_dump('billing.outbox', '');

@@ -5,32 +5,32 @@
 -- (sql/outbox.sql).
 
 CREATE TABLE billing.plans (
-    plan           text     PRIMARY KEY CHECK (plan <> ''),
-    features       text[]   NOT NULL DEFAULT '{}',
-    period_credits bigint   NOT NULL DEFAULT 0 CHECK (period_credits >= 0),
-    grace          interval NOT NULL DEFAULT '3 days',
-    provider_price text     UNIQUE
+    plan           text COLLATE "C"   PRIMARY KEY CHECK (plan <> ''),
+    features       text[] COLLATE "C" NOT NULL DEFAULT '{}',
+    period_credits bigint             NOT NULL DEFAULT 0 CHECK (period_credits >= 0),
+    grace          interval           NOT NULL DEFAULT '3 days',
+    provider_price text COLLATE "C"   UNIQUE
 );
 
 CREATE TABLE billing.subscriptions (
-    customer             text        NOT NULL REFERENCES billing.customers,
-    provider             text        NOT NULL,
-    subscription_id      text        NOT NULL,
-    status               text        NOT NULL,
-    plan                 text,
-    price_id             text,
+    customer             text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    provider             text COLLATE "C" NOT NULL,
+    subscription_id      text COLLATE "C" NOT NULL,
+    status               text COLLATE "C" NOT NULL,
+    plan                 text COLLATE "C",
+    price_id             text COLLATE "C",
     current_period_end   timestamptz,
-    cancel_at_period_end boolean     NOT NULL DEFAULT false,
+    cancel_at_period_end boolean          NOT NULL DEFAULT false,
     trial_end            timestamptz,
-    paid_through         timestamptz,           -- latest period end of a paid invoice
-    status_created       bigint      NOT NULL,  -- (created, event) of the status' source
-    status_event         text        NOT NULL,
-    updated_at           timestamptz NOT NULL,
+    paid_through         timestamptz,                -- latest period end of a paid invoice
+    status_created       bigint           NOT NULL,  -- (created, event) of the status' source
+    status_event         text COLLATE "C" NOT NULL,
+    updated_at           timestamptz      NOT NULL,
     -- The plan in force follows the latest subscription event; an invoice names it only
     -- for a subscription no event has described yet, and then the latest invoice wins.
     plan_created           bigint,
-    plan_event             text,
-    plan_from_subscription boolean     NOT NULL DEFAULT false,
+    plan_event             text COLLATE "C",
+    plan_from_subscription boolean          NOT NULL DEFAULT false,
     PRIMARY KEY (customer, subscription_id)
 );
 CREATE UNIQUE INDEX subscriptions_provider_id ON billing.subscriptions (provider, subscription_id);
@@ -54,31 +54,31 @@ CREATE INDEX subscriptions_current ON billing.subscriptions
 -- What each paid invoice says of each period its lines touch: one row for its base lines
 -- and one per change it bills (a duplicate delivery finds its rows and changes nothing).
 CREATE TABLE billing.period_invoices (
-    customer        text        NOT NULL,
-    subscription_id text        NOT NULL,
-    period_end      timestamptz NOT NULL,
-    invoice_id      text        NOT NULL,
-    billing_reason  text,
-    period_start    timestamptz,          -- earliest start of its base lines
-    base            bigint      NOT NULL, -- allowance of its base (non-proration) lines
-    old_allowance   bigint      NOT NULL, -- of its proration credits (unused time on the old items)
-    new_allowance   bigint      NOT NULL, -- of its proration charges (the rest of the period on the new items)
-    change_at       timestamptz NOT NULL, -- when its change took effect; -infinity for its base lines
-    created         bigint      NOT NULL, -- the invoice event's created
+    customer        text COLLATE "C" NOT NULL,
+    subscription_id text COLLATE "C" NOT NULL,
+    period_end      timestamptz      NOT NULL,
+    invoice_id      text COLLATE "C" NOT NULL,
+    billing_reason  text COLLATE "C",
+    period_start    timestamptz,               -- earliest start of its base lines
+    base            bigint           NOT NULL, -- allowance of its base (non-proration) lines
+    old_allowance   bigint           NOT NULL, -- of its proration credits (unused time on the old items)
+    new_allowance   bigint           NOT NULL, -- of its proration charges (the rest of the period on the new items)
+    change_at       timestamptz      NOT NULL, -- when its change took effect; -infinity for its base lines
+    created         bigint           NOT NULL, -- the invoice event's created
     PRIMARY KEY (customer, subscription_id, period_end, invoice_id, change_at)
 );
 COMMENT ON TABLE billing.period_invoices IS 'What each paid invoice says of each subscription period: the facts a period''s allowance is computed from.';
 
 CREATE TABLE billing.subscription_periods (
-    customer        text        NOT NULL,
-    subscription_id text        NOT NULL,
-    period_end      timestamptz NOT NULL,
-    period_start    timestamptz,          -- the latest start reported (invoice lines, subscription)
-    base            bigint      NOT NULL DEFAULT 0,  -- the plan billed for the period (largest base)
-    ceiling         bigint      NOT NULL DEFAULT 0,  -- the largest allowance held in the period
-    allowance       bigint      NOT NULL DEFAULT 0,  -- what the period is entitled to
-    granted         bigint      NOT NULL DEFAULT 0,  -- what the ledger got (less when paid after the end)
-    updated_at      timestamptz NOT NULL DEFAULT now(),
+    customer        text COLLATE "C" NOT NULL,
+    subscription_id text COLLATE "C" NOT NULL,
+    period_end      timestamptz      NOT NULL,
+    period_start    timestamptz,               -- the latest start reported (invoice lines, subscription)
+    base            bigint           NOT NULL DEFAULT 0,  -- the plan billed for the period (largest base)
+    ceiling         bigint           NOT NULL DEFAULT 0,  -- the largest allowance held in the period
+    allowance       bigint           NOT NULL DEFAULT 0,  -- what the period is entitled to
+    granted         bigint           NOT NULL DEFAULT 0,  -- what the ledger got (less when paid after the end)
+    updated_at      timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (customer, subscription_id, period_end)
 );
 COMMENT ON TABLE billing.subscription_periods IS 'Per subscription period: the plan allowance it is entitled to and what was granted.';

@@ -3,16 +3,16 @@
 -- exactly: what is not yet a whole credit is carried per customer and meter.
 
 CREATE TABLE billing.meters (
-    meter      text        PRIMARY KEY CHECK (meter <> ''),
-    created_at timestamptz NOT NULL DEFAULT now()
+    meter      text COLLATE "C" PRIMARY KEY CHECK (meter <> ''),
+    created_at timestamptz      NOT NULL DEFAULT now()
 );
 
 -- A meter's price over time: usage is rated at the price in force when it occurred.
 CREATE TABLE billing.meter_prices (
-    meter          text        NOT NULL REFERENCES billing.meters,
-    effective_from timestamptz NOT NULL,
-    credits        bigint      NOT NULL CHECK (credits >= 0),
-    per_units      bigint      NOT NULL CHECK (per_units > 0),
+    meter          text COLLATE "C" NOT NULL REFERENCES billing.meters,
+    effective_from timestamptz      NOT NULL,
+    credits        bigint           NOT NULL CHECK (credits >= 0),
+    per_units      bigint           NOT NULL CHECK (per_units > 0),
     PRIMARY KEY (meter, effective_from)
 );
 
@@ -21,41 +21,41 @@ CREATE TABLE billing.meter_prices (
 -- rating (src/usage/rating.rs, exact and property-tested: 0 <= num < den), the quantity
 -- is checked positive before any write, and verify() reports a row that breaks either.
 CREATE TABLE billing.usage_carry (
-    customer text   NOT NULL,
-    meter    text   NOT NULL,
-    num      bigint NOT NULL,
-    den      bigint NOT NULL,
+    customer text COLLATE "C" NOT NULL,
+    meter    text COLLATE "C" NOT NULL,
+    num      bigint           NOT NULL,
+    den      bigint           NOT NULL,
     PRIMARY KEY (customer, meter)
 );
 
 CREATE TABLE billing.usage_events (
-    customer        text        NOT NULL,
-    idempotency_key text        NOT NULL,
-    meter           text        NOT NULL,
-    quantity        bigint      NOT NULL,     -- > 0
-    occurred_at     timestamptz NOT NULL,
-    credits         bigint      NOT NULL,     -- >= 0
-    entry_id        uuid,                 -- the debit or settle, when it charged credits
+    customer        text COLLATE "C" NOT NULL,
+    idempotency_key text COLLATE "C" NOT NULL,
+    meter           text COLLATE "C" NOT NULL,
+    quantity        bigint           NOT NULL,     -- > 0
+    occurred_at     timestamptz      NOT NULL,
+    credits         bigint           NOT NULL,     -- >= 0
+    entry_id        uuid,                      -- the debit or settle, when it charged credits
     reservation_id  uuid,
-    recorded_at     timestamptz NOT NULL,
+    recorded_at     timestamptz      NOT NULL,
     PRIMARY KEY (customer, idempotency_key)
 );
 CREATE INDEX usage_events_time ON billing.usage_events (customer, occurred_at);
 
 -- Token buckets: `requests` per `per`, for a plan or a customer ('' = every feature).
 CREATE TABLE billing.limits (
-    subject  text     NOT NULL CHECK (subject <> ''),
-    feature  text     NOT NULL DEFAULT '',
-    requests int      NOT NULL CHECK (requests > 0),
-    per      interval NOT NULL CHECK (per > '0'::interval),
+    subject  text COLLATE "C" NOT NULL CHECK (subject <> ''),
+    feature  text COLLATE "C" NOT NULL DEFAULT '',
+    requests int              NOT NULL CHECK (requests > 0),
+    per      interval         NOT NULL CHECK (per > '0'::interval),
     PRIMARY KEY (subject, feature)
 );
 
 CREATE TABLE billing.buckets (
-    customer text        NOT NULL,
-    feature  text        NOT NULL,
-    tokens   bigint      NOT NULL,   -- scaled by the limit's period in microseconds
-    at       timestamptz NOT NULL,
+    customer text COLLATE "C" NOT NULL,
+    feature  text COLLATE "C" NOT NULL,
+    tokens   bigint           NOT NULL,   -- scaled by the limit's period in microseconds
+    at       timestamptz      NOT NULL,
     PRIMARY KEY (customer, feature)
 ) WITH (fillfactor = 70);
 

@@ -4,42 +4,42 @@
 -- periods, which the events also maintain, are in sql/plans.sql.
 
 CREATE TABLE billing.endpoints (
-    name       text        PRIMARY KEY CHECK (name <> ''),
-    provider   text        NOT NULL CHECK (provider IN ('stripe', 'standard')),
-    created_at timestamptz NOT NULL DEFAULT now()
+    name       text COLLATE "C" PRIMARY KEY CHECK (name <> ''),
+    provider   text COLLATE "C" NOT NULL CHECK (provider IN ('stripe', 'standard')),
+    created_at timestamptz      NOT NULL DEFAULT now()
 );
 
 -- Readable by the extension owner alone: no role is granted anything on it.
 CREATE TABLE billing.endpoint_secrets (
-    endpoint   text        NOT NULL REFERENCES billing.endpoints ON DELETE CASCADE,
-    secret     text        NOT NULL CHECK (secret <> ''),
-    added_at   timestamptz NOT NULL DEFAULT now(),
+    endpoint   text COLLATE "C" NOT NULL REFERENCES billing.endpoints ON DELETE CASCADE,
+    secret     text COLLATE "C" NOT NULL CHECK (secret <> ''),
+    added_at   timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (endpoint, secret)
 );
 
 -- Every verified event, once, with what the receiver sent.
 CREATE TABLE billing.events (
-    provider          text        NOT NULL,
-    event_id          text        NOT NULL,
-    endpoint          text        NOT NULL,
-    type              text        NOT NULL,
+    provider          text COLLATE "C" NOT NULL,
+    event_id          text COLLATE "C" NOT NULL,
+    endpoint          text COLLATE "C" NOT NULL,
+    type              text COLLATE "C" NOT NULL,
     created           timestamptz,
-    api_version       text,
-    object_id         text,
-    customer          text,            -- the application's customer, once known
-    provider_customer text,            -- cus_..., when the event named one
-    body              text        NOT NULL,
-    headers           jsonb       NOT NULL,
-    received_at       timestamptz NOT NULL,
-    status            text        NOT NULL,  -- applied, stale, ignored, failed (no CHECK: see sql/ledger.sql)
-    detail            text,            -- the error of a failed apply, or what was done
-    attempts          int         NOT NULL DEFAULT 1,
-    deliveries        int         NOT NULL DEFAULT 1,
-    last_delivery_at  timestamptz NOT NULL,
+    api_version       text COLLATE "C",
+    object_id         text COLLATE "C",
+    customer          text COLLATE "C",     -- the application's customer, once known
+    provider_customer text COLLATE "C",     -- cus_..., when the event named one
+    body              text             NOT NULL,
+    headers           jsonb            NOT NULL,
+    received_at       timestamptz      NOT NULL,
+    status            text COLLATE "C" NOT NULL,  -- applied, stale, ignored, failed (no CHECK: see sql/ledger.sql)
+    detail            text,                 -- the error of a failed apply, or what was done
+    attempts          int              NOT NULL DEFAULT 1,
+    deliveries        int              NOT NULL DEFAULT 1,
+    last_delivery_at  timestamptz      NOT NULL,
     applied_at        timestamptz,
     -- How the event was first stored: 'delivery' (a signed webhook) or 'fetch' (from the
     -- provider's API, billing.ingest_fetched). Whichever comes second is a duplicate.
-    via               text        NOT NULL DEFAULT 'delivery',
+    via               text COLLATE "C" NOT NULL DEFAULT 'delivery',
     PRIMARY KEY (provider, event_id)
 );
 CREATE INDEX events_failed ON billing.events (provider_customer, created, event_id) WHERE status = 'failed';
@@ -48,11 +48,11 @@ CREATE INDEX events_failed_app ON billing.events (customer, created, event_id) W
 -- The same event id delivered with a different body (one event rendered in two API
 -- versions): a duplicate, kept as evidence.
 CREATE TABLE billing.event_variants (
-    provider    text        NOT NULL,
-    event_id    text        NOT NULL,
-    received_at timestamptz NOT NULL,
-    body        text        NOT NULL,
-    headers     jsonb       NOT NULL,
+    provider    text COLLATE "C" NOT NULL,
+    event_id    text COLLATE "C" NOT NULL,
+    received_at timestamptz      NOT NULL,
+    body        text             NOT NULL,
+    headers     jsonb            NOT NULL,
     PRIMARY KEY (provider, event_id, received_at)
 );
 
@@ -72,71 +72,71 @@ END $$;
 -- The insert-only path for receivers: a row inserted here is verified, stored in
 -- billing.events and applied by the trigger, and not kept here (RETURN NULL).
 CREATE TABLE billing.inbox (
-    endpoint    text        NOT NULL,
-    headers     jsonb       NOT NULL,
-    body        text        NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now()
+    endpoint    text COLLATE "C" NOT NULL,
+    headers     jsonb            NOT NULL,
+    body        text             NOT NULL,
+    received_at timestamptz      NOT NULL DEFAULT now()
 );
 
 -- Provider customers (cus_...) of the application's customers.
 CREATE TABLE billing.provider_customers (
-    provider          text        NOT NULL,
-    provider_customer text        NOT NULL,
-    customer          text        NOT NULL REFERENCES billing.customers,
-    linked_at         timestamptz NOT NULL DEFAULT now(),
+    provider          text COLLATE "C" NOT NULL,
+    provider_customer text COLLATE "C" NOT NULL,
+    customer          text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    linked_at         timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, provider_customer)
 );
 
 -- The last event applied to each provider object: (created, event id) only moves forward.
 CREATE TABLE billing.provider_objects (
-    provider    text   NOT NULL,
-    object_id   text   NOT NULL,
-    created     bigint NOT NULL,
-    event_id    text   NOT NULL,
+    provider    text COLLATE "C" NOT NULL,
+    object_id   text COLLATE "C" NOT NULL,
+    created     bigint           NOT NULL,
+    event_id    text COLLATE "C" NOT NULL,
     PRIMARY KEY (provider, object_id)
 );
 
 -- Credits bought: one row per payment (PaymentIntent, else Checkout Session), so the
 -- session's and the intent's events grant once, and refunds revoke in proportion.
 CREATE TABLE billing.purchases (
-    customer        text        NOT NULL REFERENCES billing.customers,
-    provider        text        NOT NULL,
-    purchase_id     text        NOT NULL,
-    credits         bigint      NOT NULL CHECK (credits > 0),
+    customer        text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    provider        text COLLATE "C" NOT NULL,
+    purchase_id     text COLLATE "C" NOT NULL,
+    credits         bigint           NOT NULL CHECK (credits > 0),
     amount          bigint,
-    currency        text,
-    grant_id        uuid        NOT NULL,
-    refunded_amount bigint      NOT NULL DEFAULT 0,
-    revoked_credits bigint      NOT NULL DEFAULT 0,
-    created_at      timestamptz NOT NULL,
+    currency        text COLLATE "C",
+    grant_id        uuid             NOT NULL,
+    refunded_amount bigint           NOT NULL DEFAULT 0,
+    revoked_credits bigint           NOT NULL DEFAULT 0,
+    created_at      timestamptz      NOT NULL,
     PRIMARY KEY (customer, purchase_id)
 );
 CREATE UNIQUE INDEX purchases_provider_id ON billing.purchases (provider, purchase_id);
 
 CREATE TABLE billing.refunds (
-    provider    text   NOT NULL,
-    refund_id   text   NOT NULL,
-    purchase_id text   NOT NULL,
-    amount      bigint NOT NULL,
-    counts      boolean NOT NULL,
+    provider    text COLLATE "C" NOT NULL,
+    refund_id   text COLLATE "C" NOT NULL,
+    purchase_id text COLLATE "C" NOT NULL,
+    amount      bigint           NOT NULL,
+    counts      boolean          NOT NULL,
     PRIMARY KEY (provider, refund_id)
 );
 
 CREATE TABLE billing.disputes (
-    provider    text        NOT NULL,
-    dispute_id  text        NOT NULL,
-    customer    text        NOT NULL REFERENCES billing.customers,
-    status      text        NOT NULL,
-    open        boolean     NOT NULL,
-    updated_at  timestamptz NOT NULL,
+    provider    text COLLATE "C" NOT NULL,
+    dispute_id  text COLLATE "C" NOT NULL,
+    customer    text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    status      text COLLATE "C" NOT NULL,
+    open        boolean          NOT NULL,
+    updated_at  timestamptz      NOT NULL,
     PRIMARY KEY (provider, dispute_id)
 );
 
 -- DBA-configured credits for top-ups without metadata.credits: by price id, or by
 -- '<currency>:<amount>' (e.g. 'usd:1000').
 CREATE TABLE billing.topup_credits (
-    match   text   PRIMARY KEY CHECK (match <> ''),
-    credits bigint NOT NULL CHECK (credits > 0)
+    match   text COLLATE "C" PRIMARY KEY CHECK (match <> ''),
+    credits bigint           NOT NULL CHECK (credits > 0)
 );
 
 SELECT pg_catalog.pg_extension_config_dump('billing.endpoints', '');
@@ -291,9 +291,9 @@ SELECT e.endpoint, count(*) AS events,
 -- margin), not at the newest event stored: while deliveries flow, that is about now, and
 -- an outage whose events the provider stopped retrying would never be looked at.
 CREATE TABLE billing.sync_marks (
-    endpoint       text        PRIMARY KEY REFERENCES billing.endpoints ON DELETE CASCADE,
-    synced_through timestamptz NOT NULL,
-    updated_at     timestamptz NOT NULL
+    endpoint       text COLLATE "C" PRIMARY KEY REFERENCES billing.endpoints ON DELETE CASCADE,
+    synced_through timestamptz      NOT NULL,
+    updated_at     timestamptz      NOT NULL
 );
 SELECT pg_catalog.pg_extension_config_dump('billing.sync_marks', '');
 

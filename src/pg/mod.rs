@@ -2,6 +2,7 @@
 //! (`spi`), answering one-row functions with one composite (`one_row`), reading table
 //! rows whole (`whole_row`), and reading jsonb arguments in place (`jsonb`). Nothing here
 //! knows of credits, events or plans.
+mod collation_tests;
 pub mod jsonb;
 pub mod one_row;
 mod one_row_tests;

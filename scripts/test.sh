@@ -10,6 +10,7 @@
 #        Stripe stand-in, and the upgrade-script check (released scripts frozen, upgrade
 #        path == fresh install)
 #   4.   faults (kills and crashes under load)
+#   +    the Debian packages (scripts/package-test.sh), last
 # PG_VERSIONS picks the majors (default "15 18"); PG15_BIN is 15's bin folder (default the
 # system's, /usr/lib/postgresql/15/bin).
 set -euo pipefail
@@ -76,5 +77,8 @@ for v in $PG_VERSIONS; do
   ./scripts/check-upgrade.sh
   cluster_stop
 done
+
+section "Debian packages"
+./scripts/package-test.sh $PG_VERSIONS
 
 section "all test layers passed (PostgreSQL ${PG_VERSIONS// /, })"

@@ -92,7 +92,10 @@ SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttyp
   LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
  WHERE c.relnamespace = 'billing'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
 UNION ALL
-SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+-- PostgreSQL 18 lists NOT NULL in pg_constraint too, named after the column when it was
+-- set: a column renamed since keeps the old name there. Compared without the name.
+SELECT 'constraint ' || conrelid::regclass || ' ' || CASE WHEN contype = 'n' THEN '(not null)' ELSE conname END
+       || ' ' || pg_get_constraintdef(oid)
   FROM pg_constraint WHERE connamespace = 'billing'::regnamespace
 UNION ALL
 SELECT 'index ' || pg_get_indexdef(indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid

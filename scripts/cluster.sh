@@ -1,6 +1,8 @@
-# Sourced by the scripts: a throwaway PostgreSQL 15 cluster run by the `postgres` OS user
+# Sourced by the scripts: a throwaway PostgreSQL cluster run by the `postgres` OS user
 # (Postgres refuses root), in a short temp path (unix socket paths are short), on a port
 # of its own. `cluster_start` exports PGHOST/PGPORT/PGUSER; `cluster_stop` removes it.
+# The server is the one in PGBIN, the server's bin folder (default the system's PostgreSQL
+# 15; scripts/pg18.sh prints 18's), or `cluster_start --bin <dir> <port> ...`.
 PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 
 as_pg() {
@@ -28,8 +30,10 @@ ensure_locale() {
   locale -a 2>/dev/null | grep -qixF "$norm" || { echo "could not generate locale $want" >&2; return 1; }
 }
 
-cluster_start() {   # cluster_start <port> [extra postgres -c options...]
+cluster_start() {   # cluster_start [--bin <server bin folder>] <port> [extra postgres -c options...]
+  [ "${1:-}" = --bin ] && { PGBIN=$2; shift 2; }
   local port=$1; shift
+  CLUSTER_BIN=$PGBIN   # what cluster_stop stops it with
   CLUSTER_DIR=$(mktemp -d /tmp/bl.XXXXXX)
   chown postgres:postgres "$CLUSTER_DIR" 2>/dev/null || true
   # CLUSTER_LOCALE: the cluster's locale (default none: C, the locale the tests assume).
@@ -49,7 +53,7 @@ cluster_start() {   # cluster_start <port> [extra postgres -c options...]
 
 cluster_stop() {
   [ -n "${CLUSTER_DIR:-}" ] || return 0
-  as_pg "$PGBIN/pg_ctl" stop -m immediate -D "$CLUSTER_DIR/data" >/dev/null 2>&1 || true
+  as_pg "${CLUSTER_BIN:-$PGBIN}/pg_ctl" stop -m immediate -D "$CLUSTER_DIR/data" >/dev/null 2>&1 || true
   rm -rf "$CLUSTER_DIR"
   CLUSTER_DIR=
 }

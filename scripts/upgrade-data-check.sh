@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD_SO=$1 OLD=$2
-LIBDIR=$(/usr/lib/postgresql/15/bin/pg_config --pkglibdir)
+LIBDIR=$("${PG_CONFIG:-${PGBIN:-/usr/lib/postgresql/15/bin}/pg_config}" --pkglibdir)   # the server of PGBIN (default 15)
 NEW_SO=$(mktemp /tmp/billing-new.XXXXXX.so); cp "$LIBDIR/billing.so" "$NEW_SO"
 put_so() { install -m 644 "$1" "$LIBDIR/billing.so.tmp.$$" && mv -f "$LIBDIR/billing.so.tmp.$$" "$LIBDIR/billing.so"; }
 source scripts/cluster.sh

@@ -229,7 +229,12 @@ pub fn lock_in_mode(class: LockClass, parts: &[&str], mode: u32, session: bool, 
 /// Whether this backend holds the lock in `mode` (in either scope).
 pub fn held_in_mode(class: LockClass, parts: &[&str], mode: u32) -> bool {
     let tag = tag(class, parts);
-    unsafe { pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE) }
+    #[cfg(not(any(feature = "pg17", feature = "pg18")))]
+    let held = unsafe { pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE) };
+    // 17 added `orstronger`; false asks for this very mode, as before.
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    let held = unsafe { pg_sys::LockHeldByMe(&tag, mode as pg_sys::LOCKMODE, false) };
+    held
 }
 
 /// Gives back one acquisition of `lock_in_mode`.

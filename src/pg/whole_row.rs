@@ -100,7 +100,10 @@ unsafe fn layout(fields: &'static Fields, ident: u64, desc: pg_sys::TupleDesc) -
     if let Some(l) = LAYOUTS.with(|m| m.borrow().get(&key).cloned()) {
         return Ok(l);
     }
-    let attrs = (*desc).attrs.as_slice((*desc).natts as usize);
+    // pgrx reads the attributes as each version lays them out (18 keeps them after its
+    // compact_attrs, with no `attrs` field); the descriptor stays the caller's.
+    let tupdesc = pgrx::PgTupleDesc::from_pg_unchecked(desc);
+    let attrs: Vec<&pg_sys::FormData_pg_attribute> = tupdesc.iter().collect();
     let mut out = Vec::with_capacity(fields.0.len());
     for name in fields.0 {
         let found = attrs.iter().position(|a| !a.attisdropped && std::ffi::CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes());

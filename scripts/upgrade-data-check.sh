@@ -5,6 +5,8 @@
 # updated to the current version by ALTER EXTENSION UPDATE and must then be clean under
 # verify(), replay its old keys, refund an old debit by its old id, and take new calls.
 #   scripts/upgrade-data-check.sh <old billing.so> <old version>
+#   (PGBIN=<a private install>/bin to work there; CLUSTER_LOCALE=en_US.UTF-8 to upgrade a
+#   database of that locale)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OLD_SO=$1 OLD=$2

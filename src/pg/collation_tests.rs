@@ -80,13 +80,18 @@ mod tests {
             // a slot account's name, made from the customer's
             ("SELECT balance FROM billing.customers WHERE customer = $1 || '#' || $2::int", "customers_pkey"),
         ];
+        // the index is scanned (plain, index-only or bitmap) with the parameter as its condition
+        let keyed = |plan: &str, index: &str| {
+            (plan.contains(&format!("using {index} ")) || plan.contains(&format!("Bitmap Index Scan on {index} ")))
+                && plan.split(" / ").any(|l| l.trim_start().starts_with("Index Cond:") && l.contains("$1"))
+        };
         for (sql, index) in lookups {
             let plan = generic_plan(sql);
-            assert!(plan.contains(&format!("using {index}")) && plan.contains("Index Cond"), "{sql}: {plan}");
+            assert!(keyed(&plan, index), "{sql}: {plan}");
         }
         // the check can fail: with the database's collation forced on the parameter, the
         // comparison is no longer the index's
         let plan = generic_plan("SELECT id FROM billing.grants WHERE customer = $1 COLLATE \"default\" AND open");
-        assert!(!plan.contains("Index Cond: (customer"), "{plan}");
+        assert!(!keyed(&plan, "grants_spend_order"), "{plan}");
     }
 }

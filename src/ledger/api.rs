@@ -1,8 +1,14 @@
 //! The ledger's SQL functions (SPEC section 1). Each validates its arguments, locks the
-//! one customer it concerns, and leaves the decisions to `core`.
+//! one customer it concerns, and leaves the decisions to `rules`.
+//!
+//! A spending call (debit, reserve) reads in one direction: `slots` routes it to an
+//! account, the store locks and reads that account, the call draws from it (`rules`) and
+//! writes, and the store finishes it (`debit_as`, `reserve_impl`). It calls into `slots`
+//! again only on a slotted customer's own paths: a row that contradicts the route
+//! (`reroute`), a slot too short (`gather_from`, `spread`).
 use super::entry_id;
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
-use super::slots::{self, Try};
+use super::slots;
 use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
@@ -217,26 +223,86 @@ fn debit_as(
     let metadata = metadata.map(|j| j.0).unwrap_or_else(|| json!({}));
     let now = clock::now();
     connect(|c| {
-        slots::spend(c, customer, now, key, |op, keyed| {
-            if let Some(k) = keyed {
-                if new_key {
-                    return Err(key_taken(customer, key));
-                }
-                return if k.kind == "debit" && k.amount == -amount && k.metadata == metadata {
-                    Ok(Try::Replayed((k.entry_id, k.balance_after, true)))
-                } else {
-                    Err(key_reused(customer, key, &k))
-                };
+        // The account the key routes to, locked, and the entry already under the key; a
+        // row that contradicts the route (a slot count this backend did not know) routes
+        // the call again.
+        let mut route = slots::route(customer, key);
+        let (mut op, keyed) = loop {
+            match Op::lock_for_spend(c, &route.account, route.parent(), now, key)? {
+                Some((op, keyed)) if route.confirmed_by(&op) => break (op, keyed),
+                other => route = slots::reroute(route, other)?,
             }
-            let take = match draw(op, amount, Acct::Debt, customer, "debit")? {
-                Ok(t) => t,
-                Err(e) => return Ok(Try::Short(e)),
-            };
-            let e = Entry { kind: Kind::Debit, at: op.now, lines: negate(&take), grant: None, hold: None };
-            let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
-            Ok(Try::Done((w.entry_id, w.balance_after, false)))
-        })
+        };
+        // Under REPEATABLE READ the row lock makes a stale snapshot fail with 40001. A
+        // slot's row is locked only by a call that does not gather (a row lock cannot be
+        // given back): a gatherer locks every slot's row under all the slot locks, and an
+        // attempt that writes fails at its row update if the row changed.
+        if !route.slotted() {
+            op.lock_row()?;
+        }
+        // (On a slot account `keyed` includes the customer's own journal: see
+        // SPEND_LOOKUP_SLOT.)
+        match debit_in(&mut op, keyed, customer, amount, key, &metadata, new_key)? {
+            Try::Done(r) => {
+                op.finish()?;
+                Ok(r)
+            }
+            Try::Replayed(r) => Ok(r),
+            Try::Short(e) if !route.slotted() => Err(e),
+            // The key's slot is too short: the call runs again on the customer's own
+            // account, every slot's credits gathered into it.
+            Try::Short(_) => {
+                let (mut op, keyed) = slots::gather_from(op, &route, now)?;
+                let r = match debit_in(&mut op, keyed, customer, amount, key, &metadata, new_key)? {
+                    Try::Done(r) | Try::Replayed(r) => r,
+                    Try::Short(e) => return Err(e),
+                };
+                slots::spread(op, customer, route.n, now)?;
+                Ok(r)
+            }
+        }
     })
+}
+
+/// What a spending call (debit, reserve) on one locked account came to.
+enum Try<T> {
+    /// Written; the caller finishes the account.
+    Done(T),
+    /// The key's first result, nothing written.
+    Replayed(T),
+    /// Not enough credits in this account; nothing was written but expiries (kept). The
+    /// error is what the caller gets when gathering cannot help.
+    Short(BillingError),
+}
+
+/// The debit on one locked account: the first result of the key (`keyed`), or the entry
+/// written, or `Short` when the account's credits are not enough.
+fn debit_in(
+    op: &mut Op,
+    keyed: Option<Keyed>,
+    customer: &str,
+    amount: i64,
+    key: &str,
+    metadata: &serde_json::Value,
+    new_key: bool,
+) -> Result<Try<EntryRow>> {
+    if let Some(k) = keyed {
+        if new_key {
+            return Err(key_taken(customer, key));
+        }
+        return if k.kind == "debit" && k.amount == -amount && &k.metadata == metadata {
+            Ok(Try::Replayed((k.entry_id, k.balance_after, true)))
+        } else {
+            Err(key_reused(customer, key, &k))
+        };
+    }
+    let take = match draw(op, amount, Acct::Debt, customer, "debit")? {
+        Ok(t) => t,
+        Err(e) => return Ok(Try::Short(e)),
+    };
+    let e = Entry { kind: Kind::Debit, at: op.now, lines: negate(&take), grant: None, hold: None };
+    let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
+    Ok(Try::Done((w.entry_id, w.balance_after, false)))
 }
 
 /// What a spending call takes `amount` from (after writing down what expired), `rest`
@@ -289,44 +355,86 @@ fn reserve_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>, 
     let now = clock::now();
     let metadata = json!({ "ttl_us": ttl_us });
     connect(|c| {
-        slots::spend(c, customer, now, key, |op, keyed| {
-            if let Some(k) = keyed {
-                return if k.kind == "hold" && k.amount == -amount && k.metadata == metadata {
-                    Ok(Try::Replayed(k.reservation_id.unwrap_or_else(crate::pg::spi::nil)))
-                } else {
-                    Err(key_reused(customer, key, &k))
-                };
+        // The account the key routes to, as for a debit (`debit_as`).
+        let mut route = slots::route(customer, key);
+        let (mut op, keyed) = loop {
+            match Op::lock_for_spend(c, &route.account, route.parent(), now, key)? {
+                Some((op, keyed)) if route.confirmed_by(&op) => break (op, keyed),
+                other => route = slots::reroute(route, other)?,
             }
-            let id = new_id();
-            let take = match draw(op, amount, Acct::Borrow(id), customer, "reserve")? {
-                Ok(t) => t,
-                Err(e) => return Ok(Try::Short(e)),
-            };
-            let expires = op.now.saturating_add(ttl_us);
-            let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
-            let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
-            let [accts, amounts] = line_params(&take);
-            let now = op.now;
-            // The hold lives in the account it drew from (a slot's, for a slotted customer).
-            let account = op.customer.clone();
-            op.run_beside(
-                &RES_INSERT,
-                &[
-                    account.as_str().into(),
-                    uuid(&id).into(),
-                    amount.into(),
-                    ttl_iv.into(),
-                    ts(expires).into(),
-                    accts,
-                    amounts,
-                    w.entry_id.into(),
-                    ts(now).into(),
-                ],
-            )?;
-            op.add_hold(Hold { id, lines: take, expires_at: expires });
-            Ok(Try::Done(uuid(&id)))
-        })
+        };
+        if !route.slotted() {
+            op.lock_row()?;
+        }
+        match reserve_in(&mut op, keyed, customer, amount, key, ttl_iv, ttl_us, &metadata)? {
+            Try::Done(id) => {
+                op.finish()?;
+                Ok(id)
+            }
+            Try::Replayed(id) => Ok(id),
+            Try::Short(e) if !route.slotted() => Err(e),
+            // The key's slot is too short: the call runs again on the customer's own
+            // account, every slot's credits gathered into it.
+            Try::Short(_) => {
+                let (mut op, keyed) = slots::gather_from(op, &route, now)?;
+                let id = match reserve_in(&mut op, keyed, customer, amount, key, ttl_iv, ttl_us, &metadata)? {
+                    Try::Done(id) | Try::Replayed(id) => id,
+                    Try::Short(e) => return Err(e),
+                };
+                slots::spread(op, customer, route.n, now)?;
+                Ok(id)
+            }
+        }
     })
+}
+
+/// The hold on one locked account, as `debit_in`: its reservation's id.
+#[allow(clippy::too_many_arguments)]
+fn reserve_in(
+    op: &mut Op,
+    keyed: Option<Keyed>,
+    customer: &str,
+    amount: i64,
+    key: &str,
+    ttl_iv: Interval,
+    ttl_us: i64,
+    metadata: &serde_json::Value,
+) -> Result<Try<pgrx::Uuid>> {
+    if let Some(k) = keyed {
+        return if k.kind == "hold" && k.amount == -amount && &k.metadata == metadata {
+            Ok(Try::Replayed(k.reservation_id.unwrap_or_else(crate::pg::spi::nil)))
+        } else {
+            Err(key_reused(customer, key, &k))
+        };
+    }
+    let id = new_id();
+    let take = match draw(op, amount, Acct::Borrow(id), customer, "reserve")? {
+        Ok(t) => t,
+        Err(e) => return Ok(Try::Short(e)),
+    };
+    let expires = op.now.saturating_add(ttl_us);
+    let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
+    let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
+    let [accts, amounts] = line_params(&take);
+    let now = op.now;
+    // The hold lives in the account it drew from (a slot's, for a slotted customer).
+    let account = op.customer.clone();
+    op.run_beside(
+        &RES_INSERT,
+        &[
+            account.as_str().into(),
+            uuid(&id).into(),
+            amount.into(),
+            ttl_iv.into(),
+            ts(expires).into(),
+            accts,
+            amounts,
+            w.entry_id.into(),
+            ts(now).into(),
+        ],
+    )?;
+    op.add_hold(Hold { id, lines: take, expires_at: expires });
+    Ok(Try::Done(uuid(&id)))
 }
 
 struct Res {
@@ -614,7 +722,10 @@ pub fn revoke(customer: &str, grant_id: &pgrx::Uuid, amount: i64, key: &str, met
             // grant wherever it was.
             let n = op.slots;
             drop(op);
-            return slots::gathered(c, customer, n, now, |op| revoke_in(op, customer, grant_id, amount, key, metadata));
+            let mut op = slots::gather(c, customer, n, now)?;
+            let r = revoke_in(&mut op, customer, grant_id, amount, key, metadata)?;
+            slots::spread(op, customer, n, now)?;
+            return Ok(r);
         }
         let r = revoke_in(&mut op, customer, grant_id, amount, key, metadata)?;
         op.finish()?;

@@ -3,15 +3,17 @@
 //! A customer's debits queue on its lock, each holding it through its commit flush. A
 //! slotted customer's credits are spread over `n` accounts: its own (slot 0) and
 //! `<customer>#<k>` for k in 1..n, each a ledger of its own. Spending calls go to the slot
-//! their idempotency key hashes to, so a retry meets its first entry under the same lock;
-//! the customer's own journal is checked too, for keys used before the customer was
-//! slotted or by a call that was gathered. A call that finds its slot short gathers:
-//! it takes every slot's lock in slot order, moves the slots' credits back to the
-//! grants they came from, runs on the customer's own account, and spreads again.
+//! their idempotency key hashes to (`route`, confirmed by the locked row or `reroute`d),
+//! so a retry meets its first entry under the same lock; the customer's own journal is
+//! checked too, for keys used before the customer was slotted or by a call that was
+//! gathered. A call that finds its slot short gathers (`gather_from`): it takes every
+//! slot's lock in slot order, moves the slots' credits back to the grants they came from
+//! (`gather`), runs on the customer's own account, and spreads again (`spread`). The
+//! spending calls themselves (`api`) drive the store and call here on those paths only.
 use super::rules::{Acct, Entry, Grant, Id, Kind, Ts};
-use super::store::{lock_customer, Extra, Keyed, Op};
+use super::store::{lock_customer, unknown_customer, Extra, Keyed, Op};
 use crate::error::{BillingError, Result};
-use crate::pg::spi::{new_id, ts, uuid, xact_lock_new, xact_unlock, LockClass, Stmt};
+use crate::pg::spi::{new_id, ts, uuid, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::spi::SpiClient;
 use std::cell::RefCell;
@@ -75,117 +77,106 @@ pub fn mirror_id(origin: &Id, k: i32) -> Id {
     id
 }
 
-/// What a spending call's attempt on one account came to.
-pub enum Try<T> {
-    /// Written; `spend` finishes the account.
-    Done(T),
-    /// The key's first result, nothing written.
-    Replayed(T),
-    /// Not enough credits in this account; nothing was written. The error is what the
-    /// caller gets when gathering cannot help.
-    Short(BillingError),
+/// Where a spending call under `key` goes: the account of the slot the key hashes to,
+/// for the slot count this backend knows (`KNOWN`; 1, the customer's own account, when it
+/// knows none). The row of the account, once locked, confirms it (`confirmed_by`).
+pub struct Route<'r> {
+    customer: &'r str,
+    key: &'r str,
+    /// The slot count it routes by, and the key's slot.
+    pub n: i32,
+    k: i32,
+    pub account: String,
+    /// Which try of the call this is (`reroute`).
+    tries: u8,
 }
 
-/// Runs a spending call of `customer` under idempotency key `key`: on the account of
-/// its slot, or gathered when that slot is short. `attempt` gets the locked account and
-/// the entry already made under the key (in any account it can be in). Before it returns
-/// `Short` it may only have written down expiries (kept), and it leaves finishing the
-/// account to `spend`.
-pub fn spend<T>(
-    c: &mut SpiClient<'_>,
-    customer: &str,
-    now: Ts,
-    key: &str,
-    mut attempt: impl FnMut(&mut Op, Option<Keyed>) -> Result<Try<T>>,
-) -> Result<T> {
-    for _ in 0..3 {
-        let n = known(customer);
-        let k = if n > 1 { slot_of_key(key, n) } else { 0 };
-        let acct = account(customer, k);
-        let fresh = xact_lock_new(LockClass::Customer, &[&acct]);
-        let give_back = |acct: &str| {
-            if fresh {
-                xact_unlock(LockClass::Customer, &[acct]);
-            }
-        };
-        // A slot account's call also looks for the key in the customer's own journal.
-        let own_journal = (k != 0).then_some(customer);
-        let Some((mut op, keyed)) = Op::lock_for_spend_held(c, &acct, now, key, own_journal)? else {
-            give_back(&acct);
-            if n > 1 {
-                learn(customer, 1); // a slot that does not exist: the count was wrong
-                continue;
-            }
-            return Err(super::store::unknown_customer(customer));
-        };
-        // The routing must match what the locked row says.
-        let parent = op.slot_of.clone();
-        let routed = if k == 0 { parent.is_none() && op.slots == n } else { parent.as_deref() == Some(customer) };
-        if !routed {
-            let slots = op.slots;
-            drop(op);
-            give_back(&acct);
-            if k == 0 && parent.is_some() {
-                return Err(BillingError::invalid(format!(
-                    "\"{customer}\" is a slot account of customer \"{}\"; name the customer",
-                    parent.unwrap_or_default()
-                )));
-            }
-            learn(customer, if k == 0 { slots } else { 1 });
-            continue;
-        }
-        // Under REPEATABLE READ the row lock makes a stale snapshot fail with 40001. A
-        // slot's row is locked only by a call that does not gather (a row lock cannot be
-        // given back): a gatherer locks every slot's row under all the slot locks, and an
-        // attempt that writes fails at its row update if the row changed.
-        if n == 1 {
-            op.lock_row()?;
-        }
-        // (On a slot account `keyed` includes the customer's own journal: see
-        // SPEND_LOOKUP_SLOT.)
-        match attempt(&mut op, keyed)? {
-            Try::Done(t) => {
-                op.finish()?;
-                return Ok(t);
-            }
-            Try::Replayed(t) => return Ok(t),
-            Try::Short(e) if n == 1 => return Err(e),
-            Try::Short(_) => {
-                // Slot locks are taken in slot order, by a caller holding none of them,
-                // so gatherers cannot deadlock. Two cases keep their slot's lock: a
-                // transaction that took it in an earlier statement, and an attempt that
-                // wrote down expiries first (what it wrote must stay); a cycle between
-                // those is the deadlock detector's (40P01).
-                if op.wrote() {
-                    op.finish()?;
-                } else {
-                    drop(op);
-                    give_back(&acct);
-                }
-                return gathered(c, customer, n, now, |op| {
-                    let keyed = match op.find_key_in(&acct, key)? {
-                        Some(kd) => Some(kd),
-                        None => op.find_key(key)?,
-                    };
-                    match attempt(op, keyed)? {
-                        Try::Done(t) | Try::Replayed(t) => Ok(t),
-                        Try::Short(e) => Err(e),
-                    }
-                });
-            }
+/// The route of a spending call of `customer` under idempotency key `key`.
+pub fn route<'r>(customer: &'r str, key: &'r str) -> Route<'r> {
+    let n = known(customer);
+    let k = if n > 1 { slot_of_key(key, n) } else { 0 };
+    Route { customer, key, n, k, account: account(customer, k), tries: 1 }
+}
+
+impl Route<'_> {
+    /// Whether it routes by slots, so a slot too short for the call gathers (`gather_from`).
+    pub fn slotted(&self) -> bool {
+        self.n > 1
+    }
+
+    /// On a slot account, the customer, whose own journal holds the key too when it was
+    /// used before the customer was slotted or by a call that gathered.
+    pub fn parent(&self) -> Option<&str> {
+        (self.k != 0).then_some(self.customer)
+    }
+
+    /// Whether the row of the account it named, locked, says it is right.
+    pub fn confirmed_by(&self, op: &Op) -> bool {
+        let parent = op.slot_of.as_deref();
+        if self.k == 0 {
+            parent.is_none() && op.slots == self.n
+        } else {
+            parent == Some(self.customer)
         }
     }
-    Err(BillingError::new(crate::error::SERIALIZATION, format!("the slots of customer \"{customer}\" changed during the call"))
-        .hint("Retry the transaction."))
+}
+
+/// The next route of a spending call whose account contradicted its route
+/// (`confirmed_by`) or does not exist: the call leaves the account (`Op::unlock`) and
+/// routes again by the slot count its row gives (learnt). Or the call's error: an unknown
+/// customer, a slot account named as a customer, or slots that changed on every try.
+pub fn reroute<'r>(route: Route<'r>, found: Option<(Op, Option<Keyed>)>) -> Result<Route<'r>> {
+    let (customer, n, k) = (route.customer, route.n, route.k);
+    match found {
+        None if n > 1 => learn(customer, 1), // a slot that does not exist: the count was wrong
+        None => return Err(unknown_customer(customer)),
+        Some((op, _)) => {
+            let slots = op.slots;
+            let named_a_slot = match (k, &op.slot_of) {
+                (0, Some(parent)) => {
+                    Some(BillingError::invalid(format!("\"{customer}\" is a slot account of customer \"{parent}\"; name the customer")))
+                }
+                _ => None,
+            };
+            op.unlock();
+            if let Some(e) = named_a_slot {
+                return Err(e);
+            }
+            learn(customer, if k == 0 { slots } else { 1 });
+        }
+    }
+    if route.tries == 3 {
+        return Err(BillingError::new(crate::error::SERIALIZATION, format!("the slots of customer \"{customer}\" changed during the call"))
+            .hint("Retry the transaction."));
+    }
+    Ok(Route { tries: route.tries + 1, ..self::route(customer, route.key) })
+}
+
+/// A spending call whose slot is short gathers: it leaves its slot and runs again on the
+/// customer's own account, every slot's credits gathered into it (`gather`), ended by
+/// `spread`. Returns that account and the entry already made under the key (in the
+/// slot's journal, else the customer's own).
+pub fn gather_from<'a, 'c>(op: Op<'a, 'c>, route: &Route, now: Ts) -> Result<(Op<'a, 'c>, Option<Keyed>)> {
+    // Slot locks are taken in slot order, by a caller holding none of them,
+    // so gatherers cannot deadlock. Two cases keep their slot's lock: a
+    // transaction that took it in an earlier statement, and an attempt that
+    // wrote down expiries first (what it wrote must stay); a cycle between
+    // those is the deadlock detector's (40P01).
+    let c = if op.wrote() { op.finish()? } else { op.unlock() };
+    let mut op = gather(c, route.customer, route.n, now)?;
+    let keyed = match op.find_key_in(&route.account, route.key)? {
+        Some(kd) => Some(kd),
+        None => op.find_key(route.key)?,
+    };
+    Ok((op, keyed))
 }
 
 /// A grant's credits moved by a transfer: which grant, how many.
 type Lines = Vec<(Acct, i64)>;
 
-/// Runs `f` on the customer's own account with every slot's credits gathered into it
-/// (all slot locks held, in slot order), then spreads the live grants again: each slot
-/// gets `remaining / n` of every grant, on that grant's mirror.
-pub fn gathered<T>(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts, f: impl FnOnce(&mut Op) -> Result<T>) -> Result<T> {
+/// The customer's own account with every slot's credits gathered into it (all slot locks
+/// held, in slot order), for a call that `spread` then ends.
+pub fn gather<'a, 'c>(c: &'a mut SpiClient<'c>, customer: &str, n: i32, now: Ts) -> Result<Op<'a, 'c>> {
     for k in 0..n {
         lock_customer(&account(customer, k));
     }
@@ -223,7 +214,12 @@ pub fn gathered<T>(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts, f: im
         let e = Entry { kind: Kind::Transfer, at: op.now, lines: to, grant: None, hold: None };
         op.write_and_settle_expired(&e, Extra { ref_entry: Some(uuid(&out)), entry_id: Some(into), ..Default::default() })?;
     }
-    let t = f(&mut op)?;
+    Ok(op)
+}
+
+/// Ends a call on the gathered account (`gather`): spreads the live grants again, each
+/// slot getting `remaining / n` of every grant, on that grant's mirror.
+pub fn spread(mut op: Op, customer: &str, n: i32, now: Ts) -> Result<()> {
     op.threshold_balance = Some(op.book.balance);
     // 3. Spread: each slot gets an equal share of each live grant.
     let at = op.now;
@@ -244,7 +240,7 @@ pub fn gathered<T>(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts, f: im
             sent.push((k, out, into));
         }
     }
-    op.finish()?;
+    let c = op.finish()?;
     // 4. Each slot receives its share on its mirrors, made on first use.
     for (k, out, into) in sent {
         let acct = account(customer, k);
@@ -270,7 +266,7 @@ pub fn gathered<T>(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts, f: im
         op.write(&e, Extra { ref_entry: Some(uuid(&out)), entry_id: Some(into), ..Default::default() })?;
         op.finish()?;
     }
-    Ok(t)
+    Ok(())
 }
 
 fn no_origin(acct: &str) -> BillingError {
@@ -318,7 +314,8 @@ pub fn set_slots(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> Resu
     crate::pg::spi::run(c, &SLOT_CREATE, &[customer.into(), n.into(), frozen.into()])?;
     crate::pg::spi::run(c, &SET_SLOTS, &[customer.into(), n.into()])?;
     learn(customer, n);
-    gathered(c, customer, n, now, |_| Ok(()))
+    let op = gather(c, customer, n, now)?;
+    spread(op, customer, n, now)
 }
 
 /// What a slotted customer's slot accounts (1..n) hold, each as of `now`: its balance is

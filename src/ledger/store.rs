@@ -2,7 +2,7 @@
 //! let `core` decide, write the journal entries, flush grant and customer rows once.
 use super::rules::{Acct, Book, Entry, Grant, Hold, Id, Kind, Ts, NEVER};
 use crate::error::{BillingError, Result, UNKNOWN};
-use crate::pg::spi::{id_of, micros, new_id, run_ro, ts, uuid, Stmt};
+use crate::pg::spi::{id_of, micros, new_id, run_ro, ts, uuid, xact_lock_new, xact_unlock, LockClass, Stmt};
 use crate::pg::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -364,6 +364,8 @@ pub struct Op<'a, 'c> {
     /// The last entry written, held back so `finish` can write it in its one statement;
     /// any other statement run first writes it out (so reads always see it).
     pending: Option<Pending>,
+    /// This call took the account's lock (`lock_for_spend`), so `unlock` gives it back.
+    took_lock: bool,
 }
 
 /// A journal row not yet inserted.
@@ -443,19 +445,40 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(Self::open(c, customer, now, false, true, None)?.ok_or_else(|| unknown_customer(customer))?.0)
     }
 
-    /// Opens an account for an operation that spends under idempotency key `key`, for a
-    /// caller that holds the account's lock (`slots::spend`), and finds the entry already
-    /// made under the key, in one statement; `Ok(None)` if there is no such account. On a
-    /// slot account, `parent` is its customer, whose own journal is searched for the key
-    /// as well (the slot's entry first). Grants are read later, if at all (`draw`).
-    pub fn lock_for_spend_held(
+    /// Locks `account` (as `lock`) and opens it for an operation that spends under
+    /// idempotency key `key`, finding the entry already made under the key in the same
+    /// statement. On a slot account, `parent` is its customer, whose own journal is
+    /// searched for the key as well (the slot's entry first). Grants are read later, if at
+    /// all (`draw`). `Ok(None)` if there is no such account (a route `slots` has to
+    /// correct): its lock is then given back if this call took it.
+    // (Inlined, so the account is made where the caller keeps it instead of being copied
+    // on the way: a hundred instructions a debit.)
+    #[inline(always)]
+    pub fn lock_for_spend(
         c: &'a mut SpiClient<'c>,
-        customer: &str,
+        account: &str,
+        parent: Option<&str>,
         now: Ts,
         key: &str,
-        parent: Option<&str>,
     ) -> Result<Option<(Self, Option<Keyed>)>> {
-        Self::open_as(c, customer, now, false, false, Some(key), parent)
+        let took_lock = xact_lock_new(LockClass::Customer, &[account]);
+        let mut found = Self::open_as(c, account, now, false, false, Some(key), parent);
+        match &mut found {
+            Ok(Some((op, _))) => op.took_lock = took_lock,
+            Ok(None) if took_lock => xact_unlock(LockClass::Customer, &[account]),
+            _ => {}
+        }
+        found
+    }
+
+    /// Leaves an account a spending call read and wrote nothing to (the wrong account, or
+    /// a short slot): gives back its lock if `lock_for_spend` took it (a transaction that
+    /// took it in an earlier statement keeps it), and returns the client.
+    pub fn unlock(self) -> &'a mut SpiClient<'c> {
+        if self.took_lock {
+            xact_unlock(LockClass::Customer, &[&self.customer]);
+        }
+        self.c
     }
 
     /// `lock_existing` for a caller that holds the customer's lock already.
@@ -565,6 +588,7 @@ impl<'a, 'c> Op<'a, 'c> {
             num,
             threshold_balance: None,
             pending: None,
+            took_lock: false,
         };
         Ok(Some((op, keyed)))
     }
@@ -901,8 +925,9 @@ impl<'a, 'c> Op<'a, 'c> {
         Ok(t.first().get::<i64>(1)?.unwrap_or(0))
     }
 
-    /// Writes the last entry, grant remainders, lapsed holds and the customer row.
-    pub fn finish(mut self) -> Result<()> {
+    /// Writes the last entry, grant remainders, lapsed holds and the customer row; returns
+    /// the client, for a caller that goes on to another account.
+    pub fn finish(mut self) -> Result<&'a mut SpiClient<'c>> {
         if !self.lapsed.is_empty() {
             let (ids, es): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = self.lapsed.iter().map(|(h, e)| (uuid(h), uuid(e))).unzip();
             self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), crate::pg::spi::uuid_array(&ids), crate::pg::spi::uuid_array(&es)])?;
@@ -1007,7 +1032,7 @@ impl<'a, 'c> Op<'a, 'c> {
         // Without a grant row to write, the statement without the grant update (one plan
         // node fewer to set up).
         crate::pg::spi::run(self.c, if last.is_some() { &FINISH } else { &FINISH_NO_GRANT }, &args)?;
-        Ok(())
+        Ok(self.c)
     }
 
     /// The first grant in spending order with credits, and its remainder, once this call's

@@ -296,7 +296,20 @@ fn model_with(events: &[Ev], per_change: bool) -> ModelOut {
     let mut touches: BTreeMap<(String, i64), Vec<Touch>> = BTreeMap::new();
     for inv in paid.values() {
         let mut by_end: BTreeMap<(i64, i64), Touch> = BTreeMap::new();
-        for l in &inv.lines {
+        // Per change, an item credited and charged alike (the state between two changes
+        // made in the same instant, held for no time) is left out, both its lines.
+        let mut lines: Vec<Option<&Line>> = inv.lines.iter().map(Some).collect();
+        if per_change {
+            for i in 0..lines.len() {
+                let Some(a) = lines[i].filter(|l| l.proration && is_old(l)) else { continue };
+                let same = |b: &Line| b.proration && !is_old(b) && (b.price, b.qty, b.start, b.end) == (a.price, a.qty, a.start, a.end);
+                if let Some(j) = (0..lines.len()).find(|&j| lines[j].is_some_and(same)) {
+                    lines[i] = None;
+                    lines[j] = None;
+                }
+            }
+        }
+        for l in lines.into_iter().flatten() {
             let group = if per_change && l.proration { l.start } else { i64::MIN };
             let t = by_end.entry((l.end, group)).or_default();
             let v = credits(l.price) * l.qty;

@@ -105,7 +105,7 @@ pub struct Fact {
 /// `period.start` (Stripe always sends one) cannot be prorated and are left out.
 pub fn facts(lines: &[Line], credits: impl Fn(&str) -> Option<i64>) -> Vec<Fact> {
     let mut out: Vec<Fact> = vec![];
-    for l in lines {
+    for l in without_passing_states(lines) {
         if l.proration && l.start.is_none() {
             continue;
         }
@@ -132,6 +132,28 @@ pub fn facts(lines: &[Line], credits: impl Fn(&str) -> Option<i64>) -> Vec<Fact>
     }
     out.sort_by_key(|f| (f.period_end, f.change_at));
     out
+}
+
+/// The lines without the states two changes made in the same instant pass through: a
+/// change A -> B then B -> C bills credit A, charge B, credit B, charge C, all from that
+/// instant; the item charged and credited alike (same price and quantity) was held for no
+/// time, and counting both sides would add B to the change's old and new sides alike (and
+/// its ceiling past the largest plan held).
+fn without_passing_states(lines: &[Line]) -> Vec<&Line> {
+    let mut keep: Vec<Option<&Line>> = lines.iter().map(Some).collect();
+    for i in 0..keep.len() {
+        let Some(a) = keep[i].filter(|l| l.proration && l.credit) else { continue };
+        let twin = (0..keep.len()).find(|&j| {
+            keep[j].is_some_and(|b| {
+                b.proration && !b.credit && (b.price.as_deref(), b.quantity, b.start, b.end) == (a.price.as_deref(), a.quantity, a.start, a.end)
+            })
+        });
+        if let Some(j) = twin {
+            keep[i] = None;
+            keep[j] = None;
+        }
+    }
+    keep.into_iter().flatten().collect()
 }
 
 /// A period's entitlement from all its facts.
@@ -314,6 +336,24 @@ mod tests {
         ]}});
         let l = lines(&v);
         assert!(l[0].credit && !l[1].credit);
+    }
+
+    #[test]
+    fn changes_in_one_instant_pass_through_their_middle_state() {
+        // free (100) -> basic -> pro in the same second: one change, free -> pro
+        let at = START + 5 * DAY;
+        let free = |credit| Line { price: Some("price_free".into()), quantity: 1, start: Some(at), end: END, proration: true, credit };
+        let mut ls = change(at, ("price_basic", 1), ("price_pro", 1));
+        ls.insert(0, free(true));
+        ls.insert(1, Line { credit: false, ..change(at, ("price_basic", 1), ("price_pro", 1))[0].clone() });
+        let credits = |p: &str| if p == "price_free" { Some(100) } else { credits(p) };
+        let fs = facts(&ls, credits);
+        assert_eq!((fs[0].old, fs[0].new), (100, 5000));
+        // seats 3 -> 5 -> 7 at once: 3 -> 7
+        let mut seats = change(at, ("price_team", 3), ("price_team", 5));
+        seats.extend(change(at, ("price_team", 5), ("price_team", 7)));
+        let fs = facts(&seats, super::tests::credits);
+        assert_eq!((fs[0].old, fs[0].new), (6000, 14_000));
     }
 
     #[test]

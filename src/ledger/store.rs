@@ -164,19 +164,7 @@ static INSERT_ENTRY: Stmt = Stmt {
             idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
     args: &[
-        TEXTOID,
-        INT8OID,
-        UUIDOID,
-        TIMESTAMPTZOID,
-        TEXTOID,
-        INT8OID,
-        INT8OID,
-        TEXTOID,
-        UUIDOID,
-        UUIDOID,
-        UUIDOID,
-        UUIDARRAYOID,
-        INT8ARRAYOID,
+        TEXTOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID,
         JSONBOID,
     ],
 };
@@ -206,32 +194,8 @@ macro_rules! finish_sql {
     };
 }
 const FINISH_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
-    TEXTOID,
-    INT8OID,
-    INT8OID,
-    INT8OID,
-    TIMESTAMPTZOID,
-    TIMESTAMPTZOID,
-    BOOLOID,
-    BOOLOID,
-    INT8OID,
-    UUIDOID,
-    TIMESTAMPTZOID,
-    TEXTOID,
-    INT8OID,
-    INT8OID,
-    TEXTOID,
-    UUIDOID,
-    UUIDOID,
-    UUIDOID,
-    UUIDARRAYOID,
-    INT8ARRAYOID,
-    JSONBOID,
-    UUIDOID,
-    INT8OID,
-    UUIDOID,
-    INT8OID,
-    INT8OID,
+    TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
+    INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID, UUIDOID, INT8OID, UUIDOID, INT8OID, INT8OID,
 ];
 static FINISH: Stmt = Stmt {
     sql: finish_sql!(

@@ -372,7 +372,7 @@ static PERIOD_LOCK: Stmt = Stmt {
           VALUES ($1, $2, to_timestamp($3), to_timestamp($4))
           ON CONFLICT (customer, subscription_id, period_end) DO UPDATE
              SET period_start = greatest(p.period_start, EXCLUDED.period_start)
-          RETURNING extract(epoch FROM period_start)::int8, granted",
+          RETURNING extract(epoch FROM period_start)::int8, granted, base, ceiling, allowance",
     args: &[TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID],
 };
 static PERIOD_FACT: Stmt = Stmt {
@@ -403,6 +403,11 @@ fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, sta
     let row = r.first();
     let reported = row.get::<i64>(1)?;
     let granted = row.get::<i64>(2)?.unwrap_or(0);
+    let stored = allowance::Entitlement {
+        base: row.get::<i64>(3)?.unwrap_or(0),
+        ceiling: row.get::<i64>(4)?.unwrap_or(0),
+        allowance: row.get::<i64>(5)?.unwrap_or(0),
+    };
     let mut facts = vec![];
     for f in run(c, &PERIOD_FACTS, &[customer.into(), sub.into(), (end as f64).into()])? {
         facts.push(allowance::Fact {
@@ -432,11 +437,15 @@ fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, sta
             Some(metadata),
         )?;
     }
-    run(
-        c,
-        &PERIOD_SET,
-        &[customer.into(), sub.into(), (end as f64).into(), ent.base.into(), ent.ceiling.into(), ent.allowance.into(), (granted + delta).into()],
-    )?;
+    // Most calls change nothing (a subscription event reporting a known period, a
+    // duplicate's facts): then no second write of the row.
+    if ent != stored || delta > 0 {
+        run(
+            c,
+            &PERIOD_SET,
+            &[customer.into(), sub.into(), (end as f64).into(), ent.base.into(), ent.ceiling.into(), ent.allowance.into(), (granted + delta).into()],
+        )?;
+    }
     Ok(delta)
 }
 
@@ -452,12 +461,15 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
     // The subscription's customer if the subscription is known, else the invoice's.
     let t = run(c, &SUB, &[PROVIDER.into(), sub_id.as_str().into()])?;
     let (customer, sub_plan) = if t.is_empty() {
-        (require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?, None)
+        // Not known yet: a placeholder row the invoice's news lands on (subscription rows
+        // are never deleted, so a known one needs none).
+        let customer = require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?;
+        run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
+        (customer, None)
     } else {
         let r = t.first();
         (r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?)
     };
-    run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
     let plans = Plans::of(c, inv.lines.iter().filter_map(|l| l.price.as_deref()))?;
     let plan = plans.in_force(&allowance::invoiced_items(&inv.lines));
     let status = if paid { "active" } else { "past_due" };

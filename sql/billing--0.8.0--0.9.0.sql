@@ -723,3 +723,140 @@ ANALYZE billing.customers, billing.grants, billing.reservations, billing.journal
     billing.period_invoices, billing.subscription_periods, billing.meters, billing.meter_prices,
     billing.usage_carry, billing.usage_events, billing.limits, billing.buckets, billing.outbox,
     billing.auto_topups;
+
+-- Scale-out on Citus (sql/cluster.sql). Every unique key leads with the customer, or lives
+-- in a table keyed by the provider's id (purchases, their refunds, provider customers);
+-- customer numbers carry the node's Citus group above bit 32.
+ALTER SEQUENCE billing.customer_num MAXVALUE 4294967295;
+CREATE FUNCTION billing._customer_num() RETURNS bigint
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'billing_customer_num';
+COMMENT ON FUNCTION billing._customer_num IS 'The next customer number: this node''s count, and its Citus group above bit 32.';
+ALTER TABLE billing.customers ALTER COLUMN num SET DEFAULT billing._customer_num();
+DROP INDEX billing.reservations_id;
+CREATE INDEX reservations_id ON billing.reservations (id);
+DROP INDEX billing.journal_entry_id;
+CREATE INDEX journal_entry_id ON billing.journal (entry_id)
+ WHERE entry_id < 'ff000000-0000-0000-0000-000000000000';
+DROP INDEX billing.subscriptions_provider_id;
+CREATE INDEX subscriptions_provider_id ON billing.subscriptions (provider, subscription_id);
+ALTER TABLE billing.provider_customers DROP CONSTRAINT provider_customers_customer_fkey;
+DROP INDEX billing.purchases_provider_id;
+ALTER TABLE billing.purchases DROP CONSTRAINT purchases_customer_fkey, DROP CONSTRAINT purchases_pkey,
+    ADD PRIMARY KEY (provider, purchase_id);
+ALTER TABLE billing.refunds DROP CONSTRAINT refunds_pkey, ADD PRIMARY KEY (provider, purchase_id, refund_id);
+ALTER TABLE billing.disputes DROP CONSTRAINT disputes_pkey, ADD PRIMARY KEY (customer, provider, dispute_id);
+
+CREATE FUNCTION billing.settle(customer text, reservation_id uuid, actual bigint,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_settle_for';
+COMMENT ON FUNCTION billing.settle(text, uuid, bigint) IS 'billing.settle(reservation_id, actual) of one customer''s reservation.';
+
+CREATE FUNCTION billing.extend(customer text, reservation_id uuid, ttl interval)
+RETURNS timestamptz VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_extend_for';
+COMMENT ON FUNCTION billing.extend(text, uuid, interval) IS 'billing.extend(reservation_id, ttl) of one customer''s reservation.';
+
+CREATE FUNCTION billing.release(customer text, reservation_id uuid,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_release_for';
+COMMENT ON FUNCTION billing.release(text, uuid) IS 'billing.release(reservation_id) of one customer''s reservation.';
+
+CREATE FUNCTION billing.refund(customer text, entry_id uuid, amount bigint DEFAULT NULL, idempotency_key text DEFAULT NULL,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_refund_for';
+COMMENT ON FUNCTION billing.refund(text, uuid, bigint, text) IS 'billing.refund(entry_id, amount, idempotency_key) of one customer''s entry.';
+
+CREATE FUNCTION billing.distribute() RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t text;
+    f text;
+    n bigint;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'citus') THEN
+        RAISE EXCEPTION 'billing.distribute() needs Citus, and this database has no citus extension'
+            USING ERRCODE = '55000',
+                  HINT = 'Load citus (shared_preload_libraries), CREATE EXTENSION citus on every node and add the workers, then call billing.distribute() on the coordinator.';
+    END IF;
+    IF (SELECT groupid FROM pg_catalog.pg_dist_local_group) <> 0 THEN
+        RAISE EXCEPTION 'billing.distribute() runs on the coordinator (this node is a worker)' USING ERRCODE = '55000';
+    END IF;
+    -- (A count: Citus cannot plan EXISTS over a distributed table as a PL/pgSQL expression.)
+    n := (SELECT count(*) FROM billing.customers WHERE slots > 1);
+    IF n > 0 THEN
+        RAISE EXCEPTION 'billing.distribute(): % customers have slots (billing.set_slots); a slot account is a customer of its own, on another shard', n
+            USING ERRCODE = '55000';
+    END IF;
+    -- The journal's append-only triggers run on its shards; the catalog tables' foreign
+    -- keys between reference tables stay, without local copies on the coordinator.
+    SET LOCAL citus.enable_unsafe_triggers = on;
+    SET LOCAL citus.enable_local_reference_table_foreign_keys = off;
+
+    FOREACH t IN ARRAY ARRAY['endpoints', 'endpoint_secrets', 'sync_marks', 'topup_credits', 'plans', 'meters',
+                             'meter_prices', 'limits', 'outbox'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('billing.' || t)::regclass) THEN
+            PERFORM create_reference_table(('billing.' || t)::regclass);
+        END IF;
+    END LOOP;
+
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'billing.customers'::regclass) THEN
+        PERFORM create_distributed_table('billing.customers', 'customer');
+    END IF;
+    FOREACH t IN ARRAY ARRAY['grants', 'reservations', 'journal', 'subscriptions', 'period_invoices',
+                             'subscription_periods', 'disputes', 'usage_carry', 'usage_events', 'buckets',
+                             'auto_topups'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('billing.' || t)::regclass) THEN
+            PERFORM create_distributed_table(('billing.' || t)::regclass, 'customer', colocate_with => 'billing.customers');
+        END IF;
+    END LOOP;
+
+    FOREACH t IN ARRAY ARRAY['events:event_id:', 'event_variants:event_id:billing.events', 'provider_objects:object_id:',
+                             'provider_customers:provider_customer:', 'purchases:purchase_id:',
+                             'refunds:purchase_id:billing.purchases'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+                        WHERE logicalrelid = ('billing.' || split_part(t, ':', 1))::regclass) THEN
+            PERFORM create_distributed_table(('billing.' || split_part(t, ':', 1))::regclass, split_part(t, ':', 2),
+                colocate_with => coalesce(nullif(split_part(t, ':', 3), ''), 'default'));
+        END IF;
+    END LOOP;
+
+    -- Delegated by their first argument, the customer.
+    FOREACH f IN ARRAY ARRAY[
+        'billing.grant(text, bigint, text, text, timestamptz, int, jsonb)',
+        'billing.debit(text, bigint, text, jsonb)',
+        'billing.reserve(text, bigint, text, interval)',
+        'billing.settle(text, uuid, bigint)',
+        'billing.extend(text, uuid, interval)',
+        'billing.release(text, uuid)',
+        'billing.refund(text, uuid, bigint, text)',
+        'billing.balance(text)',
+        'billing.balance_at(text, timestamptz)',
+        'billing.set_overdraft(text, bigint)',
+        'billing.access(text, text)',
+        'billing.can_access(text, text)',
+        'billing.charge(text, text, bigint, text)',
+        'billing.set_frozen(text, boolean)',
+        'billing.record_usage(text, text, bigint, text, timestamptz, uuid)',
+        'billing.usage(text, timestamptz, timestamptz)',
+        'billing.set_low_balance(text, bigint)',
+        'billing.set_auto_topup(text, bigint, bigint, int, int)'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_object
+                        WHERE classid = 'pg_catalog.pg_proc'::regclass AND objid = f::regprocedure
+                          AND distribution_argument_index IS NOT NULL) THEN
+            PERFORM create_distributed_function(f::regprocedure, '$1', colocate_with => 'billing.customers');
+        END IF;
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION billing.distribute IS 'On a Citus coordinator: distributes the billing tables by customer (or provider id), makes the catalog reference tables and delegates the customer functions. Idempotent.';
+
+REVOKE ALL ON FUNCTION billing._customer_num(), billing.settle(text, uuid, bigint), billing.extend(text, uuid, interval),
+    billing.release(text, uuid), billing.refund(text, uuid, bigint, text), billing.distribute() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.settle(text, uuid, bigint), billing.extend(text, uuid, interval),
+    billing.release(text, uuid), billing.refund(text, uuid, bigint, text)
+TO billing_app;

@@ -46,8 +46,13 @@
 -- database's collation; src/pg/collation_tests.rs lists it, and fails on a new text
 -- column that is neither.
 
--- The account's number, carried by the ids of its journal entries (customers.num).
-CREATE SEQUENCE billing.customer_num;
+-- The account's number, carried by the ids of its journal entries (customers.num):
+-- billing._customer_num(), this node's count in the low 32 bits (hence the maximum) and,
+-- on Citus, the node's group id above them, so numbers made on different nodes never meet.
+CREATE SEQUENCE billing.customer_num MAXVALUE 4294967295;
+CREATE FUNCTION billing._customer_num() RETURNS bigint
+VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'billing_customer_num';
+COMMENT ON FUNCTION billing._customer_num IS 'The next customer number: this node''s count, and its Citus group above bit 32.';
 
 CREATE TABLE billing.customers (
     customer        text COLLATE "C" NOT NULL PRIMARY KEY,
@@ -77,7 +82,7 @@ CREATE TABLE billing.customers (
     last_at         timestamptz      NOT NULL DEFAULT '-infinity',
     draw            bigint           NOT NULL DEFAULT 0,   -- drawn from draw_grant, not yet subtracted from its remaining
     draw_left       bigint,
-    num             bigint           NOT NULL DEFAULT nextval('billing.customer_num')
+    num             bigint           NOT NULL DEFAULT billing._customer_num()
 ) WITH (fillfactor = 50);  -- updated in place on every debit: keep the updates HOT
 -- The sequence and the column refer to each other: it can only be owned once both exist.
 ALTER SEQUENCE billing.customer_num OWNED BY billing.customers.num;
@@ -162,7 +167,9 @@ CREATE TABLE billing.reservations (
     created_at        timestamptz      NOT NULL,
     PRIMARY KEY (customer, id)
 );
-CREATE UNIQUE INDEX reservations_id ON billing.reservations (id);
+-- The id-only forms (settle(reservation_id, ...)) find the customer here. Not unique: on
+-- Citus a unique index must lead with the customer; ids are random (uuid v7).
+CREATE INDEX reservations_id ON billing.reservations (id);
 CREATE INDEX reservations_active ON billing.reservations (customer, expires_at) WHERE status = 'active';
 
 -- The journal: append-only, one row per change of a balance. accounts/deltas say which
@@ -192,8 +199,9 @@ CREATE TABLE billing.journal (
 -- primary key, so a debit pays no insert into a unique index over every entry id (~75
 -- bytes of WAL and a dirtied leaf page). Ids made before their seq is known (transfer
 -- pairs), ids of numbers or seqs beyond 40 bits, and ids made before 0.6.0 are random
--- (version 7, below 'ff...') and stay in this partial unique index.
-CREATE UNIQUE INDEX journal_entry_id ON billing.journal (entry_id)
+-- (version 7, below 'ff...') and stay in this partial index (not unique, as every index
+-- that does not lead with the customer: Citus could not keep it unique across shards).
+CREATE INDEX journal_entry_id ON billing.journal (entry_id)
  WHERE entry_id < 'ff000000-0000-0000-0000-000000000000';
 -- Idempotency keys live with the entry they produced, forever, scoped per customer.
 CREATE UNIQUE INDEX journal_idempotency_key ON billing.journal (customer, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -263,6 +271,35 @@ RETURNS record
 VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_refund';
 COMMENT ON FUNCTION billing.refund IS 'Returns credits of a debit or settle (all, or part) to the grants they came from.';
+
+-- The customer-qualified forms: the same calls, every statement filtered by the customer
+-- named, so on Citus the call is delegated to the worker holding that customer and runs
+-- on one shard group (the id-only forms look the id up across shards first).
+CREATE FUNCTION billing.settle(customer text, reservation_id uuid, actual bigint,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_settle_for';
+COMMENT ON FUNCTION billing.settle(text, uuid, bigint) IS 'billing.settle(reservation_id, actual) of one customer''s reservation.';
+
+CREATE FUNCTION billing.extend(customer text, reservation_id uuid, ttl interval)
+RETURNS timestamptz VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_extend_for';
+COMMENT ON FUNCTION billing.extend(text, uuid, interval) IS 'billing.extend(reservation_id, ttl) of one customer''s reservation.';
+
+CREATE FUNCTION billing.release(customer text, reservation_id uuid,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_release_for';
+COMMENT ON FUNCTION billing.release(text, uuid) IS 'billing.release(reservation_id) of one customer''s reservation.';
+
+CREATE FUNCTION billing.refund(customer text, entry_id uuid, amount bigint DEFAULT NULL, idempotency_key text DEFAULT NULL,
+    OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
+RETURNS record
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_refund_for';
+COMMENT ON FUNCTION billing.refund(text, uuid, bigint, text) IS 'billing.refund(entry_id, amount, idempotency_key) of one customer''s entry.';
 
 CREATE FUNCTION billing.balance(customer text)
 RETURNS bigint VOLATILE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off

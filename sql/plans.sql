@@ -33,7 +33,10 @@ CREATE TABLE billing.subscriptions (
     plan_from_subscription boolean          NOT NULL DEFAULT false,
     PRIMARY KEY (customer, subscription_id)
 );
-CREATE UNIQUE INDEX subscriptions_provider_id ON billing.subscriptions (provider, subscription_id);
+-- A webhook about a subscription finds its customer here. Not unique (a unique index must
+-- lead with the customer on Citus): a subscription belongs to one provider customer,
+-- linked to one customer (provider_customers), so its rows are one customer's anyway.
+CREATE INDEX subscriptions_provider_id ON billing.subscriptions (provider, subscription_id);
 -- A customer's current subscription, read by an index in access's order: access() and
 -- can_access() take a customer's subscription that has not ended first, then the latest
 -- paid-through (else period) end. With only the primary key the plan was an index scan

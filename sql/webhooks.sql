@@ -78,11 +78,13 @@ CREATE TABLE billing.inbox (
     received_at timestamptz      NOT NULL DEFAULT now()
 );
 
--- Provider customers (cus_...) of the application's customers.
+-- Provider customers (cus_...) of the application's customers. Keyed (and, on Citus,
+-- distributed) by the provider's id, which is what a webhook knows: no foreign key to
+-- customers, which live elsewhere on a cluster; the link writes the customer row first.
 CREATE TABLE billing.provider_customers (
     provider          text COLLATE "C" NOT NULL,
     provider_customer text COLLATE "C" NOT NULL,
-    customer          text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    customer          text COLLATE "C" NOT NULL,
     linked_at         timestamptz      NOT NULL DEFAULT now(),
     PRIMARY KEY (provider, provider_customer)
 );
@@ -97,9 +99,11 @@ CREATE TABLE billing.provider_objects (
 );
 
 -- Credits bought: one row per payment (PaymentIntent, else Checkout Session), so the
--- session's and the intent's events grant once, and refunds revoke in proportion.
+-- session's and the intent's events grant once, and refunds revoke in proportion. Keyed
+-- (and distributed) by the payment, which is what makes the grant happen once: the two
+-- events of one payment meet here whichever customer each names.
 CREATE TABLE billing.purchases (
-    customer        text COLLATE "C" NOT NULL REFERENCES billing.customers,
+    customer        text COLLATE "C" NOT NULL,
     provider        text COLLATE "C" NOT NULL,
     purchase_id     text COLLATE "C" NOT NULL,
     credits         bigint           NOT NULL CHECK (credits > 0),
@@ -109,19 +113,20 @@ CREATE TABLE billing.purchases (
     refunded_amount bigint           NOT NULL DEFAULT 0,
     revoked_credits bigint           NOT NULL DEFAULT 0,
     created_at      timestamptz      NOT NULL,
-    PRIMARY KEY (customer, purchase_id)
+    PRIMARY KEY (provider, purchase_id)
 );
-CREATE UNIQUE INDEX purchases_provider_id ON billing.purchases (provider, purchase_id);
 
+-- A payment's refunds, beside it (keyed by the payment first, as purchases are).
 CREATE TABLE billing.refunds (
     provider    text COLLATE "C" NOT NULL,
     refund_id   text COLLATE "C" NOT NULL,
     purchase_id text COLLATE "C" NOT NULL,
     amount      bigint           NOT NULL,
     counts      boolean          NOT NULL,
-    PRIMARY KEY (provider, refund_id)
+    PRIMARY KEY (provider, purchase_id, refund_id)
 );
 
+-- A customer's disputes: the customer is frozen while any is open.
 CREATE TABLE billing.disputes (
     provider    text COLLATE "C" NOT NULL,
     dispute_id  text COLLATE "C" NOT NULL,
@@ -129,7 +134,7 @@ CREATE TABLE billing.disputes (
     status      text COLLATE "C" NOT NULL,
     open        boolean          NOT NULL,
     updated_at  timestamptz      NOT NULL,
-    PRIMARY KEY (provider, dispute_id)
+    PRIMARY KEY (customer, provider, dispute_id)
 );
 
 -- DBA-configured credits for top-ups without metadata.credits: by price id, or by

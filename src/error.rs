@@ -57,6 +57,7 @@ pub const INVALID: &str = "22023";
 pub const NULL_VALUE: &str = "22004";
 pub const OVERFLOW: &str = "22003";
 pub const SERIALIZATION: &str = "40001";
+pub const NOT_SUPPORTED: &str = "0A000";
 pub const INTERNAL: &str = "XX000";
 
 thread_local! {

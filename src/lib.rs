@@ -8,6 +8,7 @@ use pgrx::prelude::*;
 
 pub mod access;
 pub mod clock;
+pub mod cluster;
 pub mod error;
 pub mod ledger;
 pub mod maintenance;
@@ -30,6 +31,7 @@ extension_sql_file!("../sql/plans.sql", name = "plans", requires = ["webhooks"])
 extension_sql_file!("../sql/usage.sql", name = "usage", requires = ["plans"]);
 extension_sql_file!("../sql/outbox.sql", name = "outbox", requires = ["usage"]);
 extension_sql_file!("../sql/operations.sql", name = "operations", requires = ["outbox"]);
+extension_sql_file!("../sql/cluster.sql", name = "cluster", requires = ["operations"]);
 extension_sql_file!("../sql/roles.sql", name = "roles", finalize);
 
 #[pg_guard]

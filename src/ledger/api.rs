@@ -327,6 +327,8 @@ static RES_INSERT: Stmt = Stmt {
     args: &[TEXTOID, UUIDOID, INT8OID, INTERVALOID, TIMESTAMPTZOID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID, TIMESTAMPTZOID],
 };
 static RES_CUSTOMER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
+/// The customer-qualified forms' lookup: one customer's rows only (one shard on Citus).
+static RES_OF: Stmt = Stmt { sql: "SELECT FROM billing.reservations WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID] };
 static RES_ROW: Stmt = Stmt {
     sql: "SELECT status, expires_at, accounts, amounts, settled, end_entry, consumed_accounts, consumed_amounts
             FROM billing.reservations WHERE customer = $1 AND id = $2",
@@ -454,9 +456,29 @@ fn res_customer(c: &mut SpiClient<'_>, id: &pgrx::Uuid) -> Result<String> {
     Ok(t.first().get::<String>(1)?.unwrap_or_default())
 }
 
+/// The account that holds reservation `rid`: by its id alone, or, named by the caller, the
+/// customer's own (else, on one server, one of its slot accounts). BL003 when none.
+fn hold_account(c: &mut SpiClient<'_>, customer: Option<&str>, rid: &pgrx::Uuid) -> Result<String> {
+    let Some(customer) = customer else { return res_customer(c, rid) };
+    if !run(c, &RES_OF, &[customer.into(), (*rid).into()])?.is_empty() {
+        return Ok(customer.to_string());
+    }
+    let unknown = || BillingError::new(UNKNOWN, format!("unknown reservation {rid} of customer \"{customer}\""));
+    if crate::cluster::citus() {
+        return Err(unknown());
+    }
+    match res_customer(c, rid) {
+        Ok(acct) if slots::is_slot_of(&acct, customer) => Ok(acct),
+        _ => Err(unknown()),
+    }
+}
+
 fn res_row(op: &mut Op, rid: &pgrx::Uuid) -> Result<Res> {
     let customer = op.customer.clone();
     let t = op.run(&RES_ROW, &[customer.as_str().into(), (*rid).into()])?;
+    if t.is_empty() {
+        return Err(BillingError::new(UNKNOWN, format!("unknown reservation {rid} of customer \"{customer}\"")));
+    }
     let r = t.first();
     let id = id_of(rid);
     let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
@@ -484,8 +506,8 @@ fn not_active(rid: &pgrx::Uuid, customer: &str, status: &str) -> BillingError {
 
 /// Locks the reservation's customer and checks the hold is still active after catching
 /// up (a hold past its ttl lapses here, at its own instant).
-fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, rid: &pgrx::Uuid, now: i64) -> Result<(Op<'a, 'c>, Res)> {
-    let customer = res_customer(c, rid)?;
+fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, customer: Option<&str>, rid: &pgrx::Uuid, now: i64) -> Result<(Op<'a, 'c>, Res)> {
+    let customer = hold_account(c, customer, rid)?;
     let mut op = Op::lock_existing(c, &customer, now)?;
     let res = res_row(&mut op, rid)?;
     Ok((op, res))
@@ -493,11 +515,19 @@ fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, rid: &pgrx::Uuid, now: i64) -> Re
 
 #[pg_extern(sql = false)]
 fn settle(reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) {
-    row(settle_impl(reservation_id, actual))
+    row(settle_impl(None, reservation_id, actual))
 }
 crate::sql_entry!(pg_finfo_billing_settle, billing_settle, settle_wrapper, jsonb = [], one_row);
 
-pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx::Uuid, i64, bool)> {
+/// `billing.settle(customer, reservation_id, actual)`: the same, every statement filtered
+/// by the customer (one shard on Citus, where the call is delegated by its customer).
+#[pg_extern(sql = false)]
+fn settle_for(customer: Option<&str>, reservation_id: Option<pgrx::Uuid>, actual: Option<i64>) {
+    row(customer_arg(customer).and_then(|c| settle_impl(Some(c), reservation_id, actual)))
+}
+crate::sql_entry!(pg_finfo_billing_settle_for, billing_settle_for, settle_for_wrapper, jsonb = [], one_row);
+
+pub fn settle_impl(customer: Option<&str>, rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx::Uuid, i64, bool)> {
     let rid = need(rid, "reservation_id")?;
     let actual = need(actual, "actual")?;
     if actual < 0 {
@@ -505,7 +535,7 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
     }
     let now = clock::now();
     connect(|c| {
-        let (mut op, res) = open_hold(c, &rid, now)?;
+        let (mut op, res) = open_hold(c, customer, &rid, now)?;
         let customer = op.customer.clone();
         match res.status.as_str() {
             "settled" if res.settled == Some(actual) => {
@@ -551,15 +581,22 @@ pub fn settle_impl(rid: Option<pgrx::Uuid>, actual: Option<i64>) -> Result<(pgrx
 
 #[pg_extern(sql = false)]
 fn release(reservation_id: Option<pgrx::Uuid>) {
-    row(release_impl(reservation_id))
+    row(release_impl(None, reservation_id))
 }
 crate::sql_entry!(pg_finfo_billing_release, billing_release, release_wrapper, jsonb = [], one_row);
 
-fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
+/// `billing.release(customer, reservation_id)`.
+#[pg_extern(sql = false)]
+fn release_for(customer: Option<&str>, reservation_id: Option<pgrx::Uuid>) {
+    row(customer_arg(customer).and_then(|c| release_impl(Some(c), reservation_id)))
+}
+crate::sql_entry!(pg_finfo_billing_release_for, billing_release_for, release_for_wrapper, jsonb = [], one_row);
+
+fn release_impl(customer: Option<&str>, rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
     let rid = need(rid, "reservation_id")?;
     let now = clock::now();
     connect(|c| {
-        let (mut op, res) = open_hold(c, &rid, now)?;
+        let (mut op, res) = open_hold(c, customer, &rid, now)?;
         let customer = op.customer.clone();
         match res.status.as_str() {
             "released" => {
@@ -590,16 +627,23 @@ fn release_impl(rid: Option<pgrx::Uuid>) -> Result<(pgrx::Uuid, i64, bool)> {
 
 #[pg_extern(sql = false)]
 fn extend(reservation_id: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Option<TimestampWithTimeZone> {
-    deliver(extend_impl(reservation_id, ttl).map(Some), || None)
+    deliver(extend_impl(None, reservation_id, ttl).map(Some), || None)
 }
 crate::sql_entry!(pg_finfo_billing_extend, billing_extend, extend_wrapper);
 
-fn extend_impl(rid: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Result<TimestampWithTimeZone> {
+/// `billing.extend(customer, reservation_id, ttl)`.
+#[pg_extern(sql = false)]
+fn extend_for(customer: Option<&str>, reservation_id: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Option<TimestampWithTimeZone> {
+    deliver(customer_arg(customer).and_then(|c| extend_impl(Some(c), reservation_id, ttl)).map(Some), || None)
+}
+crate::sql_entry!(pg_finfo_billing_extend_for, billing_extend_for, extend_for_wrapper);
+
+fn extend_impl(customer: Option<&str>, rid: Option<pgrx::Uuid>, ttl: Option<Interval>) -> Result<TimestampWithTimeZone> {
     let rid = need(rid, "reservation_id")?;
     let ttl_us = ttl_arg(ttl, "ttl")?;
     let now = clock::now();
     connect(|c| {
-        let (mut op, res) = open_hold(c, &rid, now)?;
+        let (mut op, res) = open_hold(c, customer, &rid, now)?;
         let customer = op.customer.clone();
         if res.status != "active" {
             return Err(not_active(&rid, &customer, &res.status));
@@ -629,6 +673,16 @@ static ENTRY_ROW: Stmt = Stmt {
            WHERE j.entry_id = $3 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid",
     args: &[INT8OID, INT8OID, UUIDOID],
 };
+/// ENTRY_ROW within one customer's journal (the customer-qualified refund): its seq from a
+/// located id, else the partial index; one shard on Citus.
+static ENTRY_ROW_OF: Stmt = Stmt {
+    sql: "SELECT j.customer, j.kind, j.accounts, j.deltas, j.reservation_id FROM billing.journal j
+           WHERE j.customer = $1 AND j.seq = $2 AND j.entry_id = $3
+          UNION ALL
+          SELECT j.customer, j.kind, j.accounts, j.deltas, j.reservation_id FROM billing.journal j
+           WHERE j.customer = $1 AND j.entry_id = $3 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid",
+    args: &[TEXTOID, INT8OID, UUIDOID],
+};
 static REFUNDS_OF: Stmt = Stmt {
     sql: "SELECT accounts, deltas FROM billing.journal WHERE customer = $1 AND ref_entry = $2 AND kind = 'refund'",
     args: &[TEXTOID, UUIDOID],
@@ -636,18 +690,42 @@ static REFUNDS_OF: Stmt = Stmt {
 
 #[pg_extern(sql = false)]
 fn refund(entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) {
-    row(refund_impl(entry_id, amount, idempotency_key))
+    row(refund_impl(None, entry_id, amount, idempotency_key))
 }
 crate::sql_entry!(pg_finfo_billing_refund, billing_refund, refund_wrapper, jsonb = [], one_row);
 
-fn refund_impl(entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>) -> Result<(pgrx::Uuid, i64, bool)> {
+/// `billing.refund(customer, entry_id, amount, idempotency_key)`.
+#[pg_extern(sql = false)]
+fn refund_for(customer: Option<&str>, entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) {
+    row(customer_arg(customer).and_then(|c| refund_impl(Some(c), entry_id, amount, idempotency_key)))
+}
+crate::sql_entry!(pg_finfo_billing_refund_for, billing_refund_for, refund_for_wrapper, jsonb = [], one_row);
+
+fn refund_impl(owner: Option<&str>, entry: Option<pgrx::Uuid>, amount: Option<i64>, key: Option<&str>) -> Result<(pgrx::Uuid, i64, bool)> {
     let entry = need(entry, "entry_id")?;
     let now = clock::now();
     connect(|c| {
         let (num, seq) = entry_id::locate(&id_of(&entry)).unzip();
-        let t = run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?;
+        let mut t = match owner {
+            Some(o) => run(c, &ENTRY_ROW_OF, &[o.into(), seq.into(), entry.into()])?,
+            None => run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?,
+        };
+        // On one server a slotted customer's entry may be in one of its slot accounts.
+        if let (true, Some(o), false) = (t.is_empty(), owner, crate::cluster::citus()) {
+            let any = run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?;
+            let account = if any.is_empty() { None } else { any.first().get::<String>(1)? };
+            if account.is_some_and(|a| slots::is_slot_of(&a, o)) {
+                t = run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?;
+            }
+        }
         if t.is_empty() {
-            return Err(BillingError::new(UNKNOWN, format!("unknown journal entry {entry}")));
+            return Err(BillingError::new(
+                UNKNOWN,
+                match owner {
+                    Some(o) => format!("unknown journal entry {entry} of customer \"{o}\""),
+                    None => format!("unknown journal entry {entry}"),
+                },
+            ));
         }
         let r = t.first();
         let customer: String = r.get(1)?.unwrap_or_default();
@@ -878,7 +956,7 @@ pub fn write_expiries(c: &mut SpiClient<'_>, batch: i32, now: i64) -> Result<i64
     }
     let mut written = 0i64;
     for customer in due {
-        if !crate::ledger::store::try_lock_customer(&customer) {
+        if !crate::ledger::store::try_lock_customer(c, &customer)? {
             continue;
         }
         let mut op = Op::lock_existing(c, &customer, now)?;

@@ -11,7 +11,7 @@
 //! (`gather`), runs on the customer's own account, and spreads again (`spread`). The
 //! spending calls themselves (`api`) drive the store and call here on those paths only.
 use super::rules::{Acct, Entry, Grant, Id, Kind, Ts};
-use super::store::{lock_customer, unknown_customer, Extra, Keyed, Op};
+use super::store::{lock_slot_account, unknown_customer, Extra, Keyed, Op};
 use crate::error::{BillingError, Result};
 use crate::pg::spi::{new_id, ts, uuid, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
@@ -44,6 +44,15 @@ fn learn(customer: &str, n: i32) {
 }
 
 /// The account of slot `k` (slot 0 is the customer's own).
+/// Whether `account` is one of `customer`'s slot accounts (`<customer>#<k>`, k >= 1).
+pub fn is_slot_of(account: &str, customer: &str) -> bool {
+    account
+        .strip_prefix(customer)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|k| k.parse::<i32>().ok())
+        .is_some_and(|k| (1..MAX_SLOTS).contains(&k) && account == self::account(customer, k))
+}
+
 pub fn account(customer: &str, k: i32) -> String {
     if k == 0 {
         customer.to_string()
@@ -178,7 +187,7 @@ type Lines = Vec<(Acct, i64)>;
 /// held, in slot order), for a call that `spread` then ends.
 pub fn gather<'a, 'c>(c: &'a mut SpiClient<'c>, customer: &str, n: i32, now: Ts) -> Result<Op<'a, 'c>> {
     for k in 0..n {
-        lock_customer(&account(customer, k));
+        lock_slot_account(&account(customer, k));
     }
     // 1. Every slot gives its live credits back to the grants they came from. Each slot's
     //    row is written even when it gives nothing: a REPEATABLE READ call routed there
@@ -296,6 +305,14 @@ pub fn set_slots(c: &mut SpiClient<'_>, customer: &str, n: i32, now: Ts) -> Resu
     if !(2..=MAX_SLOTS).contains(&n) {
         return Err(BillingError::invalid(format!("slots must be 2 to {MAX_SLOTS}, got {n} (customer \"{customer}\")")));
     }
+    if crate::cluster::citus() {
+        // A slot account is a customer of its own, on another shard: a slotted debit would
+        // span shards. A cluster spreads load over customers instead.
+        return Err(BillingError::new(
+            crate::error::NOT_SUPPORTED,
+            format!("slots are not supported on a server running Citus (customer \"{customer}\")"),
+        ));
+    }
     let op = Op::lock_existing(c, customer, now)?;
     op.not_a_slot()?;
     let (had, frozen) = (op.slots, op.frozen);
@@ -336,7 +353,7 @@ pub fn lock_slots(customer: &str, n: i32) -> Vec<String> {
     learn(customer, n);
     let accounts: Vec<String> = (0..n).map(|k| account(customer, k)).collect();
     for a in &accounts[1..] {
-        lock_customer(a);
+        lock_slot_account(a);
     }
     accounts
 }

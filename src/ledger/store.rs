@@ -400,7 +400,12 @@ impl<'a, 'c> Op<'a, 'c> {
     /// snapshot (mutating plans, READ COMMITTED), so they see what the previous holder
     /// committed; under REPEATABLE READ the row is locked too (LOOKUP_XACT_SNAPSHOT).
     pub fn lock(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, create: bool) -> Result<Option<Self>> {
-        lock_customer(customer);
+        if !lock_customer(c, customer)? && create {
+            // On Citus: a row to lock first, then its lock (a concurrent creator's
+            // INSERT waits for the other to commit, and both then lock the one row).
+            crate::pg::spi::run(c, &CREATE, &[customer.into()])?;
+            lock_customer(c, customer)?;
+        }
         Ok(Self::open(c, customer, now, create, false, None)?.map(|(op, _)| op))
     }
 
@@ -425,7 +430,14 @@ impl<'a, 'c> Op<'a, 'c> {
         now: Ts,
         key: &str,
     ) -> Result<Option<(Self, Option<Keyed>)>> {
-        let took_lock = xact_lock_new(LockClass::Customer, &[account]);
+        // On Citus the row lock (which cannot be given back: nothing to give back either
+        // when the row does not exist).
+        let took_lock = if crate::cluster::citus() {
+            lock_customer(c, account)?;
+            false
+        } else {
+            xact_lock_new(LockClass::Customer, &[account])
+        };
         let mut found = Self::open_as(c, account, now, false, false, Some(key), parent);
         match &mut found {
             Ok(Some((op, _))) => op.took_lock = took_lock,
@@ -1062,13 +1074,36 @@ fn drawn(mut g: Grant, draw: Option<(Id, i64)>) -> Grant {
 
 /// Takes the customer's lock (see `Op::lock`) without reading its row, for writers that
 /// only need the exclusion.
-pub fn lock_customer(customer: &str) {
-    crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Customer, &[customer]);
+/// Locks one customer's ledger to the end of the transaction: every writer of a
+/// customer's balance goes through here (or `Op::lock_for_spend`). On one server, an
+/// advisory lock on the customer id; on a server running Citus, the customer's row, which
+/// excludes across nodes (`crate::cluster`). False when, on Citus, there is no row to lock.
+pub fn lock_customer(c: &mut SpiClient<'_>, customer: &str) -> Result<bool> {
+    if crate::cluster::citus() {
+        Ok(!crate::pg::spi::run(c, &LOCK_ROW, &[customer.into()])?.is_empty())
+    } else {
+        lock_slot_account(customer);
+        Ok(true)
+    }
 }
 
+/// The advisory lock of one account, for the slotted customers' own paths (`slots`):
+/// slots are refused on Citus (a slot account is a customer of its own, on another shard),
+/// so these never run there.
+pub fn lock_slot_account(account: &str) {
+    crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Customer, &[account]);
+}
+
+static TRY_LOCK_ROW: Stmt =
+    Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE SKIP LOCKED", args: &[TEXTOID] };
+
 /// `lock_customer` without waiting: false when another transaction holds it.
-pub fn try_lock_customer(customer: &str) -> bool {
-    crate::pg::spi::try_xact_lock(crate::pg::spi::LockClass::Customer, &[customer])
+pub fn try_lock_customer(c: &mut SpiClient<'_>, customer: &str) -> Result<bool> {
+    if crate::cluster::citus() {
+        Ok(!crate::pg::spi::run(c, &TRY_LOCK_ROW, &[customer.into()])?.is_empty())
+    } else {
+        Ok(crate::pg::spi::try_xact_lock(crate::pg::spi::LockClass::Customer, &[customer]))
+    }
 }
 
 pub fn unknown_customer(customer: &str) -> BillingError {

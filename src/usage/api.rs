@@ -127,7 +127,7 @@ fn record_usage_impl(
     let occurred = occurred_at.map(micros).unwrap_or(now);
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
-        lock_customer(customer);
+        lock_customer(c, customer)?;
         let t = run(c, &USAGE_READ, &[customer.into(), ts(now).into(), key.into(), meter.into(), ts(occurred).into()])?;
         if t.is_empty() {
             return Err(unknown_customer(customer));
@@ -190,7 +190,7 @@ fn record_usage_impl(
                 if owner.is_empty() || owner.first().get::<String>(1)?.as_deref() != Some(customer) {
                     return Err(BillingError::new(UNKNOWN, format!("unknown reservation {r} of customer \"{customer}\"")));
                 }
-                let (e, b, _) = settle_impl(Some(r), Some(credits))?;
+                let (e, b, _) = settle_impl(Some(customer), Some(r), Some(credits))?;
                 (Some(e), b)
             }
             None if credits > 0 => {

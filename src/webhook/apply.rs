@@ -55,11 +55,11 @@ fn waiting(what: String) -> BillingError {
 
 static LINKED: Stmt =
     Stmt { sql: "SELECT customer FROM billing.provider_customers WHERE provider = $1 AND provider_customer = $2", args: &[TEXTOID, TEXTOID] };
-/// The customer's row (as `store::CREATE`) and the link of the provider customer, in one
-/// statement (the link's foreign key check runs at its end and sees the customer the CTE made).
+/// The link of the provider customer, after its customer's row (`store::CREATE`): two
+/// statements, as the two rows live on different shards on Citus (the link is keyed by
+/// the provider's id).
 static ENSURE_LINKED: Stmt = Stmt {
-    sql: "WITH c AS (INSERT INTO billing.customers (customer) VALUES ($3) ON CONFLICT (customer) DO NOTHING)
-          INSERT INTO billing.provider_customers (provider, provider_customer, customer) VALUES ($1, $2, $3)
+    sql: "INSERT INTO billing.provider_customers (provider, provider_customer, customer) VALUES ($1, $2, $3)
           ON CONFLICT (provider, provider_customer) DO NOTHING",
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
@@ -87,6 +87,7 @@ fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
             // key says, and there is nothing to write.
             (Some(_), Some(owner)) if owner == *app => {}
             (Some(p), None) => {
+                run(c, &crate::ledger::store::CREATE, &[app.as_str().into()])?;
                 run(c, &ENSURE_LINKED, &[PROVIDER.into(), p.as_str().into(), app.as_str().into()])?;
             }
             // No provider customer, or one linked to another customer (which stays so).
@@ -144,7 +145,7 @@ static PURCHASE_CLAIM: Stmt = Stmt {
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID, TEXTOID, UUIDOID],
 };
 static PURCHASE_GRANT: Stmt =
-    Stmt { sql: "UPDATE billing.purchases SET grant_id = $3 WHERE customer = $1 AND purchase_id = $2", args: &[TEXTOID, TEXTOID, UUIDOID] };
+    Stmt { sql: "UPDATE billing.purchases SET grant_id = $3 WHERE provider = $1 AND purchase_id = $2", args: &[TEXTOID, TEXTOID, UUIDOID] };
 
 fn mapped_credits(c: &mut SpiClient<'_>, keys: &[String]) -> Result<Option<i64>> {
     for k in keys {
@@ -180,7 +181,7 @@ fn top_up(c: &mut SpiClient<'_>, e: &Event, customer: &str, p: &event::Payment, 
     let gid = grant_as(id, Some(customer), Some(credits), Some(&key), Some("purchase"), None, Some(0), Some(JsonB(metadata)))?;
     if gid != crate::pg::spi::uuid(&id) {
         // The key was used before (a grant made by hand under it): the purchase names that grant.
-        run(c, &PURCHASE_GRANT, &[customer.into(), p.purchase.as_str().into(), gid.into()])?;
+        run(c, &PURCHASE_GRANT, &[PROVIDER.into(), p.purchase.as_str().into(), gid.into()])?;
     }
     Ok(Outcome::Applied(format!("granted {credits} credits for purchase {}", p.purchase)))
 }
@@ -541,12 +542,12 @@ static PURCHASE_LOCK: Stmt = Stmt {
     args: &[TEXTOID, TEXTOID],
 };
 static PURCHASE_REFUNDED: Stmt = Stmt {
-    sql: "UPDATE billing.purchases SET refunded_amount = $3, revoked_credits = $4 WHERE customer = $1 AND purchase_id = $2",
+    sql: "UPDATE billing.purchases SET refunded_amount = $3, revoked_credits = $4 WHERE provider = $1 AND purchase_id = $2",
     args: &[TEXTOID, TEXTOID, INT8OID, INT8OID],
 };
 static REFUND_UPSERT: Stmt = Stmt {
     sql: "INSERT INTO billing.refunds AS r (provider, refund_id, purchase_id, amount, counts) VALUES ($1, $2, $3, $4, $5)
-          ON CONFLICT (provider, refund_id) DO UPDATE SET amount = EXCLUDED.amount, counts = EXCLUDED.counts",
+          ON CONFLICT (provider, purchase_id, refund_id) DO UPDATE SET amount = EXCLUDED.amount, counts = EXCLUDED.counts",
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, BOOLOID],
 };
 static REFUND_SUM: Stmt = Stmt {
@@ -574,7 +575,7 @@ fn revoke_to(c: &mut SpiClient<'_>, purchase: &str, refunded: i64, charge_amount
         let key = format!("stripe:revoke:{purchase}:{target}");
         revoke(&customer, &grant_id, delta, &key, json!({ "provider": PROVIDER, "purchase": purchase, "refunded": refunded }))?;
     }
-    run(c, &PURCHASE_REFUNDED, &[customer.as_str().into(), purchase.into(), refunded.into(), target.into()])?;
+    run(c, &PURCHASE_REFUNDED, &[PROVIDER.into(), purchase.into(), refunded.into(), target.into()])?;
     let detail = if delta > 0 {
         format!("revoked {delta} credits of purchase {purchase} ({refunded} of {amount} refunded)")
     } else {
@@ -603,7 +604,7 @@ static PURCHASE_CUSTOMER: Stmt =
     Stmt { sql: "SELECT customer FROM billing.purchases WHERE provider = $1 AND purchase_id = $2", args: &[TEXTOID, TEXTOID] };
 static DISPUTE_UPSERT: Stmt = Stmt {
     sql: "INSERT INTO billing.disputes AS d (provider, dispute_id, customer, status, open, updated_at) VALUES ($1, $2, $3, $4, $5, now())
-          ON CONFLICT (provider, dispute_id) DO UPDATE SET status = EXCLUDED.status, open = EXCLUDED.open, updated_at = now()",
+          ON CONFLICT (customer, provider, dispute_id) DO UPDATE SET status = EXCLUDED.status, open = EXCLUDED.open, updated_at = now()",
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID],
 };
 static FREEZE: Stmt = Stmt {

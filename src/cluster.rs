@@ -1,0 +1,59 @@
+//! What changes when the extension runs on a Citus cluster (sql/cluster.sql has
+//! `billing.distribute()`).
+//!
+//! Two things that a single server gets from node-local state must hold cluster-wide:
+//! - the customer lock. On one server it is a transaction-scoped advisory lock, which
+//!   takes no page and writes no WAL; advisory locks are per node, so on a server that
+//!   runs Citus the ledger locks the customer's row instead (`SELECT ... FOR NO KEY
+//!   UPDATE`, routed to the shard that holds it, wherever the call runs). Which of the two
+//!   is decided by whether Citus is loaded in the server (`shared_preload_libraries`),
+//!   which is fixed for the life of the server: every backend of a node decides alike, and
+//!   a Citus node uses the row lock before and after `distribute()`.
+//! - customer numbers (`customers.num`, carried by entry ids). A sequence counts per node,
+//!   so the number is the node's count in the low 32 bits and its Citus group id above
+//!   them (0 on a single server and on the coordinator).
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    static CITUS: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether Citus is loaded in this server: a setting of its own exists only then.
+pub fn citus() -> bool {
+    CITUS.with(|c| {
+        c.get().unwrap_or_else(|| {
+            let loaded = unsafe { !pgrx::pg_sys::GetConfigOption(c"citus.node_conninfo".as_ptr(), true, false).is_null() };
+            c.set(Some(loaded));
+            loaded
+        })
+    })
+}
+
+/// This node's Citus group id: 0 without Citus, on the coordinator, and before the node
+/// joins a cluster. Read each time (a node gets its group when it is added; customers
+/// are made rarely).
+fn group_id() -> i64 {
+    if !citus() {
+        return 0;
+    }
+    Spi::connect(|c| {
+        let has = c.select("SELECT to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL", None, &[])?.first().get::<bool>(1)?;
+        if has != Some(true) {
+            return Ok::<i64, pgrx::spi::SpiError>(0);
+        }
+        Ok(c.select("SELECT groupid::int8 FROM pg_catalog.pg_dist_local_group", None, &[])?.first().get::<i64>(1)?.unwrap_or(0))
+    })
+    .unwrap_or(0)
+}
+
+/// The bits of a customer number that count; above them, the node's group.
+pub const NUM_BITS: u32 = 32;
+
+/// `billing._customer_num()`, the default of `customers.num`.
+#[pg_extern(sql = false)]
+fn customer_num() -> i64 {
+    let n = Spi::get_one::<i64>("SELECT pg_catalog.nextval('billing.customer_num')").ok().flatten().unwrap_or(0);
+    (group_id() << NUM_BITS) | n
+}
+crate::sql_entry!(pg_finfo_billing_customer_num, billing_customer_num, customer_num_wrapper);

@@ -16,6 +16,8 @@ major=$("$PG_CONFIG" --version | sed -n 's/^PostgreSQL \([0-9]*\).*/\1/p')
 mode=--debug; profile=debug
 [ "${1:-}" = "--release" ] && { mode=; profile=release; }
 out=target/$profile/billing-pg$major
+# Emptied first: files a package of another pg_config left there would be installed too.
+rm -rf "$out"
 cargo pgrx package --pg-config "$PG_CONFIG" $mode --out-dir "$out" >/tmp/billing-package-pg$major.log 2>&1 \
   || { tail -40 /tmp/billing-package-pg$major.log; exit 1; }
 (cd "$out" && find . -type f) | while read -r f; do

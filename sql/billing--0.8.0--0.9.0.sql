@@ -728,10 +728,10 @@ ANALYZE billing.customers, billing.grants, billing.reservations, billing.journal
 -- in a table keyed by the provider's id (purchases, their refunds, provider customers);
 -- customer numbers carry the node's Citus group above bit 32.
 ALTER SEQUENCE billing.customer_num MAXVALUE 4294967295;
-CREATE FUNCTION billing._customer_num() RETURNS bigint
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'billing_customer_num';
-COMMENT ON FUNCTION billing._customer_num IS 'The next customer number: this node''s count, and its Citus group above bit 32.';
-ALTER TABLE billing.customers ALTER COLUMN num SET DEFAULT billing._customer_num();
+CREATE FUNCTION billing._node_id(seq regclass, bits int) RETURNS bigint
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'billing_node_id';
+COMMENT ON FUNCTION billing._node_id IS 'The next value of this node''s sequence in the low bits, the node''s Citus group above them: ids unique across nodes.';
+ALTER TABLE billing.customers ALTER COLUMN num SET DEFAULT billing._node_id('billing.customer_num', 32);
 DROP INDEX billing.reservations_id;
 CREATE INDEX reservations_id ON billing.reservations (id);
 DROP INDEX billing.journal_entry_id;
@@ -855,8 +855,16 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION billing.distribute IS 'On a Citus coordinator: distributes the billing tables by customer (or provider id), makes the catalog reference tables and delegates the customer functions. Idempotent.';
 
-REVOKE ALL ON FUNCTION billing._customer_num(), billing.settle(text, uuid, bigint), billing.extend(text, uuid, interval),
+REVOKE ALL ON FUNCTION billing._node_id(regclass, int), billing.settle(text, uuid, bigint), billing.extend(text, uuid, interval),
     billing.release(text, uuid), billing.refund(text, uuid, bigint, text), billing.distribute() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION billing.settle(text, uuid, bigint), billing.extend(text, uuid, interval),
     billing.release(text, uuid), billing.refund(text, uuid, bigint, text)
 TO billing_app;
+
+-- Outbox ids unique across nodes (billing._node_id), in place of the identity.
+ALTER TABLE billing.outbox ALTER COLUMN id DROP IDENTITY;
+CREATE SEQUENCE billing.outbox_id MAXVALUE 281474976710655;
+SELECT pg_catalog.setval('billing.outbox_id', coalesce(max(id), 0) + 1, false) FROM billing.outbox;
+ALTER TABLE billing.outbox ALTER COLUMN id SET DEFAULT billing._node_id('billing.outbox_id', 48);
+ALTER SEQUENCE billing.outbox_id OWNED BY billing.outbox.id;
+SELECT pg_catalog.pg_extension_config_dump('billing.outbox_id', '');

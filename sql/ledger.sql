@@ -47,12 +47,12 @@
 -- column that is neither.
 
 -- The account's number, carried by the ids of its journal entries (customers.num):
--- billing._customer_num(), this node's count in the low 32 bits (hence the maximum) and,
--- on Citus, the node's group id above them, so numbers made on different nodes never meet.
+-- billing._node_id(), this node's count in the low 32 bits (hence the maximum) and, on
+-- Citus, the node's group id above them, so numbers made on different nodes never meet.
 CREATE SEQUENCE billing.customer_num MAXVALUE 4294967295;
-CREATE FUNCTION billing._customer_num() RETURNS bigint
-VOLATILE PARALLEL UNSAFE LANGUAGE c AS 'MODULE_PATHNAME', 'billing_customer_num';
-COMMENT ON FUNCTION billing._customer_num IS 'The next customer number: this node''s count, and its Citus group above bit 32.';
+CREATE FUNCTION billing._node_id(seq regclass, bits int) RETURNS bigint
+VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'billing_node_id';
+COMMENT ON FUNCTION billing._node_id IS 'The next value of this node''s sequence in the low bits, the node''s Citus group above them: ids unique across nodes.';
 
 CREATE TABLE billing.customers (
     customer        text COLLATE "C" NOT NULL PRIMARY KEY,
@@ -82,7 +82,7 @@ CREATE TABLE billing.customers (
     last_at         timestamptz      NOT NULL DEFAULT '-infinity',
     draw            bigint           NOT NULL DEFAULT 0,   -- drawn from draw_grant, not yet subtracted from its remaining
     draw_left       bigint,
-    num             bigint           NOT NULL DEFAULT billing._customer_num()
+    num             bigint           NOT NULL DEFAULT billing._node_id('billing.customer_num', 32)
 ) WITH (fillfactor = 50);  -- updated in place on every debit: keep the updates HOT
 -- The sequence and the column refer to each other: it can only be owned once both exist.
 ALTER SEQUENCE billing.customer_num OWNED BY billing.customers.num;

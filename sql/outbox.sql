@@ -11,8 +11,11 @@
 -- its rate under 8 clients). A consumer whose claim_outbox comes back empty holds a
 -- session lock that makes writers notify, until a claim returns rows again; while every
 -- consumer is busy claiming, writers notify nobody.
+-- Row ids: this node's count in the low 48 bits, its Citus group above (billing._node_id),
+-- so rows written on different nodes of a cluster never share an id.
+CREATE SEQUENCE billing.outbox_id MAXVALUE 281474976710655;
 CREATE TABLE billing.outbox (
-    id              bigint           GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id              bigint           NOT NULL DEFAULT billing._node_id('billing.outbox_id', 48) PRIMARY KEY,
     customer        text COLLATE "C",
     kind            text COLLATE "C" NOT NULL,  -- low_balance, subscription_status, access_changed, event_failed, topup_due
     payload         jsonb            NOT NULL DEFAULT '{}',
@@ -22,6 +25,7 @@ CREATE TABLE billing.outbox (
     attempts        int              NOT NULL DEFAULT 0,
     acked_at        timestamptz
 );
+ALTER SEQUENCE billing.outbox_id OWNED BY billing.outbox.id;
 CREATE INDEX outbox_pending ON billing.outbox (id) WHERE acked_at IS NULL;
 
 -- Per row: a statement trigger fires (and would notify) for an INSERT ... SELECT that
@@ -60,6 +64,7 @@ CREATE TABLE billing.auto_topups (
 );
 
 SELECT pg_catalog.pg_extension_config_dump('billing.outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('billing.outbox_id', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.auto_topups', '');
 
 CREATE FUNCTION billing.set_low_balance(customer text, threshold bigint)

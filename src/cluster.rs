@@ -9,9 +9,9 @@
 //!   is decided by whether Citus is loaded in the server (`shared_preload_libraries`),
 //!   which is fixed for the life of the server: every backend of a node decides alike, and
 //!   a Citus node uses the row lock before and after `distribute()`.
-//! - customer numbers (`customers.num`, carried by entry ids). A sequence counts per node,
-//!   so the number is the node's count in the low 32 bits and its Citus group id above
-//!   them (0 on a single server and on the coordinator).
+//! - customer numbers (`customers.num`, carried by entry ids) and outbox ids. A sequence
+//!   counts per node, so an id is the node's count in its low bits and the node's Citus
+//!   group id above them (0 on a single server and on the coordinator).
 use pgrx::prelude::*;
 use std::cell::Cell;
 
@@ -47,13 +47,12 @@ fn group_id() -> i64 {
     .unwrap_or(0)
 }
 
-/// The bits of a customer number that count; above them, the node's group.
-pub const NUM_BITS: u32 = 32;
-
-/// `billing._customer_num()`, the default of `customers.num`.
+/// `billing._node_id(seq, bits)`, the default of ids that must stay unique across the
+/// nodes of a cluster (customers.num, outbox.id): the next value of this node's sequence
+/// `seq` in the low `bits` bits (its MAXVALUE keeps it there), the node's group above them.
 #[pg_extern(sql = false)]
-fn customer_num() -> i64 {
-    let n = Spi::get_one::<i64>("SELECT pg_catalog.nextval('billing.customer_num')").ok().flatten().unwrap_or(0);
-    (group_id() << NUM_BITS) | n
+fn node_id(seq: pgrx::pg_sys::Oid, bits: i32) -> i64 {
+    let n = unsafe { pgrx::fcinfo::direct_function_call::<i64>(pgrx::pg_sys::nextval_oid, &[Some(seq.into())]) }.unwrap_or(0);
+    (group_id() << bits) | n
 }
-crate::sql_entry!(pg_finfo_billing_customer_num, billing_customer_num, customer_num_wrapper);
+crate::sql_entry!(pg_finfo_billing_node_id, billing_node_id, node_id_wrapper);

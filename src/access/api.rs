@@ -20,7 +20,7 @@ macro_rules! inputs_sql {
     ($extra:literal) => {
         inputs_sql!(
             "CASE WHEN (s.sub).status IS NULL AND (c.balance <= 0 OR c.next_event_at <= $2 OR c.slots > 1)
-                  THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = c.customer) END",
+                  THEN EXISTS (SELECT FROM billing.grants g WHERE g.customer = $1) END",
             $extra
         )
     };
@@ -35,7 +35,7 @@ macro_rules! inputs_sql {
             $extra,
             " FROM billing.customers c
             LEFT JOIN LATERAL (
-                  SELECT s AS sub, s.plan FROM billing.subscriptions s WHERE s.customer = c.customer
+                  SELECT s AS sub, s.plan FROM billing.subscriptions s WHERE s.customer = $1
                    ORDER BY s.status IN ('canceled', 'incomplete_expired'),
                             coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST
                    LIMIT 1) s ON true
@@ -74,6 +74,10 @@ static INPUTS_WAITING: Stmt = Stmt {
     ),
     args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID],
 };
+/// `INPUTS_WAITING` on Citus, where events are distributed by their own id and cannot be
+/// joined to the customer's shard: the answer is left open (NULL), and the replay's own
+/// query, which looks for the customer's failed events across shards, runs instead.
+static INPUTS_WAITING_APART: Stmt = Stmt { sql: inputs_sql!(", NULL::bool"), args: &[TEXTOID, TIMESTAMPTZOID] };
 
 /// What access needs to know about a customer, read in one statement.
 pub struct Inputs {
@@ -107,6 +111,7 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
     let t = match reader {
         Reader::Allowed => run_ro(c, &INPUTS_ALLOWED, &[customer.into(), ts(now).into()])?,
         Reader::Access | Reader::Note => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
+        Reader::NoteAfterEvent(_) if crate::cluster::citus() => run_ro(c, &INPUTS_WAITING_APART, &[customer.into(), ts(now).into()])?,
         Reader::NoteAfterEvent(pc) => {
             run_ro(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?
         }
@@ -330,13 +335,20 @@ pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, fea
 
 // ---- access changes, for the outbox ----
 
+/// The new reason on the customer's row, returning the one it replaces (no row: it was
+/// noted already). A self-join on the customer rather than a CTE writing the outbox as
+/// well: on Citus the customer and the outbox are on different nodes.
 static ACCESS_NOTE: Stmt = Stmt {
-    sql: "WITH c AS (UPDATE billing.customers c SET access_reason = $2
-                      WHERE c.customer = $1 AND c.access_reason IS DISTINCT FROM $2
-                      RETURNING (SELECT o.access_reason FROM billing.customers o WHERE o.customer = $1) AS before)
-          INSERT INTO billing.outbox (customer, kind, payload)
-          SELECT $1, 'access_changed', jsonb_build_object('from', c.before, 'to', $2, 'allowed', $3) FROM c",
-    args: &[TEXTOID, TEXTOID, BOOLOID],
+    sql: "UPDATE billing.customers c SET access_reason = $2
+            FROM (SELECT customer, access_reason FROM billing.customers WHERE customer = $1) o
+           WHERE c.customer = $1 AND o.customer = c.customer AND c.access_reason IS DISTINCT FROM $2
+          RETURNING o.access_reason",
+    args: &[TEXTOID, TEXTOID],
+};
+static ACCESS_CHANGED: Stmt = Stmt {
+    sql: "INSERT INTO billing.outbox (customer, kind, payload)
+          VALUES ($1, 'access_changed', jsonb_build_object('from', $2::text, 'to', $3::text, 'allowed', $4::bool))",
+    args: &[TEXTOID, TEXTOID, TEXTOID, BOOLOID],
 };
 
 /// Writes an `access_changed` outbox row if the customer's access reason differs from the
@@ -362,7 +374,11 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
     // A concurrent change not yet committed is noted by its own transaction, and
     // `maintenance()` notes again whatever a race left behind.
     if noted.reason.as_deref() != Some(r.as_str()) {
-        run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
+        let t = run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into()])?;
+        if !t.is_empty() {
+            let before: Option<String> = t.first().get(1)?;
+            run(c, &ACCESS_CHANGED, &[customer.into(), before.into(), r.as_str().into(), r.allowed().into()])?;
+        }
     }
     Ok(noted.events_wait)
 }

@@ -1094,8 +1094,7 @@ pub fn lock_slot_account(account: &str) {
     crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Customer, &[account]);
 }
 
-static TRY_LOCK_ROW: Stmt =
-    Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE SKIP LOCKED", args: &[TEXTOID] };
+static TRY_LOCK_ROW: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE SKIP LOCKED", args: &[TEXTOID] };
 
 /// `lock_customer` without waiting: false when another transaction holds it.
 pub fn try_lock_customer(c: &mut SpiClient<'_>, customer: &str) -> Result<bool> {

@@ -265,7 +265,7 @@ static SUB_UPSERT: Stmt = Stmt {
               status_created = greatest(s.status_created, EXCLUDED.status_created),
               status_event = CASE WHEN (EXCLUDED.status_created, EXCLUDED.status_event) > (s.status_created, s.status_event)
                                   THEN EXCLUDED.status_event ELSE s.status_event END,
-              updated_at = now()",
+              updated_at = EXCLUDED.updated_at",
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, BOOLOID, FLOAT8OID, INT8OID, TEXTOID],
 };
 /// An invoice's news for its subscription: the status by (created, event) order, the
@@ -373,7 +373,7 @@ static PERIOD_LOCK: Stmt = Stmt {
           VALUES ($1, $2, to_timestamp($3), to_timestamp($4))
           ON CONFLICT (customer, subscription_id, period_end) DO UPDATE
              SET period_start = greatest(p.period_start, EXCLUDED.period_start)
-          RETURNING extract(epoch FROM period_start)::int8, granted, base, ceiling, allowance",
+          RETURNING period_start, granted, base, ceiling, allowance",
     args: &[TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID],
 };
 static PERIOD_FACT: Stmt = Stmt {
@@ -402,7 +402,7 @@ static PERIOD_SET: Stmt = Stmt {
 fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, start: Option<i64>, plan: Option<&str>) -> Result<i64> {
     let r = run(c, &PERIOD_LOCK, &[customer.into(), sub.into(), (end as f64).into(), opt_f(start)])?;
     let row = r.first();
-    let reported = row.get::<i64>(1)?;
+    let reported = row.get::<TimestampWithTimeZone>(1)?.map(|t| crate::pg::spi::micros(t).div_euclid(1_000_000));
     let granted = row.get::<i64>(2)?.unwrap_or(0);
     let stored = allowance::Entitlement {
         base: row.get::<i64>(3)?.unwrap_or(0),
@@ -603,8 +603,9 @@ fn refund(c: &mut SpiClient<'_>, _e: &Event, obj: &Value) -> Result<Applied> {
 static PURCHASE_CUSTOMER: Stmt =
     Stmt { sql: "SELECT customer FROM billing.purchases WHERE provider = $1 AND purchase_id = $2", args: &[TEXTOID, TEXTOID] };
 static DISPUTE_UPSERT: Stmt = Stmt {
-    sql: "INSERT INTO billing.disputes AS d (provider, dispute_id, customer, status, open, updated_at) VALUES ($1, $2, $3, $4, $5, now())
-          ON CONFLICT (customer, provider, dispute_id) DO UPDATE SET status = EXCLUDED.status, open = EXCLUDED.open, updated_at = now()",
+    sql:
+        "INSERT INTO billing.disputes AS d (provider, dispute_id, customer, status, open, updated_at) VALUES ($1, $2, $3, $4, $5, now())
+          ON CONFLICT (customer, provider, dispute_id) DO UPDATE SET status = EXCLUDED.status, open = EXCLUDED.open, updated_at = EXCLUDED.updated_at",
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID],
 };
 static FREEZE: Stmt = Stmt {

@@ -121,9 +121,12 @@ static INSERT_EVENT: Stmt = Stmt {
     sql: "INSERT INTO billing.events (provider, event_id, endpoint, type, created, api_version, object_id,
               provider_customer, body, headers, received_at, status, detail, customer, last_delivery_at, applied_at, via)
           VALUES ($1, $2, $3, $4, to_timestamp($5), $6, $7, $8, $9, $10, now(), $11, $12, $13, now(),
-                  CASE WHEN $11 = 'failed' THEN NULL ELSE now() END, $14)
+                  CASE WHEN $11 = 'failed' THEN NULL ELSE $15 END, $14)
           ON CONFLICT (provider, event_id) DO NOTHING RETURNING 1",
-    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID],
+    args: &[
+        TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+        TIMESTAMPTZOID,
+    ],
 };
 static DUPLICATE: Stmt = Stmt {
     sql: "UPDATE billing.events SET deliveries = deliveries + 1, last_delivery_at = now()
@@ -140,10 +143,17 @@ static VARIANT: Stmt = Stmt {
 };
 static RESULT: Stmt = Stmt {
     sql: "UPDATE billing.events SET status = $3, detail = $4, customer = coalesce($5, customer),
-              applied_at = CASE WHEN $3 = 'failed' THEN applied_at ELSE now() END
+              applied_at = CASE WHEN $3 = 'failed' THEN applied_at ELSE $6 END
            WHERE provider = $1 AND event_id = $2",
-    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID],
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
+
+/// `now()` as a parameter: Citus refuses a non-immutable function inside a CASE.
+fn xact_start() -> DatumWithOid<'static> {
+    TimestampWithTimeZone::try_from(unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() })
+        .unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity())
+        .into()
+}
 
 /// Serialises the deliveries of one event until the end of the transaction: a session
 /// delivering an event that another session is applying waits here, then finds it stored.
@@ -249,25 +259,42 @@ enum Via {
 /// A fetched event has no headers (stored as `{}`).
 fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &str, headers: Option<&Headers>, via: Via) -> Result<EventRow> {
     let headers_param = || headers.map_or_else(|| crate::pg::spi::jsonb_param(serde_json::json!({})), Headers::param);
-    lock_event(&d.provider, &d.id);
-    match via {
-        Via::Fetch => {
-            if !run(c, &STORED, &[d.provider.as_str().into(), d.id.as_str().into()])?.is_empty() {
-                return Ok((d.id, "duplicate".to_string(), Some("already stored".to_string())));
-            }
+    let cluster = crate::cluster::citus();
+    let insert = |c: &mut SpiClient<'_>, status: &str, detail: &str, customer: &Option<String>| {
+        run(
+            c,
+            &INSERT_EVENT,
+            &[
+                d.provider.as_str().into(),
+                d.id.as_str().into(),
+                endpoint.into(),
+                d.kind.as_str().into(),
+                d.created.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into()),
+                opt_text(&d.api_version),
+                opt_text(&d.object_id),
+                opt_text(&d.provider_customer),
+                body.into(),
+                headers_param(),
+                status.into(),
+                detail.into(),
+                opt_text(customer),
+                if via == Via::Fetch { "fetch" } else { "delivery" }.into(),
+                xact_start(),
+            ],
+        )
+        .map(|t| !t.is_empty())
+    };
+    if cluster {
+        // On Citus the advisory lock would be this node's only: the event's row is the
+        // lock instead. It is written first (a second delivery's INSERT, on any node,
+        // waits for this transaction and then finds it), and its outcome after the apply.
+        if !insert(c, "ignored", "being applied", &None)? {
+            return duplicate(c, &d, body, via, headers_param).map(|r| r.expect("a conflicting event row"));
         }
-        Via::Delivery => {
-            let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
-            if !t.is_empty() {
-                // Stored before (or by a concurrent session that committed first).
-                let same = t.first().get::<bool>(1)?.unwrap_or(true);
-                if !same {
-                    run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), headers_param()])?;
-                }
-                let detail =
-                    if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
-                return Ok((d.id, "duplicate".to_string(), Some(detail.to_string())));
-            }
+    } else {
+        lock_event(&d.provider, &d.id);
+        if let Some(dup) = duplicate(c, &d, body, via, headers_param)? {
+            return Ok(dup);
         }
     }
     let outcome = match &d.stripe {
@@ -278,27 +305,20 @@ fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &st
             customer: None,
         },
     };
-    let inserted = run(
-        c,
-        &INSERT_EVENT,
-        &[
-            d.provider.as_str().into(),
-            d.id.as_str().into(),
-            endpoint.into(),
-            d.kind.as_str().into(),
-            d.created.map_or_else(DatumWithOid::null::<f64>, |x| (x as f64).into()),
-            opt_text(&d.api_version),
-            opt_text(&d.object_id),
-            opt_text(&d.provider_customer),
-            body.into(),
-            headers_param(),
-            outcome.status.as_str().into(),
-            outcome.detail.as_str().into(),
-            opt_text(&outcome.customer),
-            if via == Via::Fetch { "fetch" } else { "delivery" }.into(),
-        ],
-    )?;
-    if inserted.is_empty() {
+    if cluster {
+        run(
+            c,
+            &RESULT,
+            &[
+                d.provider.as_str().into(),
+                d.id.as_str().into(),
+                outcome.status.as_str().into(),
+                outcome.detail.as_str().into(),
+                opt_text(&outcome.customer),
+                xact_start(),
+            ],
+        )?;
+    } else if !insert(c, &outcome.status, &outcome.detail, &outcome.customer)? {
         // Only a snapshot older than the other session's commit gets here (REPEATABLE
         // READ raises 40001 itself; under READ COMMITTED the lock above rules it out):
         // what was applied must not stay, and a retry finds the event stored.
@@ -313,6 +333,38 @@ fn store_and_apply(c: &mut SpiClient<'_>, d: Delivery, endpoint: &str, body: &st
     Ok((d.id, outcome.status, Some(outcome.detail)))
 }
 
+/// The answer to an event stored before (or by a concurrent session that committed
+/// first): `duplicate`, counting the delivery and keeping a differing body; `None` if the
+/// event is not stored.
+fn duplicate<'h>(
+    c: &mut SpiClient<'_>,
+    d: &Delivery,
+    body: &str,
+    via: Via,
+    headers_param: impl Fn() -> DatumWithOid<'h>,
+) -> Result<Option<EventRow>> {
+    match via {
+        Via::Fetch => {
+            if !run(c, &STORED, &[d.provider.as_str().into(), d.id.as_str().into()])?.is_empty() {
+                return Ok(Some((d.id.clone(), "duplicate".to_string(), Some("already stored".to_string()))));
+            }
+        }
+        Via::Delivery => {
+            let t = run(c, &DUPLICATE, &[d.provider.as_str().into(), d.id.as_str().into(), body.into()])?;
+            if !t.is_empty() {
+                let same = t.first().get::<bool>(1)?.unwrap_or(true);
+                if !same {
+                    run(c, &VARIANT, &[d.provider.as_str().into(), d.id.as_str().into(), body.into(), headers_param()])?;
+                }
+                let detail =
+                    if same { "already received" } else { "already received; this delivery's body differs and is kept in billing.event_variants" };
+                return Ok(Some((d.id.clone(), "duplicate".to_string(), Some(detail.to_string()))));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// `(event_id text, status text, detail text)` of an event fetched from the provider's
 /// API (`GET /v1/events`): no signature to check, so only `billing_sync` and the owner
 /// may call it; otherwise exactly a delivery (stored once, applied, or a duplicate).
@@ -324,8 +376,9 @@ crate::sql_entry!(pg_finfo_billing_ingest_fetched, billing_ingest_fetched, inges
 
 /// How far the sync got: the newest event handed in, whatever became of it.
 static SYNC_MARK: Stmt = Stmt {
-    sql: "INSERT INTO billing.sync_marks AS m (endpoint, synced_through, updated_at) VALUES ($1, to_timestamp($2), now())
-          ON CONFLICT (endpoint) DO UPDATE SET synced_through = greatest(m.synced_through, EXCLUDED.synced_through), updated_at = now()",
+    sql:
+        "INSERT INTO billing.sync_marks AS m (endpoint, synced_through, updated_at) VALUES ($1, to_timestamp($2), now())
+          ON CONFLICT (endpoint) DO UPDATE SET synced_through = greatest(m.synced_through, EXCLUDED.synced_through), updated_at = EXCLUDED.updated_at",
     args: &[TEXTOID, FLOAT8OID],
 };
 
@@ -452,7 +505,7 @@ fn replay_one(c: &mut SpiClient<'_>, provider: &str, id: &str) -> Result<EventRo
     }
     let e = event::parse(&body).map_err(|m| BillingError::new(BAD_EVENT, format!("stored event {id}: {m}")))?;
     let o = apply_event(&e);
-    run(c, &RESULT, &[provider.into(), id.into(), o.status.as_str().into(), o.detail.as_str().into(), opt_text(&o.customer)])?;
+    run(c, &RESULT, &[provider.into(), id.into(), o.status.as_str().into(), o.detail.as_str().into(), opt_text(&o.customer), xact_start()])?;
     after_apply(c, &e, &o, false)?;
     Ok((id.to_string(), o.status, Some(o.detail)))
 }

@@ -10,6 +10,8 @@
 #        Stripe stand-in, and the upgrade-script check (released scripts frozen, upgrade
 #        path == fresh install)
 #   4.   faults (kills and crashes under load)
+#   3.   on 15: the same extension on a Citus cluster (scripts/citus-test.sh: Citus 13.2.2
+#        built from ../shared/deps when not installed)
 #   +    the Debian packages (scripts/package-test.sh), last
 # PG_VERSIONS picks the majors (default "15 18"); PG15_BIN is 15's bin folder (default the
 # system's, /usr/lib/postgresql/15/bin).
@@ -76,6 +78,13 @@ for v in $PG_VERSIONS; do
   section "PostgreSQL $v: upgrade scripts"
   ./scripts/check-upgrade.sh
   cluster_stop
+
+  if [ "$v" = 15 ]; then
+    # Citus 13.2.x is the last line for 15 (and has none for 18): built from ../shared/deps
+    # when not installed; skipped, saying why, only on a machine that has neither.
+    section "PostgreSQL $v, layer 3: Citus, a coordinator and two workers (scripts/citus-test.sh)"
+    CITUS_REQUIRED=$([ -d ../shared/deps ] && echo 1 || echo 0) ./scripts/citus-test.sh
+  fi
 done
 
 section "Debian packages"

@@ -20,7 +20,7 @@
 -- transaction block runs on the worker holding the customer. Inside one, it runs where
 -- it was called and each statement goes to that customer's shard.
 CREATE FUNCTION billing.distribute() RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t text;
     f text;

@@ -51,7 +51,8 @@
 -- Citus, the node's group id above them, so numbers made on different nodes never meet.
 CREATE SEQUENCE billing.customer_num MAXVALUE 4294967295;
 CREATE FUNCTION billing._node_id(seq regclass, bits int) RETURNS bigint
-VOLATILE PARALLEL UNSAFE STRICT LANGUAGE c AS 'MODULE_PATHNAME', 'billing_node_id';
+VOLATILE PARALLEL UNSAFE STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_node_id';
 COMMENT ON FUNCTION billing._node_id IS 'The next value of this node''s sequence in the low bits, the node''s Citus group above them: ids unique across nodes.';
 
 CREATE TABLE billing.customers (

@@ -18,7 +18,7 @@ COMMENT ON FUNCTION billing.maintenance IS 'Writes the journal rows of expired g
 CREATE FUNCTION billing._verify_tables(customers regclass, grants regclass, reservations regclass, journal regclass,
     usage_events regclass, usage_carry regclass, subscription_periods regclass)
 RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
     RETURN QUERY EXECUTE format($q$
 SELECT v.customer::text, v.check_name::text, v.expected::bigint, v.actual::bigint, v.detail::text FROM (
@@ -201,7 +201,7 @@ COMMENT ON FUNCTION billing._verify_tables IS 'The per-customer checks of billin
 -- On a Citus worker: the checks of the shard group of the customers shard given.
 CREATE FUNCTION billing._verify_shard(customers_shard regclass)
 RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $f$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $f$
 DECLARE
     shard regclass[];
 BEGIN
@@ -222,9 +222,13 @@ RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, d
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     r record;
+    distributed boolean := false;
 BEGIN
-    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL
-       AND (SELECT count(*) FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'billing.customers'::regclass) > 0 THEN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE $q$SELECT count(*) > 0 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'billing.customers'::regclass$q$
+            INTO distributed;
+    END IF;
+    IF distributed THEN
         FOR r IN EXECUTE $q$SELECT shardid, success, result FROM run_command_on_shards('billing.customers',
                    $c$SELECT coalesce(jsonb_agg(v), '[]')::text FROM billing._verify_shard('%s') v$c$)$q$ LOOP
             IF NOT r.success THEN

@@ -295,7 +295,9 @@ VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp 
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_release_for';
 COMMENT ON FUNCTION billing.release(text, uuid) IS 'billing.release(reservation_id) of one customer''s reservation.';
 
-CREATE FUNCTION billing.refund(customer text, entry_id uuid, amount bigint DEFAULT NULL, idempotency_key text DEFAULT NULL,
+-- (No defaults: with them, refund($1, $2, $3) of untyped parameters, as drivers send
+-- them, would match both forms and be refused as ambiguous.)
+CREATE FUNCTION billing.refund(customer text, entry_id uuid, amount bigint, idempotency_key text,
     OUT entry_id uuid, OUT balance_after bigint, OUT replayed boolean)
 RETURNS record
 VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
@@ -326,16 +328,19 @@ COMMENT ON FUNCTION billing.set_slots IS 'Spreads a hot customer''s credits over
 -- the entry's seq, or through the partial index): what `WHERE entry_id = $1` on the
 -- journal would return, without scanning it.
 CREATE FUNCTION billing.entry(entry_id uuid) RETURNS SETOF billing.journal
-LANGUAGE sql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-SELECT j.* FROM billing.customers c JOIN billing.journal j ON j.customer = c.customer
- WHERE $1 >= 'ff000000-0000-0000-0000-000000000000'::uuid
-   AND c.num = ('x' || substr(replace($1::text, '-', ''), 3, 10))::bit(40)::bigint
-   AND j.seq = ('x' || substr(replace($1::text, '-', ''), 18, 10))::bit(40)::bigint
-   AND j.entry_id = $1
-UNION ALL
-SELECT j.* FROM billing.journal j
- WHERE j.entry_id = $1 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- (PL/pgSQL: Citus cannot plan an SQL function's parameters over its tables.)
+    RETURN QUERY
+    SELECT j.* FROM billing.customers c JOIN billing.journal j ON j.customer = c.customer
+     WHERE $1 >= 'ff000000-0000-0000-0000-000000000000'::uuid
+       AND c.num = ('x' || substr(replace($1::text, '-', ''), 3, 10))::bit(40)::bigint
+       AND j.seq = ('x' || substr(replace($1::text, '-', ''), 18, 10))::bit(40)::bigint
+       AND j.entry_id = $1
+    UNION ALL
+    SELECT j.* FROM billing.journal j
+     WHERE j.entry_id = $1 AND j.entry_id < 'ff000000-0000-0000-0000-000000000000'::uuid;
+END $$;
 COMMENT ON FUNCTION billing.entry IS 'The journal entry with this id (by the account number and seq the id carries), without scanning the journal.';
 
 -- Grants with what they have left now.

@@ -82,16 +82,21 @@ RETURNS void VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_report_topup';
 COMMENT ON FUNCTION billing.report_topup IS 'What the provider call of a topup_due row did; a failure asks again until max_failures.';
 
+-- PL/pgSQL, not SQL: Citus cannot plan an SQL function's parameters over its tables.
 CREATE FUNCTION billing._claim_outbox(n int DEFAULT 100, lease interval DEFAULT '1 minute')
-RETURNS SETOF billing.outbox LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    UPDATE billing.outbox o SET claimed_until = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) $2,
+RETURNS SETOF billing.outbox LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t timestamptz := pg_catalog.clock_timestamp();  -- a value: Citus refuses volatile functions in an UPDATE
+BEGIN
+    RETURN QUERY
+    UPDATE billing.outbox o SET claimed_until = t OPERATOR(pg_catalog.+) $2,
                                 attempts = o.attempts OPERATOR(pg_catalog.+) 1
      WHERE o.id IN (SELECT p.id FROM billing.outbox p
                      WHERE p.acked_at IS NULL
-                       AND (p.claimed_until IS NULL OR p.claimed_until OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp())
+                       AND (p.claimed_until IS NULL OR p.claimed_until OPERATOR(pg_catalog.<) t)
                      ORDER BY p.id LIMIT $1 FOR UPDATE SKIP LOCKED)
-    RETURNING o.*
-$$;
+    RETURNING o.*;
+END $$;
 COMMENT ON FUNCTION billing._claim_outbox IS 'The claim of billing.claim_outbox, without the wake-up.';
 
 CREATE FUNCTION billing._outbox_wait() RETURNS boolean VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -118,22 +123,23 @@ END $$;
 COMMENT ON FUNCTION billing.claim_outbox IS 'Claims up to n unacknowledged rows for a lease; rows claimed by others are skipped, not waited for. Empty: NOTIFY billing wakes this session when a row is written.';
 
 CREATE FUNCTION billing.ack_outbox(id bigint)
-RETURNS boolean LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
-    WITH acked AS (
-        UPDATE billing.outbox o SET acked_at = pg_catalog.clock_timestamp()
-         WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.acked_at IS NULL
-        RETURNING 1)
-    SELECT EXISTS (SELECT FROM acked)
-$$;
+RETURNS boolean LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$
+DECLARE
+    t timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    UPDATE billing.outbox o SET acked_at = t
+     WHERE o.id OPERATOR(pg_catalog.=) $1 AND o.acked_at IS NULL;
+    RETURN FOUND;
+END $$;
 COMMENT ON FUNCTION billing.ack_outbox IS 'Marks a row done; false if it was already acknowledged.';
 
 -- Customers below their low-balance threshold; a slotted customer's balance is the sum
 -- of its accounts.
+-- (The slots' sums joined by slot_of: a plan Citus can make, where slot accounts would
+-- be on other shards.)
 CREATE VIEW billing.low_balances AS
-SELECT c.customer, t.balance, c.low_balance AS threshold
-  FROM billing.customers c,
-       LATERAL (SELECT c.balance + CASE WHEN c.slots > 1 THEN
-                  (SELECT coalesce(sum(s.balance), 0) FROM generate_series(1, c.slots - 1) k
-                     JOIN billing.customers s ON s.customer = c.customer || '#' || k)::bigint
-                  ELSE 0 END AS balance) t
- WHERE c.low_balance IS NOT NULL AND c.slot_of IS NULL AND t.balance < c.low_balance;
+SELECT c.customer, c.balance + coalesce(s.balance, 0) AS balance, c.low_balance AS threshold
+  FROM billing.customers c
+  LEFT JOIN (SELECT x.slot_of, sum(x.balance)::bigint AS balance FROM billing.customers x
+              WHERE x.slot_of IS NOT NULL GROUP BY x.slot_of) s ON s.slot_of = c.customer
+ WHERE c.low_balance IS NOT NULL AND c.slot_of IS NULL AND c.balance + coalesce(s.balance, 0) < c.low_balance;

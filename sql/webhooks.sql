@@ -302,12 +302,16 @@ CREATE TABLE billing.sync_marks (
 );
 SELECT pg_catalog.pg_extension_config_dump('billing.sync_marks', '');
 
+-- (Joins, not correlated subqueries: Citus plans these over events distributed by id.)
 CREATE VIEW billing.sync_status AS
-SELECT e.name AS endpoint, e.provider,
-       (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS newest_delivered,
-       (SELECT max(v.created) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS newest_fetched,
-       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'delivery') AS delivered,
-       (SELECT count(*) FROM billing.events v WHERE v.endpoint = e.name AND v.via = 'fetch') AS fetched,
-       (SELECT m.synced_through FROM billing.sync_marks m WHERE m.endpoint = e.name) AS synced_through
-  FROM billing.endpoints e;
+SELECT e.name AS endpoint, e.provider, v.newest_delivered, v.newest_fetched,
+       coalesce(v.delivered, 0) AS delivered, coalesce(v.fetched, 0) AS fetched, m.synced_through
+  FROM billing.endpoints e
+  LEFT JOIN (SELECT x.endpoint,
+                    max(x.created) FILTER (WHERE x.via = 'delivery') AS newest_delivered,
+                    max(x.created) FILTER (WHERE x.via = 'fetch') AS newest_fetched,
+                    count(*) FILTER (WHERE x.via = 'delivery') AS delivered,
+                    count(*) FILTER (WHERE x.via = 'fetch') AS fetched
+               FROM billing.events x GROUP BY x.endpoint) v ON v.endpoint = e.name
+  LEFT JOIN billing.sync_marks m ON m.endpoint = e.name;
 COMMENT ON VIEW billing.sync_status IS 'Per endpoint: the newest event stored from deliveries and from fetches, how many each path brought, and how far the sync from the provider''s API got.';

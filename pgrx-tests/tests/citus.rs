@@ -119,7 +119,7 @@ fn ledger_and_usage_through_every_node() {
         let err = c.query_one("SELECT * FROM billing.release('nobody', $1::text::uuid)", &[&r2]).unwrap_err();
         assert_eq!(sqlstate(&err), "BL003", "{}", msg(&err));
         // Refunds, qualified and by id alone.
-        let b: i64 = c.query_one("SELECT balance_after FROM billing.refund($1, $2::text::uuid, 40)", &[&cust, &e]).unwrap().get(0);
+        let b: i64 = c.query_one("SELECT balance_after FROM billing.refund($1, $2::text::uuid, 40, NULL)", &[&cust, &e]).unwrap().get(0);
         assert_eq!(b, 730);
         let b: i64 = c.query_one("SELECT balance_after FROM billing.refund($1::text::uuid, 10)", &[&e]).unwrap().get(0);
         assert_eq!(b, 740);
@@ -222,6 +222,38 @@ fn webhooks_plans_and_access_through_every_node() {
     assert_eq!(applied, 1, "statuses {statuses:?}");
     assert!(statuses.iter().all(|s| s == "applied" || s == "duplicate"), "{statuses:?}");
     assert_eq!(balance(&mut cs[0], "raced"), 300);
+    // In the application's transaction on a worker: a rolled-back delivery stores nothing.
+    let tx = stripe::checkout_completed("evt_cz_tx", "cs_cz_tx", "pi_cz_tx", "txn", 40, now);
+    ok(&mut cs[2], "BEGIN");
+    cs[2].query_one("SELECT status FROM billing.ingest('citus', $1::text::jsonb, $2)", &[&stripe::signed_headers(SECRET, &tx), &tx]).unwrap();
+    ok(&mut cs[2], "ROLLBACK");
+    assert_eq!(one_i64(&mut cs[0], "SELECT count(*) FROM billing.events WHERE event_id = 'evt_cz_tx'", &[]), 0);
+    // An event for a provider customer not linked yet waits as failed; linking the
+    // customer on a worker applies it.
+    let waiting = format!(
+        r#"{{"id":"evt_cz_wait","object":"event","api_version":"2024-06-20","type":"payment_intent.succeeded","created":{now},"livemode":false,"data":{{"object":{{"id":"pi_cz_wait","object":"payment_intent","status":"succeeded","amount":500,"amount_received":500,"currency":"usd","customer":"cus_CzWait","metadata":{{"credits":"50"}}}}}}}}"#
+    );
+    let st: String = cs[0]
+        .query_one("SELECT status FROM billing.ingest('citus', $1::text::jsonb, $2)", &[&stripe::signed_headers(SECRET, &waiting), &waiting])
+        .unwrap()
+        .get(0);
+    assert_eq!(st, "failed");
+    ok(&mut cs[1], "SELECT * FROM billing.link_customer('waiter', 'cus_CzWait')");
+    assert_eq!(balance(&mut cs[2], "waiter"), 50);
+    // The outbox: written on workers (access changes), claimed from another node.
+    let claimed: Vec<i64> = cs[2].query("SELECT id FROM billing.claim_outbox(100)", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(!claimed.is_empty(), "no outbox row to claim on worker 2");
+    assert!(cs[1].query_one("SELECT billing.ack_outbox($1)", &[&claimed[0]]).unwrap().get::<_, bool>(0));
+    assert!(!cs[0].query_one("SELECT billing.ack_outbox($1)", &[&claimed[0]]).unwrap().get::<_, bool>(0));
+    // The views, from the coordinator and a worker.
+    ok(&mut cs[0], "SELECT billing.set_low_balance('acme', 100000)");
+    for c in [0, 2] {
+        for v in ["grant_status", "failed_events", "stale_events", "event_lag", "sync_status", "low_balances", "open_holds"] {
+            cs[c].query(&format!("SELECT * FROM billing.{v}"), &[]).unwrap_or_else(|e| panic!("billing.{v} on node {c}: {}", msg(&e)));
+        }
+        let low = one_i64(&mut cs[c], "SELECT count(*) FROM billing.low_balances WHERE customer = 'acme'", &[]);
+        assert_eq!(low, 1, "low_balances on node {c}");
+    }
     // Replay and maintenance work from the coordinator.
     ok(&mut cs[0], "SELECT billing.replay_failed(); SELECT billing.maintenance()");
     assert_eq!(verify(&mut cs[0]), Vec::<String>::new());
@@ -378,7 +410,7 @@ fn hot_path_runs_on_one_worker_and_one_shard_group() {
             ("extend", format!("SELECT billing.extend('{cust}', '{r1}', '1 hour')")),
             ("settle", format!("SELECT * FROM billing.settle('{cust}', '{r1}', 1)")),
             ("release", format!("SELECT * FROM billing.release('{cust}', '{r2}')")),
-            ("refund", format!("SELECT * FROM billing.refund('{cust}', '{d}', 1)")),
+            ("refund", format!("SELECT * FROM billing.refund('{cust}', '{d}', 1, NULL)")),
             ("balance", format!("SELECT billing.balance('{cust}')")),
             ("record_usage", format!("SELECT * FROM billing.record_usage('{cust}', 'route_tokens', 1, 'u{tag}')")),
             ("access", format!("SELECT * FROM billing.access('{cust}', 'chat')")),

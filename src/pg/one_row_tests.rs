@@ -319,7 +319,7 @@ mod tests {
             format!("billing.debit(text,bigint,text,jsonb)|f|record|customer text, amount bigint, idempotency_key text, metadata jsonb DEFAULT '{{}}'::jsonb, {entry}|{app}|{hot}"),
             format!("billing.ingest(text,jsonb,text)|f|record|endpoint text, headers jsonb, body text, {event}|{hook}|{hot}"),
             format!("billing.record_usage(text,text,bigint,text,timestamp with time zone,uuid)|f|record|customer text, meter text, quantity bigint, idempotency_key text, occurred_at timestamp with time zone DEFAULT NULL::timestamp with time zone, reservation_id uuid DEFAULT NULL::uuid, OUT entry_id uuid, OUT credits bigint, OUT balance_after bigint, OUT replayed boolean|{app}|{hot}"),
-            format!("billing.refund(text,uuid,bigint,text)|f|record|customer text, entry_id uuid, amount bigint DEFAULT NULL::bigint, idempotency_key text DEFAULT NULL::text, {entry}|{app}|{hot}"),
+            format!("billing.refund(text,uuid,bigint,text)|f|record|customer text, entry_id uuid, amount bigint, idempotency_key text, {entry}|{app}|{hot}"),
             format!("billing.refund(uuid,bigint,text)|f|record|entry_id uuid, amount bigint DEFAULT NULL::bigint, idempotency_key text DEFAULT NULL::text, {entry}|{app}|{hot}"),
             format!("billing.release(text,uuid)|f|record|customer text, reservation_id uuid, {entry}|{app}|{hot}"),
             format!("billing.release(uuid)|f|record|reservation_id uuid, {entry}|{app}|{hot}"),

@@ -402,7 +402,8 @@ static PERIOD_SET: Stmt = Stmt {
 fn settle_period(c: &mut SpiClient<'_>, customer: &str, sub: &str, end: i64, start: Option<i64>, plan: Option<&str>) -> Result<i64> {
     let r = run(c, &PERIOD_LOCK, &[customer.into(), sub.into(), (end as f64).into(), opt_f(start)])?;
     let row = r.first();
-    let reported = row.get::<TimestampWithTimeZone>(1)?.map(|t| crate::pg::spi::micros(t).div_euclid(1_000_000));
+    // Unix seconds (a TimestampTz counts from 2000-01-01).
+    let reported = row.get::<TimestampWithTimeZone>(1)?.map(|t| crate::pg::spi::micros(t).div_euclid(1_000_000) + 946_684_800);
     let granted = row.get::<i64>(2)?.unwrap_or(0);
     let stored = allowance::Entitlement {
         base: row.get::<i64>(3)?.unwrap_or(0),

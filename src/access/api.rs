@@ -362,7 +362,7 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
     // A concurrent change not yet committed is noted by its own transaction, and
     // `maintenance()` notes again whatever a race left behind.
     if noted.reason.as_deref() != Some(r.as_str()) {
-        run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
+        super::outbox::write(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into(), r.allowed().into()])?;
     }
     Ok(noted.events_wait)
 }

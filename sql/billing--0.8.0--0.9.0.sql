@@ -786,7 +786,7 @@ GRANT EXECUTE ON FUNCTION billing.claim_outbox(int, interval, interval, text) TO
 
 -- verify() reports journal entries dated after now (a test clock, now transaction-scoped,
 -- could be left set on a pooled connection and date a customer's entries in the future).
-CREATE FUNCTION billing._clock_now() RETURNS timestamptz VOLATILE
+CREATE FUNCTION billing._clock_now() RETURNS timestamptz VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_clock_now';
 REVOKE ALL ON FUNCTION billing._clock_now() FROM PUBLIC;
 

@@ -7,7 +7,7 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'billing_maintenance';
 COMMENT ON FUNCTION billing.maintenance IS 'Writes the journal rows of expired grants and lapsed holds; returns how many. Safe from pg_cron at any interval.';
 
 -- Billing's now: the transaction's test clock (billing.clock), else the wall clock.
-CREATE FUNCTION billing._clock_now() RETURNS timestamptz VOLATILE
+CREATE FUNCTION billing._clock_now() RETURNS timestamptz VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_clock_now';
 
 -- billing.verify(): recomputes every balance and every grant remainder from the journal,

@@ -10,7 +10,10 @@
 //! back). So a value is refused outside a transaction block and from any source but the
 //! session (postgresql.conf, `ALTER ROLE/DATABASE ... SET`, connection options), and a
 //! plain `SET` inside a block is reset when the block commits (or prepares): whichever
-//! form set it, it is gone once the transaction ends. Empty means the real clock.
+//! form set it, it is gone once the transaction ends. Before a backend has loaded the
+//! library no check runs (the setting is a placeholder): a value set then in a transaction
+//! that has ended is discarded, with a warning, when the library loads. Empty means the
+//! real clock.
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -18,8 +21,16 @@ use std::ffi::{c_char, c_void, CStr, CString};
 
 pub static CLOCK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+thread_local! {
+    /// While the library loads: `billing.clock` had a value from a transaction that has
+    /// ended (a placeholder, set before this backend loaded billing), which must not be
+    /// taken now.
+    static STALE_PLACEHOLDER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 pub fn register() {
     unsafe {
+        STALE_PLACEHOLDER.set(placeholder_from_an_ended_transaction());
         GucRegistry::define_string_guc_with_hooks(
             c"billing.clock",
             c"Overrides the time the billing ledger uses, for one transaction (tests only).",
@@ -31,8 +42,42 @@ pub fn register() {
             None,
             None,
         );
+        STALE_PLACEHOLDER.set(false);
         pg_sys::RegisterXactCallback(Some(end_of_transaction), std::ptr::null_mut());
     }
+}
+
+/// Before the library is loaded in a backend, `SET billing.clock` makes a placeholder
+/// that no check sees. A placeholder set in this transaction has a stack entry (it is
+/// undone at its end); one without came from a transaction that has ended: on a pooled
+/// server connection, another client's.
+unsafe fn placeholder_from_an_ended_transaction() -> bool {
+    let g = unsafe { find_clock() };
+    if g.is_null() || unsafe { (*g).flags } as u32 & pg_sys::GUC_CUSTOM_PLACEHOLDER == 0 {
+        return false;
+    }
+    let v = unsafe { *(*(g as *mut pg_sys::config_string)).variable };
+    !v.is_null() && unsafe { *v } != 0 && unsafe { (*g).stack }.is_null()
+}
+
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+unsafe fn find_clock() -> *mut pg_sys::config_generic {
+    // (find_option is static before 16)
+    unsafe {
+        let vars = pg_sys::get_guc_variables();
+        for i in 0..pg_sys::GetNumConfigOptions() as usize {
+            let g = *vars.add(i);
+            if CStr::from_ptr((*g).name) == c"billing.clock" {
+                return g;
+            }
+        }
+    }
+    std::ptr::null_mut()
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+unsafe fn find_clock() -> *mut pg_sys::config_generic {
+    unsafe { pg_sys::find_option(c"billing.clock".as_ptr(), false, true, pg_sys::DEBUG1 as i32) }
 }
 
 fn is_set() -> bool {
@@ -46,7 +91,9 @@ unsafe extern "C-unwind" fn check_clock(newval: *mut *mut c_char, _extra: *mut *
     if v.is_null() || unsafe { CStr::from_ptr(v) }.to_bytes().is_empty() || unsafe { pg_sys::ParallelWorkerNumber } >= 0 {
         return true;
     }
-    let why = if source != pg_sys::GucSource::PGC_S_SESSION {
+    let why = if STALE_PLACEHOLDER.get() {
+        c"billing.clock was set in a transaction that has ended, before this session loaded billing: discarded"
+    } else if source != pg_sys::GucSource::PGC_S_SESSION {
         c"billing.clock can only be set by SET LOCAL in a transaction (not in a configuration file, ALTER ROLE/DATABASE or connection options)"
     } else if !unsafe { pg_sys::IsTransactionBlock() } {
         c"billing.clock holds for one transaction only: set it inside a transaction block"

@@ -741,6 +741,9 @@ CREATE TABLE billing.outbox_waiters (
     consumer text COLLATE "C" PRIMARY KEY,
     until    timestamptz      NOT NULL
 );
+-- The writers' check runs in functions with enable_seqscan = off: without an index its
+-- plan costs 1e10 and is JIT-compiled on every call (~13 ms).
+CREATE INDEX outbox_waiters_until ON billing.outbox_waiters (until);
 
 CREATE FUNCTION billing._outbox_wait(fresh boolean) RETURNS boolean VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_wait_lease';

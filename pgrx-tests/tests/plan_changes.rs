@@ -1452,8 +1452,7 @@ fn read_db(c: &mut Client, customer: &str, tag: &str) -> Result<DbState, String>
         .query("SELECT subscription_id, plan, status FROM billing.subscriptions WHERE customer = $1", &[&customer])
         .map_err(|e| format!("reading billing.subscriptions: {}", msg(&e)))?;
     let subs = rows.iter().map(|r| (strip(r.get(0)), (r.get(1), r.get(2)))).collect();
-    let balance: i64 =
-        at_clock(c).query_one("SELECT billing.balance($1)", &[&customer]).map_err(|e| format!("billing.balance: {}", msg(&e)))?.get(0);
+    let balance: i64 = at_clock(c).query_one("SELECT billing.balance($1)", &[&customer]).map_err(|e| format!("billing.balance: {}", msg(&e)))?.get(0);
     Ok(DbState { periods, subs, balance })
 }
 

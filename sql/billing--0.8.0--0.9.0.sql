@@ -775,8 +775,9 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    IF FOUND THEN
-        -- busy: writers need not notify this consumer until its next empty claim
+    -- busy: writers need not notify this consumer until its next empty claim (a write
+    -- only if it has a lease: on Citus the table is a reference table, written on every node)
+    IF FOUND AND EXISTS (SELECT FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me) THEN
         DELETE FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me;
     END IF;
 END $$;

@@ -1,8 +1,12 @@
 -- The billing demo: one customer's story, told in SQL. Run by scripts/setup.sh.
 -- The demo moves the ledger's clock with billing.clock (superuser-only) to show expiry.
+-- The clock holds for one transaction (SET LOCAL): each instant is a transaction, and
+-- ON_ERROR_ROLLBACK keeps the refusals the demo shows from ending one.
 \pset footer off
 \set ON_ERROR_STOP 1
-SET billing.clock = '2026-11-01 09:00:00+00';
+\set ON_ERROR_ROLLBACK on
+BEGIN;
+SET LOCAL billing.clock = '2026-11-01 09:00:00+00';
 
 \echo '\n== 1. Ada buys 10 USD of credits (1,000 credits, never expire) and gets a 200-credit promo that expires tonight'
 SELECT billing.grant('ada', 1000, 'checkout:cs_001', 'purchase') AS purchase_grant \gset
@@ -28,7 +32,9 @@ SELECT balance_after, replayed FROM billing.refund(:'debit_entry');
 SELECT source, granted, used, refunded, expired, remaining FROM billing.grant_status WHERE customer = 'ada' ORDER BY source;
 
 \echo '\n== 5. Midnight passes: what is left of the promo expires at that instant, no job needed'
-SET billing.clock = '2026-11-02 08:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-11-02 08:00:00+00';
 SELECT billing.balance('ada') AS balance_next_morning,
        billing.balance_at('ada', '2026-11-01 12:00:00+00') AS balance_yesterday_noon;
 SELECT billing.maintenance() AS expiry_rows_written;
@@ -106,12 +112,16 @@ RETURNS jsonb LANGUAGE sql AS $$
 $$;
 
 \echo '\n== 9. Bea starts a 14-day trial'
-SET billing.clock = '2026-11-01 09:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-11-01 09:00:00+00';
 SELECT pg_temp.deliver('evt_b1', 'customer.subscription.created', '2026-11-01 09:00+00', pg_temp.sub('trialing', '2026-11-15'));
 SELECT * FROM pg_temp.show('in the trial');
 
 \echo '\n== 10. The trial converts: the first invoice is paid (the plan grants 5000 credits for the month)'
-SET billing.clock = '2026-11-15 00:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-11-15 00:00:00+00';
 SELECT pg_temp.deliver('evt_b2', 'invoice.paid', '2026-11-15 00:00+00', pg_temp.invoice('in_1', '2026-12-15'));
 SELECT pg_temp.deliver('evt_b3', 'customer.subscription.updated', '2026-11-15 00:00:01+00', pg_temp.sub('active', '2026-12-15'));
 SELECT pg_temp.deliver('evt_b3', 'customer.subscription.updated', '2026-11-15 00:00:01+00', pg_temp.sub('active', '2026-12-15'));
@@ -120,11 +130,15 @@ SELECT * FROM pg_temp.show('paid');
 SELECT credits, balance_after FROM billing.record_usage('bea', 'llm_tokens', 2500, 'req:b1');
 
 \echo '\n== 11. The renewal fails on Dec 15: paid through the period, then a grace period of 3 days'
-SET billing.clock = '2026-12-15 00:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-12-15 00:00:00+00';
 SELECT pg_temp.deliver('evt_b4', 'invoice.payment_failed', '2026-12-15 00:00+00', pg_temp.invoice('in_2', '2027-01-15'));
 SELECT pg_temp.deliver('evt_b5', 'customer.subscription.updated', '2026-12-15 00:00:01+00', pg_temp.sub('past_due', '2027-01-15'));
 SELECT * FROM pg_temp.show('payment failed');
-SET billing.clock = '2026-12-18 00:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-12-18 00:00:00+00';
 SELECT * FROM pg_temp.show('grace over');
 \echo 'time alone changed that; maintenance() (pg_cron) notes it for the outbox:'
 SELECT billing.maintenance() AS expiry_rows_written;
@@ -134,7 +148,9 @@ SELECT * FROM billing.charge('bea', 'chat', 10, 'req:b2');
 \set ON_ERROR_STOP 1
 
 \echo '\n== 12. Bea updates her card: the retried invoice is paid; access is back'
-SET billing.clock = '2026-12-19 00:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-12-19 00:00:00+00';
 SELECT pg_temp.deliver('evt_b6', 'invoice.paid', '2026-12-19 00:00+00', pg_temp.invoice('in_2', '2027-01-15'));
 SELECT * FROM pg_temp.show('recovered');
 \echo 'a late, older event (the past_due update, delivered again with another id) is stale and changes nothing:'
@@ -142,7 +158,9 @@ SELECT pg_temp.deliver('evt_b5_late', 'customer.subscription.updated', '2026-12-
 SELECT * FROM pg_temp.show('after the stale event');
 
 \echo '\n== 13. Bea upgrades to max (20,000 credits) on Dec 31, with 15 of the period''s 31 days left, and pays the proration'
-SET billing.clock = '2026-12-31 00:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2026-12-31 00:00:00+00';
 SELECT pg_temp.deliver('evt_b7', 'customer.subscription.updated', '2026-12-31 00:00+00', pg_temp.sub('active', '2027-01-15', 'price_max'));
 SELECT pg_temp.deliver('evt_b8', 'invoice.paid', '2026-12-31 00:00:01+00',
        pg_temp.change('in_3', '2026-12-31', 'price_pro', 'price_max', 968, 3871, '2027-01-15'));
@@ -151,7 +169,9 @@ SELECT period_start::date, period_end::date, base, ceiling, allowance, granted F
 SELECT * FROM pg_temp.show('upgraded');
 
 \echo '\n== 14. Bea downgrades to pro on Jan 5; the $0 invoice is paid: nothing granted, nothing taken back'
-SET billing.clock = '2027-01-05 00:00:00+00';
+COMMIT;
+BEGIN;
+SET LOCAL billing.clock = '2027-01-05 00:00:00+00';
 SELECT pg_temp.deliver('evt_b9', 'customer.subscription.updated', '2027-01-05 00:00+00', pg_temp.sub('active', '2027-01-15', 'price_pro'));
 SELECT pg_temp.deliver('evt_b10', 'invoice.paid', '2027-01-05 00:00:01+00',
        pg_temp.change('in_4', '2027-01-05', 'price_max', 'price_pro', 2581, 645, '2027-01-15'));
@@ -184,3 +204,4 @@ SELECT balance_after FROM billing.debit('acme', 60000, 'big-batch-job');
 SELECT customer, balance FROM billing.customers WHERE customer = 'acme' OR slot_of = 'acme' ORDER BY customer;
 SELECT billing.balance('acme') AS acme_balance;
 SELECT count(*) AS inconsistencies FROM billing.verify();
+COMMIT;

@@ -6,7 +6,8 @@
 #   3.   isolation specs (pg_isolation_regress) and the client-side crate (pgrx-tests/:
 #        randomized model, many-connection races, dump/restore, roles) against a
 #        throwaway cluster this script starts
-#   +    the example receiver over HTTP (scripts/receiver.py), reconciliation against a
+#   +    the example receiver over HTTP (scripts/receiver.py), the extension through
+#        PgBouncer in transaction mode (scripts/pgbouncer-test.sh), reconciliation against a
 #        Stripe stand-in, and the upgrade-script check (released scripts frozen, upgrade
 #        path == fresh install)
 #   4.   faults (kills and crashes under load)
@@ -68,6 +69,9 @@ for v in $PG_VERSIONS; do
 
   section "PostgreSQL $v, layer 3: the example webhook receiver over HTTP"
   ./scripts/receiver-test.sh
+
+  section "PostgreSQL $v, layer 3: through PgBouncer in transaction mode (outbox wake-up, test clock)"
+  ./scripts/pgbouncer-test.sh
 
   section "PostgreSQL $v, layer 3: reconciliation: scripts/stripe-sync.py against a Stripe stand-in"
   ./scripts/sync-test.sh

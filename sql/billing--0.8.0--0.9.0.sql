@@ -724,6 +724,266 @@ ANALYZE billing.customers, billing.grants, billing.reservations, billing.journal
     billing.usage_carry, billing.usage_events, billing.limits, billing.buckets, billing.outbox,
     billing.auto_topups;
 
+-- The outbox's wake-up keeps no session state (a session lock stayed on a pooled server
+-- connection behind a transaction-mode pooler): an empty claim writes a lease in
+-- billing.outbox_waiters, and the code that writes outbox rows wakes consumers itself, so
+-- the triggers go (on Citus a trigger runs on the shard). The subscription status row is
+-- written by the webhook code, with the trigger's payload.
+DROP TRIGGER outbox_wake ON billing.outbox;
+DROP TRIGGER subscription_outbox ON billing.subscriptions;
+DROP FUNCTION billing._outbox_wake();
+DROP FUNCTION billing._subscription_outbox();
+DROP FUNCTION billing.claim_outbox(int, interval);
+DROP FUNCTION billing._outbox_wait();
+DROP FUNCTION billing._outbox_awake();
+
+CREATE TABLE billing.outbox_waiters (
+    consumer text COLLATE "C" PRIMARY KEY,
+    until    timestamptz      NOT NULL
+);
+-- The writers' check runs in functions with enable_seqscan = off: without an index its
+-- plan costs 1e10 and is JIT-compiled on every call (~13 ms).
+CREATE INDEX outbox_waiters_until ON billing.outbox_waiters (until);
+
+CREATE FUNCTION billing._outbox_wait(fresh boolean) RETURNS boolean VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_wait_lease';
+
+CREATE FUNCTION billing.claim_outbox(n int DEFAULT 100, lease interval DEFAULT '1 minute',
+                                     wait interval DEFAULT '1 minute', consumer text DEFAULT '')
+RETURNS SETOF billing.outbox LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    me text COLLATE "C" := coalesce(claim_outbox.consumer, '');
+    was timestamptz;
+BEGIN
+    RETURN QUERY SELECT * FROM billing._claim_outbox(claim_outbox.n, claim_outbox.lease);
+    IF NOT FOUND AND claim_outbox.wait OPERATOR(pg_catalog.>) '0'::interval THEN
+        SELECT w.until INTO was FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me;
+        INSERT INTO billing.outbox_waiters AS w (consumer, until)
+        VALUES (me, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) claim_outbox.wait)
+        ON CONFLICT ON CONSTRAINT outbox_waiters_pkey DO UPDATE SET until = EXCLUDED.until;
+        DELETE FROM billing.outbox_waiters w
+         WHERE w.consumer IN (SELECT x.consumer FROM billing.outbox_waiters x
+                               WHERE x.until OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp()
+                                 AND x.consumer OPERATOR(pg_catalog.<>) me
+                               FOR UPDATE SKIP LOCKED);
+        IF NOT billing._outbox_wait(was IS NULL OR was OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) THEN
+            RETURN;
+        END IF;
+        RETURN QUERY SELECT * FROM billing._claim_outbox(claim_outbox.n, claim_outbox.lease);
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    -- busy: writers need not notify this consumer until its next empty claim (a write
+    -- only if it has a lease: on Citus the table is a reference table, written on every node)
+    IF FOUND AND EXISTS (SELECT FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me) THEN
+        DELETE FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me;
+    END IF;
+END $$;
+COMMENT ON FUNCTION billing.claim_outbox IS 'Claims up to n unacknowledged rows for a lease; rows claimed by others are skipped, not waited for. Empty: writers send NOTIFY billing until this consumer''s wait lease ends (wait, default 1 minute; consumer names the lease) or one of its claims returns rows.';
+
+REVOKE ALL ON billing.outbox_waiters FROM PUBLIC;
+GRANT SELECT ON billing.outbox_waiters TO billing_admin;
+REVOKE ALL ON FUNCTION billing._outbox_wait(boolean), billing.claim_outbox(int, interval, interval, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.claim_outbox(int, interval, interval, text) TO billing_app;
+
+-- verify() reports journal entries dated after now (a test clock, now transaction-scoped,
+-- could be left set on a pooled connection and date a customer's entries in the future).
+CREATE FUNCTION billing._clock_now() RETURNS timestamptz VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_clock_now';
+REVOKE ALL ON FUNCTION billing._clock_now() FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION billing.verify()
+RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+WITH j AS (
+    SELECT j.*, lag(j.balance_after, 1, 0::bigint) OVER w AS before,
+           lag(j.at) OVER w AS prev_at, row_number() OVER w AS n,
+           (SELECT coalesce(sum(d), 0) FROM unnest(j.deltas) d) AS line_sum
+      FROM billing.journal j
+    WINDOW w AS (PARTITION BY j.customer ORDER BY j.seq)
+), lines AS (
+    SELECT j.customer, j.kind, l.a, l.d
+      FROM billing.journal j, unnest(j.accounts, j.deltas) AS l(a, d)
+), last AS (
+    SELECT DISTINCT ON (j.customer) j.customer, j.balance_after, j.seq, j.at
+      FROM billing.journal j ORDER BY j.customer, j.seq DESC
+), borrowed AS (
+    SELECT r.customer, r.id, sum(l.x) FILTER (WHERE l.a = r.id) AS x
+      FROM billing.reservations r, unnest(r.accounts, r.amounts) AS l(a, x)
+     WHERE r.status = 'active' GROUP BY r.customer, r.id
+)
+-- each entry's amount is the sum of its lines
+SELECT j.customer, 'entry_lines', j.amount, j.line_sum, 'entry ' || j.entry_id
+  FROM j WHERE j.amount IS DISTINCT FROM j.line_sum
+UNION ALL
+-- the running balance adds up entry by entry
+SELECT j.customer, 'running_balance', j.before + j.amount, j.balance_after, 'entry ' || j.entry_id
+  FROM j WHERE j.balance_after IS DISTINCT FROM j.before + j.amount
+UNION ALL
+-- no gaps in a customer's sequence, time never goes back
+SELECT j.customer, 'sequence', j.n, j.seq, 'entry ' || j.entry_id FROM j WHERE j.seq <> j.n
+UNION ALL
+SELECT j.customer, 'time_order', NULL, NULL, 'entry ' || j.entry_id || ' is earlier than the entry before it'
+  FROM j WHERE j.at < j.prev_at
+UNION ALL
+-- and no entry is dated after now (as a test clock left on a pooled connection would write)
+SELECT j.customer, 'future_entry', NULL, NULL, 'entry ' || j.entry_id || ' is dated ' || j.at || ', after now'
+  FROM billing.journal j WHERE j.at > (SELECT billing._clock_now())
+UNION ALL
+-- the cached balance and sequence of each customer match the journal
+SELECT c.customer, 'customer_balance', coalesce(l.balance_after, 0), c.balance, NULL
+  FROM billing.customers c LEFT JOIN last l USING (customer)
+ WHERE c.balance <> coalesce(l.balance_after, 0)
+UNION ALL
+SELECT c.customer, 'customer_seq', coalesce(l.seq, 0), c.seq, NULL
+  FROM billing.customers c LEFT JOIN last l USING (customer)
+ WHERE c.seq <> coalesce(l.seq, 0)
+UNION ALL
+-- every grant's remainder is the sum of the journal lines on it
+SELECT g.customer, 'grant_remaining', coalesce(s.total, 0), g.remaining, 'grant ' || g.id
+  FROM billing._grants_now g
+  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
+         ON s.customer = g.customer AND s.a = g.id
+ WHERE g.remaining <> coalesce(s.total, 0) OR g.open <> (g.remaining > 0)
+UNION ALL
+-- the overdraft account
+SELECT c.customer, 'overdraft_account', coalesce(s.total, 0), c.od, NULL
+  FROM billing.customers c
+  LEFT JOIN (SELECT lines.customer, sum(lines.d) AS total FROM lines
+              WHERE lines.a = '00000000-0000-0000-0000-000000000000' GROUP BY 1) s USING (customer)
+ WHERE c.od <> coalesce(s.total, 0)
+UNION ALL
+-- what each hold borrowed is on its own account while it is active, and nothing after
+SELECT r.customer, 'hold_borrowing', -coalesce(b.x, 0), coalesce(s.total, 0), 'reservation ' || r.id
+  FROM billing.reservations r
+  LEFT JOIN borrowed b ON b.customer = r.customer AND b.id = r.id
+  LEFT JOIN (SELECT lines.customer, lines.a, sum(lines.d) AS total FROM lines GROUP BY 1, 2) s
+         ON s.customer = r.customer AND s.a = r.id
+ WHERE coalesce(s.total, 0) <> -coalesce(b.x, 0)
+UNION ALL
+SELECT r.customer, 'hold_amount', r.amount, (SELECT sum(x) FROM unnest(r.amounts) x), 'reservation ' || r.id
+  FROM billing.reservations r
+ WHERE r.amount <> (SELECT sum(x) FROM unnest(r.amounts) x)
+UNION ALL
+-- the balance equals its parts: live grants + overdraft account - active borrowing,
+-- as of the customer's last entry (expired grants must have been written down)
+SELECT c.customer, 'balance_parts',
+       coalesce((SELECT sum(g.remaining) FROM billing._grants_now g
+                  WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
+       + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0),
+       c.balance, NULL
+  FROM billing.customers c
+ WHERE c.balance <> coalesce((SELECT sum(g.remaining) FROM billing._grants_now g
+                               WHERE g.customer = c.customer AND g.expires_at > c.last_at), 0)
+                   + c.od - coalesce((SELECT sum(b.x) FROM borrowed b WHERE b.customer = c.customer), 0)
+UNION ALL
+SELECT g.customer, 'expired_grant_written_down', 0, g.remaining, 'grant ' || g.id
+  FROM billing._grants_now g JOIN billing.customers c USING (customer)
+ WHERE g.expires_at <= c.last_at AND g.remaining > 0
+UNION ALL
+-- refunds never return more than their entry consumed
+SELECT r.customer, 'refund_bound', -d.amount, r.total, 'entry ' || d.entry_id
+  FROM (SELECT j.customer, j.ref_entry, sum(j.amount) AS total FROM billing.journal j
+         WHERE j.kind = 'refund' GROUP BY 1, 2) r
+  JOIN billing.journal d ON d.entry_id = r.ref_entry
+ WHERE d.kind = 'debit' AND r.total > -d.amount
+UNION ALL
+-- every transfer has its pair in another account of the same customer: the same
+-- credits the other way
+SELECT t.customer, 'transfer_pair', -t.amount, p.amount, 'entry ' || t.entry_id
+  FROM billing.journal t
+  JOIN billing.customers ct ON ct.customer = t.customer
+  LEFT JOIN (billing.journal p JOIN billing.customers cp ON cp.customer = p.customer)
+         ON p.entry_id = t.ref_entry AND p.kind = 'transfer' AND p.ref_entry = t.entry_id
+        AND p.customer <> t.customer
+        AND coalesce(cp.slot_of, cp.customer) = coalesce(ct.slot_of, ct.customer)
+ WHERE t.kind = 'transfer' AND p.amount IS DISTINCT FROM -t.amount
+UNION ALL
+-- a mirror holds credits of a grant of its own customer, with that grant's expiry
+SELECT m.customer, 'mirror_origin', NULL, NULL, 'grant ' || m.id
+  FROM billing.grants m
+  JOIN billing.customers c ON c.customer = m.customer
+  LEFT JOIN billing.grants o ON o.customer = c.slot_of AND o.id = m.origin
+ WHERE m.origin IS NOT NULL AND (o.id IS NULL OR o.expires_at <> m.expires_at)
+UNION ALL
+-- a customer's pending draw is on an open grant of its own that it leaves credits
+SELECT c.customer, 'draw', c.draw, coalesce(g.remaining, 0), 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant
+ WHERE c.draw <> 0 AND (g.id IS NULL OR NOT g.open OR g.remaining - c.draw <= 0 OR c.draw < 0)
+UNION ALL
+-- a slotted customer has exactly its slot accounts
+SELECT c.customer, 'slot_accounts', c.slots - 1, count(s.customer), NULL
+  FROM billing.customers c
+  LEFT JOIN billing.customers s ON s.slot_of = c.customer
+ WHERE c.slot_of IS NULL
+ GROUP BY c.customer, c.slots
+HAVING count(s.customer) <> c.slots - 1
+UNION ALL
+-- a located entry id names its own account's number and its own seq
+SELECT j.customer, 'entry_id', j.seq, ('x' || substr(replace(j.entry_id::text, '-', ''), 18, 10))::bit(40)::bigint,
+       'entry ' || j.entry_id || ' does not name account ' || c.num || ', seq ' || j.seq
+  FROM billing.journal j JOIN billing.customers c ON c.customer = j.customer
+ WHERE j.entry_id >= 'ff000000-0000-0000-0000-000000000000'
+   AND substr(replace(j.entry_id::text, '-', ''), 1, 12) || substr(replace(j.entry_id::text, '-', ''), 18, 10)
+       <> 'ff' || lpad(to_hex(c.num), 10, '0') || lpad(to_hex(j.seq), 10, '0')
+UNION ALL
+-- the grant the customer row keeps as first in spending order (draw_left) is: it has
+-- that remainder, and no other open grant with credits comes before it
+SELECT c.customer, 'first_grant', c.draw_left, g.remaining - c.draw, 'grant ' || c.draw_grant
+  FROM billing.customers c
+  LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant AND g.open
+ WHERE c.draw_left IS NOT NULL
+   AND (g.id IS NULL OR g.remaining - c.draw <> c.draw_left OR c.draw_left <= 0
+        OR EXISTS (SELECT FROM billing._grants_now o
+                    WHERE o.customer = c.customer AND o.open AND o.remaining > 0 AND o.id <> g.id
+                      AND (o.expires_at, -o.priority, o.seq) < (g.expires_at, -g.priority, g.seq)))
+UNION ALL
+-- an account number names one account
+SELECT min(c.customer), 'account_number', 1, count(*), 'number ' || c.num || ' is on ' || string_agg(c.customer, ', ')
+  FROM billing.customers c
+ GROUP BY c.num
+HAVING count(*) > 1
+UNION ALL
+-- the rows the hot path writes hold what its functions write (no CHECK: sql/ledger.sql)
+SELECT r.customer, 'reservation_row', NULL::bigint, r.amount,
+       'reservation ' || r.id || ': amount ' || r.amount || ', status ' || coalesce(r.status, 'NULL')
+  FROM billing.reservations r
+ WHERE NOT (r.amount > 0 AND r.status IN ('active', 'settled', 'released', 'expired'))
+UNION ALL
+SELECT u.customer, 'usage_row', NULL::bigint, u.credits,
+       'usage ' || u.idempotency_key || ': quantity ' || u.quantity || ', credits ' || u.credits
+  FROM billing.usage_events u
+ WHERE NOT (u.quantity > 0 AND u.credits >= 0)
+UNION ALL
+SELECT k.customer, 'usage_carry', k.den, k.num,
+       'carry of meter ' || k.meter || ' is ' || k.num || '/' || k.den || ', not a fraction below one'
+  FROM billing.usage_carry k
+ WHERE NOT (k.num >= 0 AND k.den > 0 AND k.num < k.den)
+UNION ALL
+SELECT e.customer, 'event_status', NULL::bigint, NULL::bigint,
+       'event ' || e.provider || ' ' || e.event_id || ' has status ' || coalesce(e.status, 'NULL')
+  FROM billing.events e
+ WHERE NOT (e.status IN ('applied', 'stale', 'ignored', 'failed'))
+UNION ALL
+SELECT o.customer, 'outbox_kind', o.id, NULL::bigint, 'outbox row ' || o.id || ' has kind ' || coalesce(o.kind, 'NULL')
+  FROM billing.outbox o
+ WHERE NOT (o.kind IN ('low_balance', 'subscription_status', 'access_changed', 'event_failed', 'topup_due'))
+UNION ALL
+-- a period's plan grants add up to what it says it granted, and its allowance stays
+-- between its base and its ceiling
+SELECT p.customer, 'plan_period', p.granted, coalesce(g.total, 0),
+       'subscription ' || p.subscription_id || ', period ending ' || p.period_end || ': granted ' || p.granted
+       || ', plan grants ' || coalesce(g.total, 0) || ', allowance ' || p.allowance || ', ceiling ' || p.ceiling
+  FROM billing.subscription_periods p
+  LEFT JOIN LATERAL (SELECT sum(g.amount)::bigint AS total FROM billing.grants g
+                      WHERE g.customer = p.customer AND g.source LIKE 'plan:%' AND g.expires_at = p.period_end
+                        AND g.metadata->>'subscription' = p.subscription_id) g ON true
+ WHERE p.granted <> coalesce(g.total, 0) OR p.allowance > p.ceiling OR p.base > p.allowance
+$$;
+
 -- Scale-out on Citus (sql/cluster.sql). Every unique key leads with the customer, or lives
 -- in a table keyed by the provider's id (purchases, their refunds, provider customers);
 -- customer numbers carry the node's Citus group above bit 32.
@@ -802,7 +1062,7 @@ BEGIN
     SET LOCAL citus.enable_local_reference_table_foreign_keys = off;
 
     FOREACH t IN ARRAY ARRAY['endpoints', 'endpoint_secrets', 'sync_marks', 'topup_credits', 'plans', 'meters',
-                             'meter_prices', 'limits', 'outbox'] LOOP
+                             'meter_prices', 'limits', 'outbox', 'outbox_waiters'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('billing.' || t)::regclass) THEN
             PERFORM create_reference_table(('billing.' || t)::regclass);
         END IF;
@@ -924,6 +1184,10 @@ SELECT j.customer, 'sequence', j.n, j.seq, 'entry ' || j.entry_id FROM j WHERE j
 UNION ALL
 SELECT j.customer, 'time_order', NULL, NULL, 'entry ' || j.entry_id || ' is earlier than the entry before it'
   FROM j WHERE j.at < j.prev_at
+UNION ALL
+-- and no entry is dated after now (as a test clock left on a pooled connection would write)
+SELECT j.customer, 'future_entry', NULL, NULL, 'entry ' || j.entry_id || ' is dated ' || j.at || ', after now'
+  FROM %4$s j WHERE j.at > (SELECT billing._clock_now())
 UNION ALL
 -- the cached balance and sequence of each customer match the journal
 SELECT c.customer, 'customer_balance', coalesce(l.balance_after, 0), c.balance, NULL

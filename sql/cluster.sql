@@ -9,7 +9,7 @@
 --     group, so a call that names a customer runs on one worker;
 --   - keyed by the provider's id, distributed by it: events (and their variants), the
 --     last event of each provider object, provider customers, purchases and their refunds;
---   - configuration, the outbox and its waiters: reference tables, a copy on every node
+--   - configuration, the outbox and its waiters' leases: reference tables, a copy on every node
 --     (the outbox is claimed with FOR UPDATE SKIP LOCKED, which Citus allows on a
 --     reference table and not across shards; a row is written to every node, in the
 --     writer's transaction);
@@ -46,7 +46,7 @@ BEGIN
     SET LOCAL citus.enable_local_reference_table_foreign_keys = off;
 
     FOREACH t IN ARRAY ARRAY['endpoints', 'endpoint_secrets', 'sync_marks', 'topup_credits', 'plans', 'meters',
-                             'meter_prices', 'limits', 'outbox'] LOOP
+                             'meter_prices', 'limits', 'outbox', 'outbox_waiters'] LOOP
         IF NOT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = ('billing.' || t)::regclass) THEN
             PERFORM create_reference_table(('billing.' || t)::regclass);
         END IF;

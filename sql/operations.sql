@@ -6,6 +6,10 @@ RETURNS bigint VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_ca
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_maintenance';
 COMMENT ON FUNCTION billing.maintenance IS 'Writes the journal rows of expired grants and lapsed holds; returns how many. Safe from pg_cron at any interval.';
 
+-- Billing's now: the transaction's test clock (billing.clock), else the wall clock.
+CREATE FUNCTION billing._clock_now() RETURNS timestamptz VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_clock_now';
+
 -- billing.verify(): recomputes every balance and every grant remainder from the journal,
 -- and checks what the tables' constraints do not (sql/ledger.sql says why they are few).
 -- One row per inconsistency; none is the healthy answer.
@@ -57,6 +61,10 @@ SELECT j.customer, 'sequence', j.n, j.seq, 'entry ' || j.entry_id FROM j WHERE j
 UNION ALL
 SELECT j.customer, 'time_order', NULL, NULL, 'entry ' || j.entry_id || ' is earlier than the entry before it'
   FROM j WHERE j.at < j.prev_at
+UNION ALL
+-- and no entry is dated after now (as a test clock left on a pooled connection would write)
+SELECT j.customer, 'future_entry', NULL, NULL, 'entry ' || j.entry_id || ' is dated ' || j.at || ', after now'
+  FROM %4$s j WHERE j.at > (SELECT billing._clock_now())
 UNION ALL
 -- the cached balance and sequence of each customer match the journal
 SELECT c.customer, 'customer_balance', coalesce(l.balance_after, 0), c.balance, NULL

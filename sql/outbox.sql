@@ -8,9 +8,10 @@
 -- NOTIFY billing goes out only while a consumer waits: a notifying transaction holds a
 -- cluster-wide lock through its commit's WAL flush, so every notifying commit runs alone
 -- (with an outbox row for about every other webhook event, that lock cost ingest ~30% of
--- its rate under 8 clients). A consumer whose claim_outbox comes back empty holds a
--- session lock that makes writers notify, until a claim returns rows again; while every
--- consumer is busy claiming, writers notify nobody.
+-- its rate under 8 clients). A consumer whose claim_outbox comes back empty writes a
+-- lease in billing.outbox_waiters; writers notify while an unexpired lease exists. No
+-- trigger and no session state: the Rust code that writes an outbox row wakes the
+-- consumers itself (src/access/outbox.rs).
 -- Row ids: this node's count in the low 48 bits, its Citus group above (billing._node_id),
 -- so rows written on different nodes of a cluster never share an id.
 CREATE SEQUENCE billing.outbox_id MAXVALUE 281474976710655;
@@ -28,27 +29,16 @@ CREATE TABLE billing.outbox (
 ALTER SEQUENCE billing.outbox_id OWNED BY billing.outbox.id;
 CREATE INDEX outbox_pending ON billing.outbox (id) WHERE acked_at IS NULL;
 
--- Per row: a statement trigger fires (and would notify) for an INSERT ... SELECT that
--- writes no row, as the access note's does for most applied events.
-CREATE FUNCTION billing._outbox_wake() RETURNS trigger
-LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_wake';
-CREATE TRIGGER outbox_wake AFTER INSERT ON billing.outbox
-    FOR EACH ROW EXECUTE FUNCTION billing._outbox_wake();
-
--- A subscription's status change reaches the application through the outbox.
-CREATE FUNCTION billing._subscription_outbox() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF TG_OP = 'INSERT' OR OLD.status IS DISTINCT FROM NEW.status THEN
-        INSERT INTO billing.outbox (customer, kind, payload)
-        VALUES (NEW.customer, 'subscription_status', pg_catalog.jsonb_build_object(
-            'subscription', NEW.subscription_id, 'plan', NEW.plan,
-            'from', CASE WHEN TG_OP = 'UPDATE' THEN OLD.status END, 'to', NEW.status));
-    END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER subscription_outbox AFTER INSERT OR UPDATE OF status ON billing.subscriptions
-    FOR EACH ROW EXECUTE FUNCTION billing._subscription_outbox();
+-- Consumers waiting for a NOTIFY billing: one lease per consumer name, written by its
+-- empty claim, ended by a claim that returns rows or when until passes. Not dumped: a
+-- lease means nothing to another cluster.
+CREATE TABLE billing.outbox_waiters (
+    consumer text COLLATE "C" PRIMARY KEY,
+    until    timestamptz      NOT NULL
+);
+-- The writers' check runs in functions with enable_seqscan = off: without an index its
+-- plan costs 1e10 and is JIT-compiled on every call (~13 ms).
+CREATE INDEX outbox_waiters_until ON billing.outbox_waiters (until);
 
 -- The thresholds themselves are on the customer row (customers.low_balance,
 -- topup_below, sql/ledger.sql); this is the auto top-up's policy and its count.
@@ -99,28 +89,47 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION billing._claim_outbox IS 'The claim of billing.claim_outbox, without the wake-up.';
 
-CREATE FUNCTION billing._outbox_wait() RETURNS boolean VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_wait';
-CREATE FUNCTION billing._outbox_awake() RETURNS void VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_awake';
+CREATE FUNCTION billing._outbox_wait(fresh boolean) RETURNS boolean VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_outbox_wait_lease';
 
--- Empty: wait for the writers that did not notify to commit, then claim once more (each
--- statement of a READ COMMITTED transaction sees what committed before it began).
-CREATE FUNCTION billing.claim_outbox(n int DEFAULT 100, lease interval DEFAULT '1 minute')
+-- Empty: write the lease, wait for the writers that may have missed it to commit, then
+-- claim once more (each statement of a READ COMMITTED transaction sees what committed
+-- before it began). Expired leases of other consumers go (SKIP LOCKED: two consumers
+-- never wait for each other here).
+CREATE FUNCTION billing.claim_outbox(n int DEFAULT 100, lease interval DEFAULT '1 minute',
+                                     wait interval DEFAULT '1 minute', consumer text DEFAULT '')
 RETURNS SETOF billing.outbox LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    me text COLLATE "C" := coalesce(claim_outbox.consumer, '');
+    was timestamptz;
 BEGIN
-    RETURN QUERY SELECT * FROM billing._claim_outbox(n, lease);
-    IF NOT FOUND THEN
-        IF NOT billing._outbox_wait() THEN
+    RETURN QUERY SELECT * FROM billing._claim_outbox(claim_outbox.n, claim_outbox.lease);
+    IF NOT FOUND AND claim_outbox.wait OPERATOR(pg_catalog.>) '0'::interval THEN
+        SELECT w.until INTO was FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me;
+        INSERT INTO billing.outbox_waiters AS w (consumer, until)
+        VALUES (me, pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) claim_outbox.wait)
+        ON CONFLICT ON CONSTRAINT outbox_waiters_pkey DO UPDATE SET until = EXCLUDED.until;
+        DELETE FROM billing.outbox_waiters w
+         WHERE w.consumer IN (SELECT x.consumer FROM billing.outbox_waiters x
+                               WHERE x.until OPERATOR(pg_catalog.<) pg_catalog.clock_timestamp()
+                                 AND x.consumer OPERATOR(pg_catalog.<>) me
+                               FOR UPDATE SKIP LOCKED);
+        IF NOT billing._outbox_wait(was IS NULL OR was OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()) THEN
             RETURN;
         END IF;
-        RETURN QUERY SELECT * FROM billing._claim_outbox(n, lease);
+        RETURN QUERY SELECT * FROM billing._claim_outbox(claim_outbox.n, claim_outbox.lease);
+        IF NOT FOUND THEN
+            RETURN;
+        END IF;
     END IF;
-    IF FOUND THEN
-        PERFORM billing._outbox_awake();
+    -- busy: writers need not notify this consumer until its next empty claim (a write
+    -- only if it has a lease: on Citus the table is a reference table, written on every node)
+    IF FOUND AND EXISTS (SELECT FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me) THEN
+        DELETE FROM billing.outbox_waiters w WHERE w.consumer OPERATOR(pg_catalog.=) me;
     END IF;
 END $$;
-COMMENT ON FUNCTION billing.claim_outbox IS 'Claims up to n unacknowledged rows for a lease; rows claimed by others are skipped, not waited for. Empty: NOTIFY billing wakes this session when a row is written.';
+COMMENT ON FUNCTION billing.claim_outbox IS 'Claims up to n unacknowledged rows for a lease; rows claimed by others are skipped, not waited for. Empty: writers send NOTIFY billing until this consumer''s wait lease ends (wait, default 1 minute; consumer names the lease) or one of its claims returns rows.';
 
 CREATE FUNCTION billing.ack_outbox(id bigint)
 RETURNS boolean LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off AS $$

@@ -53,7 +53,7 @@ GRANT EXECUTE ON FUNCTION
     billing.charge(text, text, bigint, text),
     billing.record_usage(text, text, bigint, text, timestamptz, uuid),
     billing.usage(text, timestamptz, timestamptz),
-    billing.claim_outbox(int, interval),
+    billing.claim_outbox(int, interval, interval, text),
     billing.ack_outbox(bigint),
     billing.report_topup(text, text, boolean)
 TO billing_app;
@@ -101,6 +101,6 @@ TO billing_admin;
 GRANT SELECT ON billing.customers, billing.grants, billing.reservations, billing.journal, billing.grant_status,
     billing.endpoints, billing.events, billing.event_variants, billing.provider_customers,
     billing.provider_objects, billing.purchases, billing.refunds, billing.disputes, billing.topup_credits,
-    billing.usage_carry, billing.usage_events, billing.buckets, billing.auto_topups, billing.outbox,
+    billing.usage_carry, billing.usage_events, billing.buckets, billing.auto_topups, billing.outbox, billing.outbox_waiters,
     billing.sync_marks
 TO billing_admin;

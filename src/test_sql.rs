@@ -16,7 +16,7 @@ pub fn prepare(clock_at: &str) {
 }
 
 pub fn clock(t: &str) {
-    Spi::run(&format!("SET billing.clock = '{t}'")).unwrap();
+    Spi::run(&format!("SET LOCAL billing.clock = '{t}'")).unwrap();
 }
 
 /// The one value `sql` returns; panics on an error or NULL.

@@ -17,12 +17,16 @@ fn storm(db: &TestDb, threads: usize, per: usize, feature: &str, tag: &str) -> V
             let feature = feature.to_string();
             let tag = tag.to_string();
             thread::spawn(move || {
-                c.batch_execute("SET billing.clock = '2030-01-01 00:00:00+00'").unwrap();
                 barrier.wait();
                 (0..per)
                     .map(|i| {
-                        match c.query_one("SELECT balance_after FROM billing.charge('hot', $1, 1, $2)", &[&feature, &format!("{tag}-{t}-{i}")]) {
-                            Ok(_) => "ok".to_string(),
+                        // at 2030-01-01 00:00 (ts(0)), in a transaction of its own
+                        let mut tx = at(&mut c, 0);
+                        match tx.query_one("SELECT balance_after FROM billing.charge('hot', $1, 1, $2)", &[&feature, &format!("{tag}-{t}-{i}")]) {
+                            Ok(_) => {
+                                tx.commit().unwrap();
+                                "ok".to_string()
+                            }
                             Err(e) => sqlstate(&e),
                         }
                     })
@@ -42,7 +46,7 @@ fn charges_near_zero_and_near_the_limit() {
     let db = TestDb::new("acc_conc");
     let mut c = db.connect();
     c.batch_execute(
-        "SET billing.clock = '2030-01-01 00:00:00+00';
+        "SET LOCAL billing.clock = '2030-01-01 00:00:00+00';
          SELECT billing.define_plan('pro', '{chat,images}', 0, '3 days', 'price_pro');
          SELECT billing.grant('hot', 150, 'g');
          INSERT INTO billing.subscriptions (customer, provider, subscription_id, status, plan, current_period_end,
@@ -64,7 +68,7 @@ fn charges_near_zero_and_near_the_limit() {
     let r = storm(&db, 16, 10, "images", "z");
     assert!(r.iter().all(|s| s == "ok" || s == "BL001"), "unexpected: {r:?}");
     assert_eq!(count(&r, "ok"), 110, "exactly the balance is spent, never more");
-    assert_eq!(scalar_i64(&mut c, "SELECT billing.balance('hot')"), 0);
+    assert_eq!(scalar_i64(&mut at(&mut c, 0), "SELECT billing.balance('hot')"), 0);
 
     // Each threshold was crossed once: one low_balance row, one top-up request.
     assert_eq!(scalar_i64(&mut c, "SELECT count(*) FROM billing.outbox WHERE kind = 'low_balance'"), 1);

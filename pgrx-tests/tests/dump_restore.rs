@@ -16,27 +16,30 @@ fn rows_text(c: &mut Client, sql: &str) -> Vec<String> {
 }
 
 fn build_state(c: &mut Client) -> (String, String) {
-    set_clock(c, 0);
+    let mut t = at(c, 0);
+    let c0 = &mut t;
     let exp = ts(2 * HOUR);
-    expect_ok(c, &format!("SELECT billing.grant('d1', 1000, 'g1', 'purchase', '{exp}', 2)"));
-    expect_ok(c, "SELECT billing.grant('d1', 500, 'g2')");
-    expect_ok(c, "SELECT billing.debit('d1', 300, 'd1', '{\"req\": 1}')");
-    let settled: String = c.query_one("SELECT billing.reserve('d1', 200, 'h1', '1 hour')::text", &[]).unwrap().get(0);
-    expect_ok(c, &format!("SELECT billing.settle('{settled}', 150)"));
-    let active: String = c.query_one("SELECT billing.reserve('d1', 100, 'h2', '3 hours')::text", &[]).unwrap().get(0);
-    let entry: String = c.query_one("SELECT entry_id::text FROM billing.debit('d1', 40, 'd2')", &[]).unwrap().get(0);
-    expect_ok(c, &format!("SELECT billing.refund('{entry}', 15)"));
-    expect_ok(c, "SELECT billing.grant('d2', 50, 'g1')");
-    expect_ok(c, "SELECT billing.set_overdraft('d2', 100)");
-    expect_ok(c, "SELECT billing.debit('d2', 120, 'over')");
-    expect_ok(c, "SELECT billing.grant('d3', 10, 'g1')");
-    expect_ok(c, "SELECT billing.set_frozen('d3', true)");
+    expect_ok(c0, &format!("SELECT billing.grant('d1', 1000, 'g1', 'purchase', '{exp}', 2)"));
+    expect_ok(c0, "SELECT billing.grant('d1', 500, 'g2')");
+    expect_ok(c0, "SELECT billing.debit('d1', 300, 'd1', '{\"req\": 1}')");
+    let settled: String = c0.query_one("SELECT billing.reserve('d1', 200, 'h1', '1 hour')::text", &[]).unwrap().get(0);
+    expect_ok(c0, &format!("SELECT billing.settle('{settled}', 150)"));
+    let active: String = c0.query_one("SELECT billing.reserve('d1', 100, 'h2', '3 hours')::text", &[]).unwrap().get(0);
+    let entry: String = c0.query_one("SELECT entry_id::text FROM billing.debit('d1', 40, 'd2')", &[]).unwrap().get(0);
+    expect_ok(c0, &format!("SELECT billing.refund('{entry}', 15)"));
+    expect_ok(c0, "SELECT billing.grant('d2', 50, 'g1')");
+    expect_ok(c0, "SELECT billing.set_overdraft('d2', 100)");
+    expect_ok(c0, "SELECT billing.debit('d2', 120, 'over')");
+    expect_ok(c0, "SELECT billing.grant('d3', 10, 'g1')");
+    expect_ok(c0, "SELECT billing.set_frozen('d3', true)");
     // a slotted customer: its slot accounts, mirrors and transfers come back too
-    expect_ok(c, &format!("SELECT billing.grant('d4', 400, 'g1', 'promo', '{exp}')"));
-    expect_ok(c, "SELECT billing.grant('d4', 400, 'g2'); SELECT billing.set_slots('d4', 3)");
-    expect_ok(c, "SELECT billing.debit('d4', 5, 'a'), billing.debit('d4', 7, 'b'), billing.debit('d4', 300, 'c')");
-    set_clock(c, HOUR);
-    expect_ok(c, "SELECT billing.debit('d1', 1, 'later')"); // the settled hold's ttl has passed
+    expect_ok(c0, &format!("SELECT billing.grant('d4', 400, 'g1', 'promo', '{exp}')"));
+    expect_ok(c0, "SELECT billing.grant('d4', 400, 'g2'); SELECT billing.set_slots('d4', 3)");
+    expect_ok(c0, "SELECT billing.debit('d4', 5, 'a'), billing.debit('d4', 7, 'b'), billing.debit('d4', 300, 'c')");
+    t.commit().unwrap();
+    let mut t = at(c, HOUR);
+    expect_ok(&mut t, "SELECT billing.debit('d1', 1, 'later')"); // the settled hold's ttl has passed
+    t.commit().unwrap();
     (active, entry)
 }
 
@@ -51,8 +54,8 @@ fn snapshot(c: &mut Client) -> Vec<Vec<String>> {
 }
 
 fn balances(c: &mut Client, t: i64) -> Vec<(String, i64)> {
-    set_clock(c, t);
-    c.query("SELECT customer, billing.balance(customer) FROM billing.customers WHERE slot_of IS NULL ORDER BY customer", &[])
+    let mut tx = at(c, t);
+    tx.query("SELECT customer, billing.balance(customer) FROM billing.customers WHERE slot_of IS NULL ORDER BY customer", &[])
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -119,20 +122,22 @@ fn dump_and_restore_keep_the_ledger() {
 
     // And it keeps working: old keys replay, the active hold settles, the frozen customer
     // stays frozen, new entries continue the sequence.
-    set_clock(&mut b, HOUR + 1);
-    let r = b.query_one("SELECT entry_id::text, replayed FROM billing.debit('d1', 300, 'd1', '{\"req\": 1}')", &[]).unwrap();
+    let mut t = at(&mut b, HOUR + 1);
+    let r = t.query_one("SELECT entry_id::text, replayed FROM billing.debit('d1', 300, 'd1', '{\"req\": 1}')", &[]).unwrap();
     let orig: String =
         a.query_one("SELECT entry_id::text FROM billing.journal WHERE customer = 'd1' AND idempotency_key = 'd1'", &[]).unwrap().get(0);
     assert_eq!((r.get::<_, String>(0), r.get::<_, bool>(1)), (orig, true));
-    expect_code(&mut b, "SELECT billing.debit('d1', 301, 'd1')", "BL002");
-    expect_code(&mut b, "SELECT billing.debit('d3', 1, 'x')", "BL004");
-    let before = scalar_i64(&mut b, "SELECT billing.balance('d1')");
-    expect_ok(&mut b, &format!("SELECT billing.settle('{active}', 60)"));
-    assert_eq!(scalar_i64(&mut b, "SELECT billing.balance('d1')"), before + 40);
-    expect_ok(&mut b, &format!("SELECT billing.refund('{entry}')")); // the rest of it
-    expect_code(&mut b, &format!("SELECT billing.refund('{entry}', 1, 'again')"), "22023");
-    set_clock(&mut b, 4 * HOUR);
-    expect_ok(&mut b, "SELECT billing.debit('d1', 5, 'after-expiry')");
-    expect_ok(&mut b, "SELECT billing.maintenance()");
+    expect_code(&mut t, "SELECT billing.debit('d1', 301, 'd1')", "BL002");
+    expect_code(&mut t, "SELECT billing.debit('d3', 1, 'x')", "BL004");
+    let before = scalar_i64(&mut t, "SELECT billing.balance('d1')");
+    expect_ok(&mut t, &format!("SELECT billing.settle('{active}', 60)"));
+    assert_eq!(scalar_i64(&mut t, "SELECT billing.balance('d1')"), before + 40);
+    expect_ok(&mut t, &format!("SELECT billing.refund('{entry}')")); // the rest of it
+    expect_code(&mut t, &format!("SELECT billing.refund('{entry}', 1, 'again')"), "22023");
+    t.commit().unwrap();
+    let mut t = at(&mut b, 4 * HOUR);
+    expect_ok(&mut t, "SELECT billing.debit('d1', 5, 'after-expiry')");
+    expect_ok(&mut t, "SELECT billing.maintenance()");
+    t.commit().unwrap();
     verify_clean(&mut b);
 }

@@ -765,7 +765,7 @@ fn webhook_role_can_only_ingest() {
         "SET ROLE billing_app".into(),
         "SET billing.webhook_tolerance = 86400".into(),
         "SET billing.webhook_max_bytes = 67108864".into(),
-        "SET billing.clock = '2030-01-01 00:00:00+00'".into(),
+        "SET LOCAL billing.clock = '2030-01-01 00:00:00+00'".into(),
     ]);
     for sql in &denied {
         k.refuse(&format!("as billing_webhook: {sql}"), sql, &[], &["42501"]);

@@ -1,7 +1,9 @@
-//! The outbox's wake-up (0.7.0) under real concurrency. Writers notify only while a
-//! consumer waits, so the guarantee to prove is the other half: a consumer that found
-//! the outbox empty and sleeps is always woken by the next row. Four writers insert rows
-//! (a third of them in transactions that read the outbox before they commit) while one
+//! The outbox's wake-up under real concurrency. Writers notify only while a consumer
+//! waits (holds an unexpired lease, 0.9.0), so the guarantee to prove is the other half: a
+//! consumer that found the outbox empty and sleeps is always woken by the next row. Four
+//! writers write rows through the ledger (`set_frozen`: an `access_changed` row each; the
+//! code that writes a row wakes consumers, there is no trigger), a third of them in
+//! transactions that read the outbox before they commit, while one
 //! consumer claims, acknowledges and, on an empty claim, sleeps until a notification. A
 //! sleep that ends without one while writers are still writing, or rows left pending
 //! once they are done, is a lost wake-up.
@@ -50,6 +52,9 @@ fn run(tag: &str, release_on_empty: bool) -> (usize, usize) {
     let db = TestDb::new(tag);
     let mut cons = db.connect();
     cons.batch_execute("LISTEN billing").unwrap();
+    for w in 0..WRITERS {
+        expect_ok(&mut cons, &format!("SELECT billing.grant('w{w}', 10, 'g')"));
+    }
     let finished = Arc::new(AtomicUsize::new(0));
     let pace = Arc::new(Pace::default());
     let writers: Vec<_> = (0..WRITERS)
@@ -64,7 +69,8 @@ fn run(tag: &str, release_on_empty: bool) -> (usize, usize) {
                         let mut g = pace.acked.wait_while(g, |(written, acked)| *written >= *acked + LEAD).unwrap();
                         g.0 += 1;
                     }
-                    let row = format!("INSERT INTO billing.outbox (customer, kind) VALUES ('w{w}-{i}', 'low_balance')");
+                    // frozen, unfrozen, ...: each call changes the access reason, one row
+                    let row = format!("SELECT billing.set_frozen('w{w}', {})", i % 2 == 0);
                     if i % 3 == 0 {
                         // holds the row's writer lock over another statement before the
                         // commit: the window in which a consumer finds the outbox empty

@@ -1402,21 +1402,34 @@ fn setup(c: &mut Client) {
     expect_ok(c, &format!("SELECT billing.add_endpoint('{EP}', 'stripe'); SELECT billing.add_secret('{EP}', '{SECRET}')"));
 }
 
-fn set_unix_clock(c: &mut Client, unix: i64) {
-    set_clock(c, (unix - BASE_UNIX) * 1_000_000);
+thread_local! {
+    /// The Unix time this test runs at. `billing.clock` holds for one transaction, so each
+    /// call that reads or writes the ledger runs in a transaction of its own at it.
+    static CLOCK_UNIX: std::cell::Cell<i64> = const { std::cell::Cell::new(BASE_UNIX) };
+}
+
+fn set_unix_clock(unix: i64) {
+    CLOCK_UNIX.set(unix);
+}
+
+fn at_clock(c: &mut Client) -> postgres::Transaction<'_> {
+    at(c, (CLOCK_UNIX.get() - BASE_UNIX) * 1_000_000)
 }
 
 /// `billing.ingest` of a body signed at `at` (the test clock): (status, detail), or the error.
 fn deliver(c: &mut Client, body: &str, at: i64) -> Result<(String, Option<String>), String> {
     let h = stripe::headers(&[("Content-Type", "application/json"), ("Stripe-Signature", &stripe::sign(SECRET, at, body.as_bytes()))]);
-    c.query_one("SELECT status, detail FROM billing.ingest($1, $2::text::jsonb, $3)", &[&EP, &h, &body])
-        .map(|r| (r.get(0), r.get(1)))
-        .map_err(|e| msg(&e))
+    let mut t = at_clock(c);
+    let r = t.query_one("SELECT status, detail FROM billing.ingest($1, $2::text::jsonb, $3)", &[&EP, &h, &body]).map_err(|e| msg(&e))?;
+    t.commit().map_err(|e| msg(&e))?;
+    Ok((r.get(0), r.get(1)))
 }
 
 fn link(c: &mut Client, customer: &str, cus: &str) {
-    c.query("SELECT * FROM billing.link_customer($1, $2)", &[&customer, &cus])
+    let mut t = at_clock(c);
+    t.query("SELECT * FROM billing.link_customer($1, $2)", &[&customer, &cus])
         .unwrap_or_else(|e| panic!("link_customer({customer}, {cus}): {}", msg(&e)));
+    t.commit().unwrap();
 }
 
 fn read_db(c: &mut Client, customer: &str, tag: &str) -> Result<DbState, String> {
@@ -1439,7 +1452,7 @@ fn read_db(c: &mut Client, customer: &str, tag: &str) -> Result<DbState, String>
         .query("SELECT subscription_id, plan, status FROM billing.subscriptions WHERE customer = $1", &[&customer])
         .map_err(|e| format!("reading billing.subscriptions: {}", msg(&e)))?;
     let subs = rows.iter().map(|r| (strip(r.get(0)), (r.get(1), r.get(2)))).collect();
-    let balance: i64 = c.query_one("SELECT billing.balance($1)", &[&customer]).map_err(|e| format!("billing.balance: {}", msg(&e)))?.get(0);
+    let balance: i64 = at_clock(c).query_one("SELECT billing.balance($1)", &[&customer]).map_err(|e| format!("billing.balance: {}", msg(&e)))?.get(0);
     Ok(DbState { periods, subs, balance })
 }
 
@@ -1620,7 +1633,7 @@ fn plan_changes_match_the_model() {
     let tdb = TestDb::new("plan_changes");
     let mut c = tdb.connect();
     setup(&mut c);
-    set_unix_clock(&mut c, NOW);
+    set_unix_clock(NOW);
     let mut g = Gen { rng: Rng::new(seed), unknown_prices };
     let (mut n_subs, mut n_events, mut n_deliveries, mut n_periods) = (0usize, 0usize, 0usize, 0usize);
     let mut failures: Vec<String> = vec![];
@@ -1833,7 +1846,7 @@ fn vector_stories() {
         let tdb = TestDb::new(if reversed { "pc_vec_rev" } else { "pc_vec" });
         let mut c = tdb.connect();
         setup(&mut c);
-        set_unix_clock(&mut c, DEC30);
+        set_unix_clock(DEC30);
         let how = if reversed { "in reverse order" } else { "in order" };
         for f in FLOWS.iter() {
             link(&mut c, f.customer, f.cus);

@@ -88,7 +88,7 @@ fn roles_get_exactly_their_rights() {
         "SELECT billing.set_frozen('cust', false)",
         "SELECT billing.maintenance()",
         "SELECT * FROM billing.verify()",
-        "SET billing.clock = '2099-01-01'", // the test clock is for superusers only
+        "SET LOCAL billing.clock = '2099-01-01'", // the test clock is for superusers only
     ] {
         expect_code(&mut app, sql, "42501");
     }

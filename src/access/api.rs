@@ -377,7 +377,7 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
         let t = run(c, &ACCESS_NOTE, &[customer.into(), r.as_str().into()])?;
         if !t.is_empty() {
             let before: Option<String> = t.first().get(1)?;
-            run(c, &ACCESS_CHANGED, &[customer.into(), before.into(), r.as_str().into(), r.allowed().into()])?;
+            super::outbox::write(c, &ACCESS_CHANGED, &[customer.into(), before.into(), r.as_str().into(), r.allowed().into()])?;
         }
     }
     Ok(noted.events_wait)

@@ -119,8 +119,11 @@ mod tests {
         let failed = serde_json::json!({"id": "in_2", "customer": "cus_w", "parent": {"subscription_details": {"subscription": "sub_w"}}, "lines": {"data": []}});
         assert_eq!(deliver("e3", "invoice.payment_failed", 1893456002, failed), "applied");
         assert_eq!(access("w", None), (true, "active".into()), "paid through the period");
-        let kinds: i64 = q("SELECT count(*) FROM billing.outbox WHERE customer = 'w' AND kind = 'subscription_status'");
-        assert!(kinds >= 3, "{kinds}");
+        // written by the webhook code (no trigger): on the row's insert and on each status change
+        let notes: String = q("SELECT string_agg(format('%s %s %s>%s', payload->>'subscription', payload->>'plan',
+                                                         coalesce(payload->>'from', '-'), payload->>'to'), ', ' ORDER BY id)
+                                 FROM billing.outbox WHERE customer = 'w' AND kind = 'subscription_status' AND payload ? 'from'");
+        assert_eq!(notes, "sub_w pro ->trialing, sub_w pro trialing>active, sub_w pro active>past_due");
         assert!(q::<i64>("SELECT count(*) FROM billing.outbox WHERE customer = 'w' AND kind = 'access_changed'") >= 2);
     }
 
@@ -315,5 +318,30 @@ mod tests {
         assert!(q::<bool>(&format!("SELECT billing.ack_outbox({first})")));
         assert_eq!(Spi::get_one::<bool>(&format!("SELECT billing.ack_outbox({first})")).unwrap(), Some(false));
         assert_eq!(Spi::get_one::<bool>("SELECT billing.ack_outbox(-1)").unwrap(), Some(false));
+    }
+
+    /// The wake-up's state is a lease row, not a session lock: an empty claim writes its
+    /// consumer's lease (and holds the wake-up lock only to the end of its transaction), a
+    /// claim that returns rows ends it, `wait => '0'` writes none, and expired leases of
+    /// other consumers go.
+    #[pg_test]
+    fn an_empty_claim_leases_a_wait_that_a_busy_claim_ends() {
+        setup();
+        let lease = |c: &str| q::<i64>(&format!("SELECT count(*) FROM billing.outbox_waiters WHERE consumer = '{c}' AND until > clock_timestamp()"));
+        Spi::run("INSERT INTO billing.outbox_waiters VALUES ('dead', clock_timestamp() - interval '1 second')").unwrap();
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10, wait => '2 seconds', consumer => 'c1')"), 0);
+        assert_eq!(lease("c1"), 1);
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.outbox_waiters WHERE consumer = 'dead'"), 0, "an expired lease goes");
+        let locks = "SELECT string_agg(mode, ',') FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 16975 AND pid = pg_backend_pid()";
+        assert_eq!(q::<String>(locks), "ShareLock");
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10, wait => '0', consumer => 'c2')"), 0);
+        assert_eq!(lease("c2"), 0);
+        Spi::run("SELECT billing.grant('o', 100, 'g'); SELECT billing.set_low_balance('o', 50); SELECT billing.debit('o', 60, 'd')").unwrap();
+        assert_eq!(lease("c1"), 1, "a row ends no lease");
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10, consumer => 'c1')"), 1);
+        assert_eq!(lease("c1"), 0, "a claim that returns rows ends its consumer's lease");
+        // the positional form of 0.8.0 still claims
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10, '1 minute')"), 0);
+        assert_eq!(lease(""), 1);
     }
 }

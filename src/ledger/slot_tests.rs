@@ -128,7 +128,7 @@ mod tests {
         assert_eq!(bal("h"), 1160);
         clean();
         // The promo expires in every slot at its instant.
-        Spi::run("SET billing.clock = '2030-01-11 00:00:00+00'").unwrap();
+        Spi::run("SET LOCAL billing.clock = '2030-01-11 00:00:00+00'").unwrap();
         assert_eq!(bal("h"), 800);
         assert!(q::<i64>("SELECT billing.maintenance()") >= 4);
         assert_eq!(bal("h"), 800);

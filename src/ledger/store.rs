@@ -115,7 +115,7 @@ static TOPUP_DUE: Stmt = Stmt {
 /// and the failure limit allow. Its idempotency key (customer, month, n-th top-up of the
 /// month) is deterministic: a consumer that retries the provider call never charges twice.
 pub fn emit_topup(c: &mut SpiClient<'_>, customer: &str, now: Ts) -> Result<()> {
-    crate::pg::spi::run(c, &TOPUP_DUE, &[customer.into(), ts(now).into()])?;
+    crate::access::outbox::write(c, &TOPUP_DUE, &[customer.into(), ts(now).into()])?;
     Ok(())
 }
 
@@ -923,6 +923,7 @@ impl<'a, 'c> Op<'a, 'c> {
         if let Some(t) = th.low {
             if balance < t && !th.low_notified {
                 self.run(&LOW_BALANCE, &[self.customer.as_str().into(), balance.into(), t.into()])?;
+                crate::access::outbox::wake();
             }
             th.low_notified = balance < t;
         }

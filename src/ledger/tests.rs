@@ -62,6 +62,24 @@ mod tests {
         }
     }
 
+    /// An entry dated after now (what a test clock left on a pooled connection wrote
+    /// before the clock became transaction-scoped) is reported as future_entry, by
+    /// customer and entry; at a clock past it, it is not.
+    #[pg_test]
+    fn verify_reports_entries_dated_after_now() {
+        setup();
+        Spi::run("SELECT billing.grant('now', 10, 'g')").unwrap();
+        crate::test_sql::clock("2999-01-01 00:00:00+00");
+        Spi::run("SELECT billing.grant('later', 10, 'g')").unwrap();
+        let entry: pgrx::Uuid = q("SELECT entry_id FROM billing.journal WHERE customer = 'later'");
+        clean();
+        // (the pg_tests' present is 2030: setup's clock)
+        crate::test_sql::clock("2030-06-01 00:00:00+00");
+        let found: String = q("SELECT string_agg(customer || ' ' || detail, '; ') FROM billing.verify() WHERE check_name = 'future_entry'");
+        assert!(found.starts_with(&format!("later entry {entry} is dated 2999-01-01")), "{found}");
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.verify()"), 1);
+    }
+
     /// A jsonb argument nested deeper than Rust reads is refused with 22023 before pgrx
     /// converts it (which would panic into XX000); one level less is taken, in arrays and
     /// in objects, for each function with a jsonb argument.

@@ -265,7 +265,8 @@ static SUB_UPSERT: Stmt = Stmt {
               status_created = greatest(s.status_created, EXCLUDED.status_created),
               status_event = CASE WHEN (EXCLUDED.status_created, EXCLUDED.status_event) > (s.status_created, s.status_event)
                                   THEN EXCLUDED.status_event ELSE s.status_event END,
-              updated_at = EXCLUDED.updated_at",
+              updated_at = EXCLUDED.updated_at
+          RETURNING s.status, s.plan",
     args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, FLOAT8OID, BOOLOID, FLOAT8OID, INT8OID, TEXTOID],
 };
 /// An invoice's news for its subscription: the status by (created, event) order, the
@@ -288,14 +289,56 @@ static SUB_STATUS: Stmt = Stmt {
                                        OR ($4, $5) <= (coalesce(s.plan_created, -1), coalesce(s.plan_event, ''))
                                   THEN s.plan_created ELSE $4 END,
               updated_at = now()
-          WHERE s.customer = $1 AND s.subscription_id = $2",
+          WHERE s.customer = $1 AND s.subscription_id = $2
+          RETURNING s.status, s.plan",
     args: &[TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, FLOAT8OID, TEXTOID],
 };
 static SUB_PLACEHOLDER: Stmt = Stmt {
     sql: "INSERT INTO billing.subscriptions (customer, provider, subscription_id, status, status_created, status_event, updated_at)
-          VALUES ($1, $2, $3, 'incomplete', 0, '', now()) ON CONFLICT DO NOTHING",
+          VALUES ($1, $2, $3, 'incomplete', 0, '', now()) ON CONFLICT DO NOTHING
+          RETURNING status, plan",
     args: &[TEXTOID, TEXTOID, TEXTOID],
 };
+/// A subscription's status before a write of its row, the row locked as the write will
+/// lock it: the outbox row names the status it changed from even when an invoice and a
+/// subscription event of it are applied at once.
+static SUB_STATUS_OF: Stmt = Stmt {
+    sql: "SELECT status FROM billing.subscriptions WHERE customer = $1 AND subscription_id = $2 FOR NO KEY UPDATE",
+    args: &[TEXTOID, TEXTOID],
+};
+static SUB_NOTE: Stmt = Stmt {
+    sql: "INSERT INTO billing.outbox (customer, kind, payload)
+          VALUES ($1, 'subscription_status',
+                  jsonb_build_object('subscription', $2::text, 'plan', $3::text, 'from', $4::text, 'to', $5::text))",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID],
+};
+
+/// The status of a subscription's row before it is written (`None`: no row yet).
+fn status_before(c: &mut SpiClient<'_>, customer: &str, sub: &str) -> Result<Option<String>> {
+    let t = run(c, &SUB_STATUS_OF, &[customer.into(), sub.into()])?;
+    Ok(if t.is_empty() { None } else { t.first().get::<String>(1)? })
+}
+
+/// After a write of a subscription's row that returned its (status, plan): a
+/// `subscription_status` outbox row when the row is new or its status changed.
+fn note_status(c: &mut SpiClient<'_>, customer: &str, sub: &str, before: Option<String>, written: (Option<String>, Option<String>)) -> Result<()> {
+    let (Some(status), plan) = written else { return Ok(()) };
+    if before.as_deref() == Some(status.as_str()) {
+        return Ok(());
+    }
+    let opt = |v: &Option<String>| v.as_deref().map_or_else(DatumWithOid::null::<&str>, |p| p.into());
+    crate::access::outbox::write(c, &SUB_NOTE, &[customer.into(), sub.into(), opt(&plan), opt(&before), status.as_str().into()])?;
+    Ok(())
+}
+
+/// The (status, plan) a write of a subscription's row returned, if it wrote one.
+fn written(t: pgrx::spi::SpiTupleTable<'_>) -> Result<(Option<String>, Option<String>)> {
+    if t.is_empty() {
+        return Ok((None, None));
+    }
+    let r = t.first();
+    Ok((r.get::<String>(1)?, r.get::<String>(2)?))
+}
 
 /// The plans of an object's prices.
 struct Plans(Vec<(String, String, i64)>);
@@ -347,7 +390,8 @@ fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied
     }
     let status = if e.kind == "customer.subscription.deleted" { "canceled".to_string() } else { s.status.clone() };
     let price = plan.as_ref().and_then(|p| plans.0.iter().find(|x| &x.1 == p)).map(|x| x.0.clone());
-    run(
+    let before = status_before(c, &customer, &s.id)?;
+    let t = run(
         c,
         &SUB_UPSERT,
         &[
@@ -364,6 +408,7 @@ fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied
             e.id.as_str().into(),
         ],
     )?;
+    note_status(c, &customer, &s.id, before, written(t)?)?;
     let plan_note = plan.map(|p| format!(" on plan {p}")).unwrap_or_default();
     Ok(Applied { outcome: Outcome::Applied(format!("subscription {} {status}{plan_note}", s.id)), customer: Some(customer) })
 }
@@ -466,7 +511,8 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
         // Not known yet: a placeholder row the invoice's news lands on (subscription rows
         // are never deleted, so a known one needs none).
         let customer = require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?;
-        run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
+        let t = run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
+        note_status(c, &customer, &sub_id, None, written(t)?)?;
         (customer, None)
     } else {
         let r = t.first();
@@ -476,7 +522,8 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
     let plan = plans.in_force(&allowance::invoiced_items(&inv.lines));
     let status = if paid { "active" } else { "past_due" };
     let paid_through = if paid { inv.period_end } else { None };
-    run(
+    let before = status_before(c, &customer, &sub_id)?;
+    let t = run(
         c,
         &SUB_STATUS,
         &[
@@ -489,6 +536,7 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
             plan.as_deref().filter(|_| paid).map_or_else(DatumWithOid::null::<&str>, |p| p.into()),
         ],
     )?;
+    note_status(c, &customer, &sub_id, before, written(t)?)?;
     if !paid {
         return Ok(Applied { outcome: Outcome::Applied(format!("subscription {sub_id} past_due (invoice {})", inv.id)), customer: Some(customer) });
     }

@@ -436,7 +436,7 @@ fn apply_event(e: &event::Event) -> Outcome {
 /// event may have unblocked (it may have linked the customer or brought the subscription).
 fn after_apply(c: &mut SpiClient<'_>, e: &event::Event, o: &Outcome, cascade: bool) -> Result<()> {
     if o.status == "failed" && cascade {
-        run(c, &EVENT_FAILED, &[e.id.as_str().into(), e.kind.as_str().into(), o.detail.as_str().into()])?;
+        crate::access::outbox::write(c, &EVENT_FAILED, &[e.id.as_str().into(), e.kind.as_str().into(), o.detail.as_str().into()])?;
     }
     if let (Some(cust), "applied") = (&o.customer, o.status.as_str()) {
         let now = crate::clock::now();

@@ -22,7 +22,7 @@ mod tests {
     }
 
     fn clock(unix: i64) {
-        Spi::run(&format!("SET billing.clock = '{}'", q::<String>(&format!("SELECT to_timestamp({unix})::text")))).unwrap();
+        Spi::run(&format!("SET LOCAL billing.clock = '{}'", q::<String>(&format!("SELECT to_timestamp({unix})::text")))).unwrap();
     }
 
     fn q<T: FromDatum + IntoDatum>(sql: &str) -> T {

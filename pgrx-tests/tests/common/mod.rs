@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use postgres::config::Host;
-use postgres::{Client, Config, NoTls};
+use postgres::{Client, Config, GenericClient, NoTls, Transaction};
 use std::path::PathBuf;
 
 /// The server the tests run against: `DATABASE_URL` (libpq key=value or URL form),
@@ -129,33 +129,40 @@ pub fn msg(e: &postgres::Error) -> String {
     }
 }
 
-/// Runs a statement that must fail with `code`.
-pub fn expect_code(c: &mut Client, sql: &str, code: &str) {
-    match c.batch_execute(sql) {
+/// Runs a statement that must fail with `code`. In a transaction (see [`at`]) it runs in
+/// a savepoint, so the transaction goes on; alone, in a transaction rolled back.
+pub fn expect_code(c: &mut impl GenericClient, sql: &str, code: &str) {
+    let mut t = c.transaction().unwrap_or_else(|e| panic!("BEGIN/SAVEPOINT: {}", msg(&e)));
+    match t.batch_execute(sql) {
         Ok(()) => panic!("expected SQLSTATE {code}, but this succeeded: {sql}"),
         Err(e) => assert_eq!(sqlstate(&e), code, "wrong SQLSTATE for {sql}: {}", msg(&e)),
     }
 }
 
-pub fn expect_ok(c: &mut Client, sql: &str) {
+pub fn expect_ok(c: &mut impl GenericClient, sql: &str) {
     if let Err(e) = c.batch_execute(sql) {
         panic!("expected success: {sql}\n  got {}", msg(&e));
     }
 }
 
-pub fn scalar_i64(c: &mut Client, sql: &str) -> i64 {
+pub fn scalar_i64(c: &mut impl GenericClient, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", msg(&e))).get(0)
 }
 
-pub fn verify_clean(c: &mut Client) {
+pub fn verify_clean(c: &mut impl GenericClient) {
     if let Err(e) = verify(c) {
         panic!("{e}");
     }
 }
 
-/// `billing.verify()` as a result: `Err` lists every inconsistency it reported.
-pub fn verify(c: &mut Client) -> Result<(), String> {
-    let rows = c.query("SELECT customer, check_name, expected, actual, detail FROM billing.verify()", &[]).map_err(|e| msg(&e))?;
+/// `billing.verify()` as a result: `Err` lists every inconsistency it reported. The
+/// tests' time runs in 2030, after the real now, so it verifies with the clock at
+/// 'infinity' (in a transaction or savepoint of its own): `future_entry` is the one check
+/// that reads the clock, and tests/clock.rs covers it.
+pub fn verify(c: &mut impl GenericClient) -> Result<(), String> {
+    let mut t = c.transaction().map_err(|e| msg(&e))?;
+    t.batch_execute("SET LOCAL billing.clock = 'infinity'").map_err(|e| msg(&e))?;
+    let rows = t.query("SELECT customer, check_name, expected, actual, detail FROM billing.verify()", &[]).map_err(|e| msg(&e))?;
     if rows.is_empty() {
         return Ok(());
     }
@@ -201,9 +208,12 @@ pub fn ts(t: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{frac:06}+00", sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
-/// `SET billing.clock` to `t` (see [`ts`]).
-pub fn set_clock(c: &mut Client, t: i64) {
-    c.batch_execute(&format!("SET billing.clock = '{}'", ts(t))).unwrap_or_else(|e| panic!("SET billing.clock: {}", msg(&e)));
+/// A transaction at test time `t` (see [`ts`]): `billing.clock` holds for one
+/// transaction only (`SET LOCAL`). Commit it, or drop it to roll back.
+pub fn at(c: &mut Client, t: i64) -> Transaction<'_> {
+    let mut tx = c.transaction().unwrap_or_else(|e| panic!("BEGIN: {}", msg(&e)));
+    tx.batch_execute(&format!("SET LOCAL billing.clock = '{}'", ts(t))).unwrap_or_else(|e| panic!("SET LOCAL billing.clock: {}", msg(&e)));
+    tx
 }
 
 /// SQL turning a timestamptz expression into microseconds since the base.

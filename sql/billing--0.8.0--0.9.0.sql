@@ -723,3 +723,22 @@ ANALYZE billing.customers, billing.grants, billing.reservations, billing.journal
     billing.period_invoices, billing.subscription_periods, billing.meters, billing.meter_prices,
     billing.usage_carry, billing.usage_events, billing.limits, billing.buckets, billing.outbox,
     billing.auto_topups;
+
+-- Batches (issue 21): billing.debit_many and billing.record_usage_many.
+CREATE FUNCTION billing.debit_many(customers text[], amounts bigint[], idempotency_keys text[])
+RETURNS TABLE (i int, entry_id uuid, balance_after bigint, replayed boolean, sqlstate text, message text)
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_debit_many';
+COMMENT ON FUNCTION billing.debit_many IS 'A batch of debits (at most 10,000), each as billing.debit; one row per item, a refused item with its sqlstate and message.';
+
+CREATE FUNCTION billing.record_usage_many(customers text[], meters text[], quantities bigint[], idempotency_keys text[],
+    occurred_at timestamptz[] DEFAULT NULL)
+RETURNS TABLE (i int, entry_id uuid, credits bigint, balance_after bigint, replayed boolean, sqlstate text, message text)
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_record_usage_many';
+COMMENT ON FUNCTION billing.record_usage_many IS 'A batch of usages (at most 10,000), each as billing.record_usage; one row per item, a refused item with its sqlstate and message.';
+
+REVOKE ALL ON FUNCTION billing.debit_many(text[], bigint[], text[]),
+    billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.debit_many(text[], bigint[], text[]),
+    billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]) TO billing_app;

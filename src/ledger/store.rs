@@ -1066,6 +1066,19 @@ pub fn lock_customer(customer: &str) {
     crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Customer, &[customer]);
 }
 
+/// Takes the locks of a batch's customers (`debit_many`, `record_usage_many`), each with
+/// its slot count, before any of its items is applied: in `batch::lock_order` (bytes order
+/// of the customers, each followed by its slot accounts in slot order), so batches that
+/// share customers never wait for each other in a cycle. Each lock is `lock_customer`'s.
+pub fn lock_many(customers: &[(&str, i32)]) {
+    for (customer, n) in crate::batch::lock_order(customers.iter().copied()) {
+        lock_customer(customer);
+        for k in 1..n {
+            lock_customer(&super::slots::account(customer, k));
+        }
+    }
+}
+
 /// `lock_customer` without waiting: false when another transaction holds it.
 pub fn try_lock_customer(customer: &str) -> bool {
     crate::pg::spi::try_xact_lock(crate::pg::spi::LockClass::Customer, &[customer])

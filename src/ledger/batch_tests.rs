@@ -18,7 +18,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn items_apply_in_array_order_and_refusals_stay_in_their_rows() {
+    fn debit_many_items_apply_in_array_order_and_refusals_stay_in_their_rows() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g'); SELECT billing.grant('b', 10, 'g')").unwrap();
         // a: 60 ok (40 left), 60 short (BL001), 40 ok (0 left); b in between
@@ -34,7 +34,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn entry_ids_are_the_journal_entries() {
+    fn debit_many_entry_ids_are_the_journal_entries() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
         let n: i64 = q("SELECT count(*) FROM billing.debit_many(ARRAY['a','a'], ARRAY[1,2], ARRAY['x','y']) d
@@ -44,7 +44,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn keys_replay_and_refuse_as_the_single_debit() {
+    fn debit_many_keys_replay_and_refuse_as_the_single_debit() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
         let first: pgrx::Uuid = q("SELECT entry_id FROM billing.debit('a', 5, 'd1')");
@@ -64,7 +64,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn unknown_frozen_and_invalid_items() {
+    fn debit_many_unknown_frozen_and_invalid_items() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g'); SELECT billing.grant('f', 100, 'g'); SELECT billing.set_frozen('f')").unwrap();
         let got = rows(
@@ -86,7 +86,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn arrays_are_checked_as_a_whole() {
+    fn debit_many_arrays_are_checked_as_a_whole() {
         setup();
         Spi::run("SELECT billing.grant('a', 20000, 'g')").unwrap();
         assert_eq!(state("SELECT * FROM billing.debit_many(ARRAY['a'], ARRAY[1,2], ARRAY['k'])"), "22023");
@@ -111,7 +111,7 @@ mod tests {
     /// The batch's changes are the caller's transaction's: a rollback (here of a
     /// subtransaction) takes every item back.
     #[pg_test]
-    fn the_callers_rollback_undoes_every_item() {
+    fn debit_many_the_callers_rollback_undoes_every_item() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g'); SELECT billing.grant('b', 100, 'g')").unwrap();
         let s = state(
@@ -127,7 +127,7 @@ mod tests {
     /// A refusal for want of credits after the attempt wrote down an expiry keeps the
     /// expiry (finished) and nothing else, so the customer's next item goes on from it.
     #[pg_test]
-    fn a_short_item_after_an_expiry_leaves_a_consistent_ledger() {
+    fn debit_many_a_short_item_after_an_expiry_leaves_a_consistent_ledger() {
         setup();
         Spi::run("SELECT billing.grant('a', 50, 'g1', 'promo', '2030-01-02'); SELECT billing.grant('a', 30, 'g2')").unwrap();
         clock("2030-01-03 00:00:00+00");
@@ -141,7 +141,7 @@ mod tests {
     /// A slotted customer's items are routed as its single debits are (its slots, and a
     /// gather when a slot is short); one refused after gathering leaves nothing behind.
     #[pg_test]
-    fn slotted_customers_are_routed_as_single_debits() {
+    fn debit_many_slotted_customers_are_routed_as_single_debits() {
         setup();
         Spi::run("SELECT billing.grant('s', 400, 'g'); SELECT billing.set_slots('s', 4)").unwrap();
         let keys: Vec<String> = (0..8).map(|i| format!("'k{i}'")).collect();

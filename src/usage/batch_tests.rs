@@ -19,7 +19,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn items_are_rated_carried_and_refused_in_their_rows() {
+    fn usage_many_items_are_rated_carried_and_refused_in_their_rows() {
         setup();
         Spi::run("SELECT billing.grant('a', 10, 'g'); SELECT billing.grant('b', 100, 'g')").unwrap();
         // a: 500 tokens (1.5 credits: 1 now, .5 carried), 500 (2), 5000 (15: short), 1000 (3)
@@ -43,7 +43,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn keys_replay_and_refuse_as_record_usage() {
+    fn usage_many_keys_replay_and_refuse_as_record_usage() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
         let first: pgrx::Uuid = q("SELECT entry_id FROM billing.record_usage('a', 'tok', 1000, 'u1')");
@@ -59,7 +59,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn frozen_and_invalid_items() {
+    fn usage_many_frozen_and_invalid_items() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g'); SELECT billing.grant('f', 100, 'g'); SELECT billing.set_frozen('f')").unwrap();
         let got = rows(
@@ -74,7 +74,7 @@ mod tests {
     /// One token per item from the customer's limit; a refused item (short of credits)
     /// takes none, so the two after it still fit a limit of two.
     #[pg_test]
-    fn rate_limits_take_a_token_per_charged_item() {
+    fn usage_many_rate_limits_take_a_token_per_charged_item() {
         setup();
         Spi::run("SELECT billing.grant('r', 10, 'g'); SELECT billing.define_limit('r', '', 2, '1 minute')").unwrap();
         let got = rows(
@@ -89,7 +89,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn arrays_are_checked_as_a_whole() {
+    fn usage_many_arrays_are_checked_as_a_whole() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
         let call = |c: &str, m: &str, n: &str, k: &str, at: &str| {
@@ -116,7 +116,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn the_callers_rollback_undoes_every_item() {
+    fn usage_many_the_callers_rollback_undoes_every_item() {
         setup();
         Spi::run("SELECT billing.grant('a', 100, 'g')").unwrap();
         let s = state(

@@ -4,5 +4,5 @@
 \set key :run * 100000000000 + :client_id * 1000000000 + :k * 10000
 SELECT count(*) FILTER (WHERE sqlstate IS NULL) FROM billing.debit_many(
     ARRAY(SELECT 'c' || (1 + floor(random() * :ncust))::int FROM generate_series(1, :n)),
-    array_fill(1::bigint, ARRAY[:n]),
-    ARRAY(SELECT 'b' || (:key + g) FROM generate_series(1, :n) g));
+    array_fill(1::bigint, ARRAY[:n::int]),
+    ARRAY(SELECT 'b' || (:key::bigint + g) FROM generate_series(1, :n) g));

@@ -4,6 +4,6 @@
 \set key :run * 100000000000 + :client_id * 1000000000 + :k * 10000
 SELECT count(*) FILTER (WHERE sqlstate IS NULL) FROM billing.record_usage_many(
     ARRAY(SELECT 'c' || (1 + floor(random() * :ncust))::int FROM generate_series(1, :n)),
-    array_fill('llm_tokens'::text, ARRAY[:n]),
-    array_fill(2500::bigint, ARRAY[:n]),
-    ARRAY(SELECT 'v' || (:key + g) FROM generate_series(1, :n) g));
+    array_fill('llm_tokens'::text, ARRAY[:n::int]),
+    array_fill(2500::bigint, ARRAY[:n::int]),
+    ARRAY(SELECT 'v' || (:key::bigint + g) FROM generate_series(1, :n) g));

@@ -186,7 +186,7 @@ BEGIN
             SELECT * INTO d FROM peer.pl_debit(p_customers[j], p_amounts[j], p_keys[j]);
             entry_id := d.entry_id; balance_after := d.balance_after; replayed := d.replayed;
         EXCEPTION WHEN OTHERS THEN
-            sqlstate := SQLSTATE; message := SQLERRM;
+            pl_debit_many.sqlstate := SQLSTATE; message := SQLERRM;  -- (the handler's SQLSTATE shadows the column)
         END;
         RETURN NEXT;
     END LOOP;

@@ -33,6 +33,13 @@ pub fn lock_order<'a>(customers: impl IntoIterator<Item = (&'a str, i32)>) -> Ve
     v
 }
 
+/// The positions of the first item of each customer, in array order, skipping items
+/// that name none (`None`: arguments refused, or not to be read ahead).
+pub fn first_of_each<'a>(customers: impl IntoIterator<Item = Option<&'a str>>) -> Vec<usize> {
+    let mut seen = std::collections::HashSet::new();
+    customers.into_iter().enumerate().filter_map(|(j, c)| c.filter(|c| seen.insert(*c)).map(|_| j)).collect()
+}
+
 /// Whether an item's error ends the whole call rather than its row: a failure to
 /// serialize (the transaction must be retried as a whole) or an internal error.
 pub fn aborts_batch(e: &BillingError) -> bool {
@@ -92,6 +99,13 @@ mod tests {
     #[test]
     fn lock_order_keeps_the_larger_slot_count() {
         assert_eq!(lock_order([("x", 1), ("x", 4), ("x", 2)]), vec![("x", 4)]);
+    }
+
+    #[test]
+    fn first_item_of_each_customer() {
+        assert_eq!(first_of_each([Some("b"), Some("a"), Some("b"), None, Some("c"), Some("a")]), vec![0, 1, 4]);
+        assert_eq!(first_of_each([None, Some("a"), Some("a")]), vec![1]);
+        assert_eq!(first_of_each(Vec::<Option<&str>>::new()), Vec::<usize>::new());
     }
 
     #[test]

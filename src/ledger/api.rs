@@ -9,7 +9,7 @@
 use super::entry_id;
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::slots;
-use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op};
+use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op, Opened};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
 use crate::pg::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
@@ -270,15 +270,29 @@ fn debit_as(
 /// refusal for want of credits keeps only the expiries the attempt wrote down (finished,
 /// as `maintenance` would write them). A slotted customer's call may gather its slots
 /// before it is refused: it runs whole in a subtransaction instead (rare, and dearer).
-pub fn debit_item(customer: &str, amount: i64, key: &str, metadata: &serde_json::Value, new_key: bool) -> Result<EntryRow> {
+///
+/// `pre`: the customer's row and the entry under the key, read by the batch under its lock
+/// (`store::prefetch_spend`) with nothing written to the customer since; it stands for the
+/// call's own read when it confirms an unslotted route.
+pub fn debit_item(
+    customer: &str,
+    amount: i64,
+    key: &str,
+    metadata: &serde_json::Value,
+    new_key: bool,
+    pre: Option<(Opened, Option<Keyed>)>,
+) -> Result<EntryRow> {
     let now = clock::now();
     let plain = connect(|c| {
         let mut route = slots::route(customer, key);
-        let (mut op, keyed) = loop {
-            match Op::lock_for_spend(c, &route.account, route.parent(), now, key)? {
-                Some((op, keyed)) if route.confirmed_by(&op) => break (op, keyed),
-                other => route = slots::reroute(route, other)?,
-            }
+        let (mut op, keyed) = match pre {
+            Some((o, keyed)) if !route.slotted() && o.slots == 1 && o.slot_of.is_none() => (Op::open_prefetched(c, customer, now, o), keyed),
+            _ => loop {
+                match Op::lock_for_spend(c, &route.account, route.parent(), now, key)? {
+                    Some((op, keyed)) if route.confirmed_by(&op) => break (op, keyed),
+                    other => route = slots::reroute(route, other)?,
+                }
+            },
         };
         if route.slotted() {
             op.unlock();

@@ -4,13 +4,14 @@
 //! single debit's Rust path (`api::debit_item`) in array order, under locks already
 //! held. A refused item answers its SQLSTATE and message in its row; the others go on.
 use super::api::{amount_arg, customer_arg, debit_item, key_arg, need};
-use super::store::lock_many;
-use crate::batch::{aborts_batch, check_lengths, outcome};
+use super::store::{lock_many, prefetch_spend};
+use crate::batch::{self, aborts_batch, check_lengths, outcome};
 use crate::error::{deliver, Result};
 use crate::pg::spi::{run, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use serde_json::json;
+use std::collections::HashMap;
 
 /// The slot count of each of the batch's customers that exists, in one statement.
 static SLOTS_OF: Stmt = Stmt { sql: "SELECT customer, slots FROM billing.customers WHERE customer = ANY($1)", args: &[TEXTARRAYOID] };
@@ -19,12 +20,13 @@ static SLOTS_OF: Stmt = Stmt { sql: "SELECT customer, slots FROM billing.custome
 /// the one order of `batch::lock_order`, slot accounts included, before any item is
 /// applied. An unknown customer is locked too (its items answer BL003), so a customer
 /// made meanwhile is still taken in order.
-pub fn lock_batch(customers: &[&str]) -> Result<()> {
+/// Returns the slot count of each customer that exists.
+pub fn lock_batch(customers: &[&str]) -> Result<HashMap<String, i32>> {
     let mut distinct: Vec<&str> = customers.to_vec();
     distinct.sort_unstable();
     distinct.dedup();
-    let slots: std::collections::HashMap<String, i32> = Spi::connect_mut(|c| {
-        let mut m = std::collections::HashMap::new();
+    let slots: HashMap<String, i32> = Spi::connect_mut(|c| {
+        let mut m = HashMap::new();
         for r in run(c, &SLOTS_OF, &[distinct.clone().into()])? {
             m.insert(r.get::<String>(1)?.unwrap_or_default(), r.get::<i32>(2)?.unwrap_or(1));
         }
@@ -32,7 +34,7 @@ pub fn lock_batch(customers: &[&str]) -> Result<()> {
     })?;
     let with_slots: Vec<(&str, i32)> = distinct.iter().map(|c| (*c, slots.get(*c).copied().unwrap_or(1))).collect();
     lock_many(&with_slots);
-    Ok(())
+    Ok(slots)
 }
 
 #[pg_extern(sql = false)]
@@ -72,11 +74,20 @@ fn debit_many_impl(
         })
         .collect();
     let to_lock: Vec<&str> = args.iter().filter_map(|a| a.as_ref().ok().map(|a| a.0)).collect();
-    lock_batch(&to_lock)?;
+    let slots = lock_batch(&to_lock)?;
+    // Each unslotted customer's first item is opened from one read of them all (after the
+    // locks, so it stays true until that item writes); the later ones read for themselves.
+    let firsts = batch::first_of_each(args.iter().map(|a| a.as_ref().ok().map(|a| a.0).filter(|c| slots.get(*c) == Some(&1))));
+    let pairs: Vec<(&str, &str)> = firsts.iter().map(|&j| args[j].as_ref().map(|a| (a.0, a.2)).unwrap_or_default()).collect();
+    let mut pre = Spi::connect_mut(|c| prefetch_spend(c, &pairs))?.into_iter();
+    let mut pre_of: Vec<Option<_>> = (0..n).map(|_| None).collect();
+    for &j in &firsts {
+        pre_of[j] = pre.next().flatten();
+    }
     let metadata = json!({});
     let mut rows = Vec::with_capacity(n);
-    for (j, a) in args.into_iter().enumerate() {
-        let r = a.and_then(|(c, amount, key)| debit_item(c, amount, key, &metadata, false));
+    for ((j, a), p) in args.into_iter().enumerate().zip(pre_of) {
+        let r = a.and_then(|(c, amount, key)| debit_item(c, amount, key, &metadata, false, p));
         if let Err(e) = &r {
             if aborts_batch(e) {
                 return Err(e.clone());

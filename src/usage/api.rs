@@ -227,8 +227,11 @@ pub fn record_checked(
                 (Some(e), b)
             }
             None if credits > 0 => {
-                let (e, b, _) =
-                    if batch { debit_item(customer, credits, key, &metadata.0, true)? } else { debit_new_key(customer, credits, key, metadata)? };
+                let (e, b, _) = if batch {
+                    debit_item(customer, credits, key, &metadata.0, true, None)?
+                } else {
+                    debit_new_key(customer, credits, key, metadata)?
+                };
                 (Some(e), b)
             }
             None => (None, Op::read(c, customer, now)?.peek_balance()?),

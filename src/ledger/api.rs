@@ -9,7 +9,7 @@
 use super::entry_id;
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::slots;
-use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op, Opened};
+use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op, Prefetched};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
 use crate::pg::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
@@ -274,14 +274,7 @@ fn debit_as(
 /// `pre`: the customer's row and the entry under the key, read by the batch under its lock
 /// (`store::prefetch_spend`) with nothing written to the customer since; it stands for the
 /// call's own read when it confirms an unslotted route.
-pub fn debit_item(
-    customer: &str,
-    amount: i64,
-    key: &str,
-    metadata: &serde_json::Value,
-    new_key: bool,
-    pre: Option<(Opened, Option<Keyed>)>,
-) -> Result<EntryRow> {
+pub fn debit_item(customer: &str, amount: i64, key: &str, metadata: &serde_json::Value, new_key: bool, pre: Option<Prefetched>) -> Result<EntryRow> {
     let now = clock::now();
     let plain = connect(|c| {
         let mut route = slots::route(customer, key);

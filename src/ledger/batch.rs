@@ -37,6 +37,8 @@ pub fn lock_batch(customers: &[&str]) -> Result<HashMap<String, i32>> {
     Ok(slots)
 }
 
+// (pgrx reads the row's column names from the `name!`s written out in the signature)
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
 fn debit_many(
     customers: Option<Vec<Option<String>>>,
@@ -57,11 +59,10 @@ fn debit_many(
 }
 crate::sql_entry!(pg_finfo_billing_debit_many, billing_debit_many, debit_many_wrapper);
 
-fn debit_many_impl(
-    customers: Option<Vec<Option<String>>>,
-    amounts: Option<Vec<Option<i64>>>,
-    keys: Option<Vec<Option<String>>>,
-) -> Result<Vec<(i32, Option<pgrx::Uuid>, Option<i64>, Option<bool>, Option<String>, Option<String>)>> {
+/// A row of `debit_many`.
+type Row = (i32, Option<pgrx::Uuid>, Option<i64>, Option<bool>, Option<String>, Option<String>);
+
+fn debit_many_impl(customers: Option<Vec<Option<String>>>, amounts: Option<Vec<Option<i64>>>, keys: Option<Vec<Option<String>>>) -> Result<Vec<Row>> {
     let customers = need(customers, "customers")?;
     let amounts = need(amounts, "amounts")?;
     let keys = need(keys, "idempotency_keys")?;

@@ -378,6 +378,9 @@ impl Opened {
     }
 }
 
+/// An account's row and the entry under a key, read ahead (`prefetch_spend`).
+pub type Prefetched = (Opened, Option<Keyed>);
+
 /// SPEND_LOOKUP for many (account, key) pairs in one statement (`prefetch_spend`). The
 /// key's entry is found by (customer, key) through the key's index as a LATERAL lookup
 /// (joined on `c.customer` instead, the planner read every entry of the customer).
@@ -392,9 +395,9 @@ static SPEND_LOOKUP_MANY: Stmt = Stmt {
 /// one statement: the account's row and the entry under the key, by position in `pairs`
 /// (None: no such account). The caller holds the accounts' locks (`lock_many`), so what
 /// it read stays true until it writes to the account (`Op::open_prefetched`).
-pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<Vec<Option<(Opened, Option<Keyed>)>>> {
+pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<Vec<Option<Prefetched>>> {
     let (accounts, keys): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
-    let mut out: Vec<Option<(Opened, Option<Keyed>)>> = (0..pairs.len()).map(|_| None).collect();
+    let mut out: Vec<Option<Prefetched>> = (0..pairs.len()).map(|_| None).collect();
     let mut t = crate::pg::spi::run(c, &SPEND_LOOKUP_MANY, &[accounts.into(), keys.into()])?;
     while t.next().is_some() {
         let ord = t.get::<i64>(1)?.unwrap_or(0) as usize;

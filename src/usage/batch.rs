@@ -9,6 +9,8 @@ use crate::ledger::api::need;
 use crate::ledger::batch::lock_batch;
 use pgrx::prelude::*;
 
+// (pgrx reads the row's column names from the `name!`s written out in the signature)
+#[allow(clippy::type_complexity)]
 #[pg_extern(sql = false)]
 fn record_usage_many(
     customers: Option<Vec<Option<String>>>,

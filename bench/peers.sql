@@ -167,6 +167,31 @@ BEGIN
     replayed := false;
 END $$;
 
+-- A batch of debits, as billing.debit_many answers it: one row per item, a refused item
+-- with its SQLSTATE and message, not undoing the others (so each item runs in an
+-- EXCEPTION block: a subtransaction, the only way PL/pgSQL catches an error); the
+-- batch's accounts are locked first in one order (by id), so batches never deadlock.
+CREATE FUNCTION peer.pl_debit_many(p_customers text[], p_amounts bigint[], p_keys text[])
+RETURNS TABLE (i int, entry_id uuid, balance_after bigint, replayed boolean, sqlstate text, message text)
+LANGUAGE plpgsql AS $$
+DECLARE n int := cardinality(p_customers); d record;
+BEGIN
+    IF n IS NULL OR n <> cardinality(p_amounts) OR n <> cardinality(p_keys) OR n > 10000 THEN
+        RAISE EXCEPTION 'arrays of different lengths, or over 10,000 items' USING ERRCODE = '22023';
+    END IF;
+    PERFORM FROM peer.pl_accounts a WHERE a.id = ANY(p_customers) ORDER BY a.id FOR UPDATE;
+    FOR j IN 1..n LOOP
+        i := j; entry_id := NULL; balance_after := NULL; replayed := NULL; sqlstate := NULL; message := NULL;
+        BEGIN
+            SELECT * INTO d FROM peer.pl_debit(p_customers[j], p_amounts[j], p_keys[j]);
+            entry_id := d.entry_id; balance_after := d.balance_after; replayed := d.replayed;
+        EXCEPTION WHEN OTHERS THEN
+            pl_debit_many.sqlstate := SQLSTATE; message := SQLERRM;  -- (the handler's SQLSTATE shadows the column)
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
+
 CREATE FUNCTION peer.pl_reserve(p_customer text, p_amount bigint, p_key text, p_ttl interval DEFAULT '15 minutes')
 RETURNS uuid LANGUAGE plpgsql AS $$
 DECLARE v_balance bigint; v_frozen boolean; v_hold uuid;

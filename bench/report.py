@@ -4,13 +4,15 @@ from collections import defaultdict
 
 results, loops, sanity = sys.argv[1:4]
 E = os.environ
-ORDER = ["debit8", "debit32", "hot8", "hot64", "rs", "usage", "ingest", "access", "rls"]
+ORDER = ["debit8", "debit32", "hot8", "hot64", "rs", "usage", "ingest", "access", "rls", "batch100", "batch1000"]
+BATCH = {"batch100": 100, "batch1000": 1000}   # items per call: reported in items per second
 TITLE = {
     "debit8": "uniform debit, 8 clients", "debit32": "uniform debit, 32 clients",
     "hot8": "hot customer, 8 clients", "hot64": "hot customer, 64 clients",
     "rs": "reserve + settle pair, 8 clients", "usage": "record_usage, 8 clients",
     "ingest": "webhook ingest, 8 clients", "access": "can_access, 8 clients",
     "rls": "RLS-filtered SELECT, 8 clients",
+    "batch100": "batches of 100, 8 clients (calls/s)", "batch1000": "batches of 1,000, 8 clients (calls/s)",
 }
 runs = defaultdict(list)
 for line in open(results):
@@ -21,6 +23,9 @@ for line in open(results):
 def med(xs):
     xs = [x for x in xs if x is not None]
     return st.median(xs) if xs else None
+
+def ratio(a, b):
+    return a / b if a and b else None
 
 def f(x, fmt="{:,.0f}"):
     return "–" if x is None else fmt.format(x)
@@ -54,7 +59,7 @@ for w in ORDER:
     cs = [c for (ww, c) in summary if ww == w]
     if not cs:
         continue
-    cs.sort(key=lambda c: ["billing", "slotted", "slotted64", "inbox", "floor", "floor_fn", "plpgsql"].index(c))
+    cs.sort(key=lambda c: ["billing", "slotted", "slotted64", "inbox", "usage", "floor", "floor_fn", "plpgsql"].index(c))
     fl, pl = summary.get((w, "floor")), summary.get((w, "plpgsql"))
     for c in cs:
         s = summary[(w, c)]
@@ -63,6 +68,30 @@ for w in ORDER:
         bad = f" ({', '.join(s['bad'])})" if s["bad"] else ""
         p(f"| {TITLE[w]} | {c} | {f(s['tps'])} | {f(rf, '{:.2f}x')} | {f(rp, '{:.2f}x')} | {f(s['p50'], '{:.2f}')} "
           f"| {f(s['p99'], '{:.2f}')} | {f(s['wal'])} | {f(s['walrec'])} | {s['all']}{bad} |")
+
+# Batches: items per second (calls/s x items per call), against the single call's floor
+# (debit8's, one debit per transaction) and the PL/pgSQL peer's loop over pl_debit.
+if any(w in BATCH for (w, _) in summary):
+    fl1 = summary.get(("debit8", "floor"))
+    one = summary.get(("debit8", "billing"))
+    p("")
+    p("Batches, in items per second (median calls/s x items per call); the single-call floor is debit8's floor"
+      + (f" ({fl1['tps']:,.0f} tps)" if fl1 else " (not run: add debit8)")
+      + (f", billing.debit at {one['tps']:,.0f} tps" if one else "") + ":")
+    p("")
+    p("| batch | contender | items/s | vs single-call floor | vs billing.debit | vs PL/pgSQL loop | p50 ms per call |")
+    p("|---|---|---:|---:|---:|---:|---:|")
+    label = {"billing": "billing.debit_many", "usage": "billing.record_usage_many", "plpgsql": "PL/pgSQL loop (peer.pl_debit_many)"}
+    for w, n in BATCH.items():
+        pl = summary.get((w, "plpgsql"))
+        for c in ["billing", "usage", "plpgsql"]:
+            s = summary.get((w, c))
+            if not s:
+                continue
+            items = s["tps"] * n
+            rp = items / (pl["tps"] * n) if pl and pl["tps"] and c != "plpgsql" else None
+            p(f"| {n:,} | {label[c]} | {f(items)} | {f(ratio(items, fl1['tps'] if fl1 else None), '{:.1f}x')} "
+              f"| {f(ratio(items, one['tps'] if one else None), '{:.1f}x')} | {f(rp, '{:.2f}x')} | {f(s['p50'], '{:.1f}')} |")
 
 loop = defaultdict(list)
 if os.path.exists(loops):
@@ -86,11 +115,8 @@ def get(w, c, k="tps"):
     s = summary.get((w, c))
     return s[k] if s else None
 
-def ratio(a, b):
-    return a / b if a and b else None
-
 p("")
-p("Targets of issue 6:")
+p("Targets of issues 6 and 21:")
 def target(label, value, goal, ok):
     state = "–" if value is None else ("MET" if ok(value) else "NOT MET")
     p(f"- {label}: {f(value, '{:.2f}')} (target {goal}) — {state}")
@@ -107,6 +133,12 @@ target("ingest, inbox INSERT / INSERT ON CONFLICT floor", ratio(get("ingest", "i
 target("can_access µs per call in a loop (10,000 customers)", us.get("can_access_rot"), "< 20 µs", lambda v: v < 20)
 target("WAL per debit (uniform, 8 clients), billing / floor", ratio(get("debit8", "billing", "wal"), get("debit8", "floor", "wal")), "<= 1.3x", lambda v: v <= 1.3)
 target("WAL per debit without full-page images, billing / floor", ratio(get("debit8", "billing", "walrec"), get("debit8", "floor", "walrec")), "<= 1.3x", lambda v: v <= 1.3)
+for n, w in [(100, "batch100"), (1000, "batch1000")]:
+    items = get(w, "billing")
+    items = items * n if items else None
+    target(f"debit_many, batches of {n:,}: items/s / single-call floor tps", ratio(items, get("debit8", "floor")), ">= 5x (stretch 10x)", lambda v: v >= 5)
+    pl = get(w, "plpgsql")
+    target(f"debit_many, batches of {n:,}: items/s / PL/pgSQL loop items/s", ratio(items, pl * n if pl else None), "> 1x", lambda v: v > 1)
 fn = ratio(get("debit8", "floor_fn"), get("debit8", "floor"))
 if fn:
     p(f"- for reference: the floor's statement inside a SECURITY DEFINER PL/pgSQL function / the floor: {fn:.2f}x"

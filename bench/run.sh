@@ -4,12 +4,16 @@
 # Environment (defaults in brackets):
 #   ROUNDS [5]        rounds; each round runs every contender of a workload once (A B C, then B C A, ...)
 #   DURATION [7]      seconds per pgbench run
-#   WORKLOADS         subset of: debit8 debit32 hot8 hot64 rs usage ingest access rls [all]
+#   WORKLOADS         subset of: debit8 debit32 hot8 hot64 rs usage ingest access rls batch100 batch1000 [all]
+#                     (batchN: debit_many / record_usage_many of N items, reported in items per
+#                     second against debit8's floor: run it with debit8)
 #   LOOP_CALLS [1000000]  calls in the can_access loop;  LOOP_REPS [1]
 #   BENCH_PORT [54990]    port of the throwaway cluster;  SHARED_BUFFERS [2GB]
 #   QUIET_WAIT [0]    before each run, wait up to this many seconds for a second in which other
 #                     processes use < 0.2 s of CPU (the machine may be shared with builds)
 #   SKIP_INSTALL=1    use the build already installed (default: scripts/install-ext.sh --release)
+#   PGBIN             the server's bin folder [/usr/lib/postgresql/15/bin]: installs into and runs
+#                     the PostgreSQL 15 there
 #   BENCH_OUT         also write the report to this file
 #   BENCH_KEEP [/tmp/billing-bench-last]  raw pgbench outputs, pg_waldump --stats per run
 # Needs root (the cluster runs as the postgres OS user), pgbench, python3. See bench/README.md.
@@ -18,7 +22,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-7}
-WORKLOADS=${WORKLOADS:-"debit8 debit32 hot8 hot64 rs usage ingest access rls"}
+WORKLOADS=${WORKLOADS:-"debit8 debit32 hot8 hot64 rs usage ingest access rls batch100 batch1000"}
 LOOP_CALLS=${LOOP_CALLS:-1000000}
 LOOP_REPS=${LOOP_REPS:-1}
 PORT=${BENCH_PORT:-54990}
@@ -30,12 +34,16 @@ T_START=$(date +%s)
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # ---- build and install (release), then a cluster of our own ----
+# PGBIN: the server's bin folder (default the system's PostgreSQL 15; a private copy of it
+# keeps the install away from the system's dirs: scripts/install-ext.sh installs there too)
+export PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 PKG=$ROOT/target/release/billing-pg15
 if [ "${SKIP_INSTALL:-}" != 1 ]; then
   log "building and installing the release build (scripts/install-ext.sh --release)"
   ./scripts/install-ext.sh --release >&2
 fi
-LIBDIR=$(/usr/lib/postgresql/15/bin/pg_config --pkglibdir)
+LIBDIR=$("$PGBIN/pg_config" --pkglibdir)
+SHAREDIR=$("$PGBIN/pg_config" --sharedir)
 SO_BUILT=$(md5sum <"$PKG$LIBDIR/billing.so" | cut -c1-32)
 
 source scripts/cluster.sh
@@ -63,8 +71,8 @@ q -f bench/peers.sql >/dev/null
 q -f bench/setup.sql >/dev/null
 q -c CHECKPOINT
 EXTVER=$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'billing'")
-SQL_OK=$(cmp -s "$PKG/usr/share/postgresql/15/extension/billing--$EXTVER.sql" \
-              "/usr/share/postgresql/15/extension/billing--$EXTVER.sql" && echo same || echo DIFFERENT)
+SQL_OK=$(cmp -s "$PKG$SHAREDIR/extension/billing--$EXTVER.sql" \
+              "$SHAREDIR/extension/billing--$EXTVER.sql" && echo same || echo DIFFERENT)
 REV=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src sql Cargo.toml 2>/dev/null || echo "+dirty")
 
 # ---- one pgbench run ----
@@ -139,6 +147,8 @@ declare -A WL=(
   [ingest]="8 0 postgres | billing:ingest_ext inbox:ingest_inbox floor:ingest_floor plpgsql:ingest_plpgsql"
   [access]="8 $CUSTOMERS postgres | billing:access_ext floor:access_floor plpgsql:access_plpgsql"
   [rls]="8 $CUSTOMERS bench_app | billing:rls_ext floor:rls_floor plpgsql:rls_plpgsql"
+  [batch100]="8 $CUSTOMERS postgres | billing:batch_ext,n=100 usage:batch_usage_ext,n=100 plpgsql:batch_plpgsql,n=100"
+  [batch1000]="8 $CUSTOMERS postgres | billing:batch_ext,n=1000 usage:batch_usage_ext,n=1000 plpgsql:batch_plpgsql,n=1000"
 )
 for w in $WORKLOADS; do
   spec=${WL[$w]:?unknown workload $w}

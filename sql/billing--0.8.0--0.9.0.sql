@@ -1453,3 +1453,22 @@ SELECT c.customer, c.balance + coalesce(s.balance, 0) AS balance, c.low_balance 
   LEFT JOIN (SELECT x.slot_of, sum(x.balance)::bigint AS balance FROM billing.customers x
               WHERE x.slot_of IS NOT NULL GROUP BY x.slot_of) s ON s.slot_of = c.customer
  WHERE c.low_balance IS NOT NULL AND c.slot_of IS NULL AND c.balance + coalesce(s.balance, 0) < c.low_balance;
+
+-- Batches (issue 21): billing.debit_many and billing.record_usage_many.
+CREATE FUNCTION billing.debit_many(customers text[], amounts bigint[], idempotency_keys text[])
+RETURNS TABLE (i int, entry_id uuid, balance_after bigint, replayed boolean, sqlstate text, message text)
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_debit_many';
+COMMENT ON FUNCTION billing.debit_many IS 'A batch of debits (at most 10,000), each as billing.debit; one row per item, a refused item with its sqlstate and message.';
+
+CREATE FUNCTION billing.record_usage_many(customers text[], meters text[], quantities bigint[], idempotency_keys text[],
+    occurred_at timestamptz[] DEFAULT NULL)
+RETURNS TABLE (i int, entry_id uuid, credits bigint, balance_after bigint, replayed boolean, sqlstate text, message text)
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_record_usage_many';
+COMMENT ON FUNCTION billing.record_usage_many IS 'A batch of usages (at most 10,000), each as billing.record_usage; one row per item, a refused item with its sqlstate and message.';
+
+REVOKE ALL ON FUNCTION billing.debit_many(text[], bigint[], text[]),
+    billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION billing.debit_many(text[], bigint[], text[]),
+    billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]) TO billing_app;

@@ -242,6 +242,15 @@ VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp 
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_debit';
 COMMENT ON FUNCTION billing.debit IS 'Takes credits now, soonest-expiring grants first; BL001 when short, BL002 on a reused key.';
 
+-- A batch of debits (src/ledger/batch.rs): one row per item, in array order; a refused
+-- item answers its sqlstate and message and leaves the others be. The customers are
+-- locked first, in one order (bytes order of the ids), so batches never deadlock.
+CREATE FUNCTION billing.debit_many(customers text[], amounts bigint[], idempotency_keys text[])
+RETURNS TABLE (i int, entry_id uuid, balance_after bigint, replayed boolean, sqlstate text, message text)
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_debit_many';
+COMMENT ON FUNCTION billing.debit_many IS 'A batch of debits (at most 10,000), each as billing.debit; one row per item, a refused item with its sqlstate and message.';
+
 CREATE FUNCTION billing.reserve(customer text, amount bigint, idempotency_key text, ttl interval DEFAULT '15 minutes')
 RETURNS uuid VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_reserve';

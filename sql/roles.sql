@@ -35,6 +35,7 @@ GRANT USAGE ON SCHEMA billing TO billing_admin, billing_app, billing_webhook, bi
 GRANT EXECUTE ON FUNCTION
     billing.grant(text, bigint, text, text, timestamptz, int, jsonb),
     billing.debit(text, bigint, text, jsonb),
+    billing.debit_many(text[], bigint[], text[]),
     billing.reserve(text, bigint, text, interval),
     billing.settle(uuid, bigint),
     billing.extend(uuid, interval),
@@ -52,6 +53,7 @@ GRANT EXECUTE ON FUNCTION
     billing.can_access(text, text),
     billing.charge(text, text, bigint, text),
     billing.record_usage(text, text, bigint, text, timestamptz, uuid),
+    billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]),
     billing.usage(text, timestamptz, timestamptz),
     billing.claim_outbox(int, interval, interval, text),
     billing.ack_outbox(bigint),

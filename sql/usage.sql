@@ -79,6 +79,14 @@ VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp 
 LANGUAGE c AS 'MODULE_PATHNAME', 'billing_record_usage';
 COMMENT ON FUNCTION billing.record_usage IS 'Rates usage at the price in force at occurred_at and debits it (or settles a hold), exactly, idempotently.';
 
+-- A batch of usages (src/usage/batch.rs), as billing.debit_many is of debits.
+CREATE FUNCTION billing.record_usage_many(customers text[], meters text[], quantities bigint[], idempotency_keys text[],
+    occurred_at timestamptz[] DEFAULT NULL)
+RETURNS TABLE (i int, entry_id uuid, credits bigint, balance_after bigint, replayed boolean, sqlstate text, message text)
+VOLATILE PARALLEL UNSAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET enable_seqscan = off
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_record_usage_many';
+COMMENT ON FUNCTION billing.record_usage_many IS 'A batch of usages (at most 10,000), each as billing.record_usage; one row per item, a refused item with its sqlstate and message.';
+
 CREATE FUNCTION billing.usage(customer text, "from" timestamptz, "to" timestamptz)
 RETURNS TABLE (meter text, quantity bigint, credits bigint)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

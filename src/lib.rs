@@ -7,6 +7,7 @@
 use pgrx::prelude::*;
 
 pub mod access;
+pub mod batch;
 pub mod clock;
 pub mod cluster;
 pub mod error;

@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 
-const NEEDS: &str = "needs the Citus cluster of scripts/citus-test.sh";
 const SECRET: &str = "whsec_citus_test";
 
 fn ports() -> Vec<u16> {
@@ -78,7 +77,6 @@ fn race<T: Send + 'static>(n: usize, f: impl Fn(usize, &mut Client) -> T + Send 
 #[test]
 #[ignore = "needs the Citus cluster of scripts/citus-test.sh"]
 fn ledger_and_usage_through_every_node() {
-    let _ = NEEDS;
     let mut cs = nodes();
     ok(&mut cs[0], "SELECT billing.define_meter('citus_tokens', 3, 1000)");
     let mut entries = HashSet::new();
@@ -459,5 +457,101 @@ fn verify_sees_every_shard() {
     let found = verify(&mut c0);
     assert!(found.iter().any(|r| r.contains("tampered")), "verify() missed a corrupted balance on node {k}: {found:?}");
     bump(&mut w, -7);
+    assert_eq!(verify(&mut c0), Vec::<String>::new());
+}
+
+/// The outbox on a cluster: an empty claim's lease (a reference table) is seen by writers
+/// on every node, and the writing node notifies: a consumer listening on every node is
+/// woken whichever node wrote the row (README: Outbox).
+#[test]
+#[ignore = "needs the Citus cluster of scripts/citus-test.sh"]
+fn outbox_wakes_a_consumer_listening_on_every_node() {
+    use postgres::fallible_iterator::FallibleIterator;
+    use std::time::{Duration, Instant};
+    let mut c0 = node(0);
+    c0.execute("SELECT billing.grant('lowb', 150, 'g')", &[]).unwrap();
+    c0.execute("SELECT billing.set_low_balance('lowb', 100)", &[]).unwrap();
+    let mut listeners: Vec<Client> = (0..ports().len()).map(node).collect();
+    for l in listeners.iter_mut() {
+        l.batch_execute("LISTEN billing").unwrap();
+    }
+    // Claim until empty: the empty claim leaves this consumer's lease.
+    for _ in 0..1000 {
+        let n = c0.query("SELECT id FROM billing.claim_outbox(1000, '1 hour', '1 minute', 'citus-consumer')", &[]).unwrap().len();
+        if n == 0 {
+            break;
+        }
+    }
+    let leases: Vec<i64> = (0..ports().len())
+        .map(|n| one_i64(&mut node(n), "SELECT count(*) FROM billing.outbox_waiters WHERE consumer = 'citus-consumer'", &[]))
+        .collect();
+    assert_eq!(leases, vec![1; ports().len()], "the lease is not on every node");
+    // A delegated debit (on the worker holding the customer) crosses the threshold.
+    debit(&mut node(1), "lowb", 60, "cross").unwrap();
+    let start = Instant::now();
+    let mut woken = None;
+    while woken.is_none() && start.elapsed() < Duration::from_secs(10) {
+        for (i, l) in listeners.iter_mut().enumerate() {
+            if l.notifications().timeout_iter(Duration::from_millis(50)).next().unwrap().is_some() {
+                woken = Some(i);
+                break;
+            }
+        }
+    }
+    let woken = woken.expect("no node notified the waiting consumer");
+    let rows = c0.query("SELECT id FROM billing.claim_outbox(100, '1 hour', '1 minute', 'citus-consumer') WHERE kind = 'low_balance'", &[]).unwrap();
+    assert_eq!(rows.len(), 1, "the low-balance row, claimed from the coordinator");
+    eprintln!("outbox: the consumer was woken through node {woken}'s LISTEN");
+}
+
+/// Batches span shards (their customers live on both workers): through the coordinator
+/// and a worker, and two batches of the same customers in opposite orders from two nodes
+/// at once, many times: no deadlock (customers are locked in one order), all applied.
+#[test]
+#[ignore = "needs the Citus cluster of scripts/citus-test.sh"]
+fn batches_across_shards() {
+    let mut c0 = node(0);
+    let custs: Vec<String> = (0..20).map(|i| format!("batch{i}")).collect();
+    for cu in &custs {
+        c0.execute("SELECT billing.grant($1, 10000, 'g')", &[cu]).unwrap();
+    }
+    let amounts: Vec<i64> = vec![1; custs.len()];
+    for n in [0, 2] {
+        let keys: Vec<String> = (0..custs.len()).map(|i| format!("n{n}-{i}")).collect();
+        let rows = node(n)
+            .query("SELECT i, sqlstate FROM billing.debit_many($1, $2, $3)", &[&custs, &amounts, &keys])
+            .unwrap_or_else(|e| panic!("debit_many on node {n}: {}", msg(&e)));
+        assert_eq!(rows.len(), custs.len());
+        assert!(rows.iter().all(|r| r.get::<_, Option<String>>(1).is_none()), "refused items on node {n}");
+    }
+    ok(&mut c0, "SELECT billing.define_meter('batch_tokens', 1, 1)");
+    let meters: Vec<String> = vec!["batch_tokens".into(); custs.len()];
+    let quantities: Vec<i64> = vec![1; custs.len()];
+    let ukeys: Vec<String> = (0..custs.len()).map(|i| format!("u{i}")).collect();
+    let rows = node(1)
+        .query("SELECT i, credits, sqlstate FROM billing.record_usage_many($1, $2, $3, $4)", &[&custs, &meters, &quantities, &ukeys])
+        .unwrap_or_else(|e| panic!("record_usage_many: {}", msg(&e)));
+    assert!(rows.iter().all(|r| r.get::<_, Option<i64>>(1) == Some(1) && r.get::<_, Option<String>>(2).is_none()));
+    let custs = Arc::new(custs);
+    let errors = race(6, move |t, c| -> Vec<String> {
+        let mut errs = vec![];
+        for round in 0..10 {
+            let mut order: Vec<String> = custs.to_vec();
+            if t % 2 == 1 {
+                order.reverse();
+            }
+            let keys: Vec<String> = (0..order.len()).map(|i| format!("race{t}-{round}-{i}")).collect();
+            let amounts: Vec<i64> = vec![1; order.len()];
+            if let Err(e) = c.query("SELECT i FROM billing.debit_many($1, $2, $3)", &[&order, &amounts, &keys]) {
+                errs.push(format!("{} {}", sqlstate(&e), msg(&e)));
+            }
+        }
+        errs
+    });
+    let errors: Vec<String> = errors.into_iter().flatten().collect();
+    assert!(errors.is_empty(), "batches failed: {errors:?}");
+    // 2 debit batches, a usage batch, 6 threads x 10 rounds: one credit a customer each.
+    let left = one_i64(&mut c0, "SELECT sum(billing.balance('batch' || i))::int8 FROM generate_series(0, 19) i", &[]);
+    assert_eq!(left, 20 * (10000 - 3 - 60));
     assert_eq!(verify(&mut c0), Vec::<String>::new());
 }

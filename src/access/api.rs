@@ -297,6 +297,25 @@ static BUCKET_SAVE: Stmt = Stmt {
 /// its own bucket per customer (keyed `subject:feature`), locked while it is used, so
 /// concurrent requests never let an extra one through.
 pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, feature: &str, now: i64) -> Result<()> {
+    match check_token(c, customer, plan, feature, now)? {
+        Some(t) => save_token(c, customer, t),
+        None => Ok(()),
+    }
+}
+
+/// A token `check_token` found in a bucket, not yet taken (`save_token`): the bucket's
+/// state once it is.
+pub struct Token {
+    feature: String,
+    tokens: i64,
+    at: i64,
+}
+
+/// `take_token` without taking: the bucket's row is locked (made full if it was missing,
+/// which is the same as none) and BL006 raised if it is empty, but nothing is spent until
+/// `save_token`. A batch's item takes its token only once its debit went through, so a
+/// refused item leaves the bucket as it was. `None`: no limit applies.
+pub fn check_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, feature: &str, now: i64) -> Result<Option<Token>> {
     let mut best: Option<((bool, bool), Limit, String)> = None;
     for r in run(c, &LIMIT, &[customer.into(), plan.unwrap_or("").into(), feature.into()])? {
         let rank = (r.get::<bool>(4)?.unwrap_or(false), r.get::<bool>(5)?.unwrap_or(false));
@@ -306,7 +325,7 @@ pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, fea
         }
     }
     let Some((_, limit, bucket_feature)) = best else {
-        return Ok(());
+        return Ok(None);
     };
     let full = limit.full(now);
     run(c, &BUCKET_ENSURE, &[customer.into(), bucket_feature.as_str().into(), (full.tokens as i64).into(), ts(now).into()])?;
@@ -314,10 +333,7 @@ pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, fea
     let b = b.first();
     let bucket = Bucket { tokens: b.get::<i64>(1)?.unwrap_or(0) as i128, at: b.get::<TimestampWithTimeZone>(2)?.map(micros).unwrap_or(now) };
     match limit.take(bucket, now) {
-        Ok(n) => {
-            run(c, &BUCKET_SAVE, &[customer.into(), bucket_feature.as_str().into(), (n.tokens as i64).into(), ts(n.at).into()])?;
-            Ok(())
-        }
+        Ok(n) => Ok(Some(Token { feature: bucket_feature, tokens: n.tokens as i64, at: n.at })),
         Err(wait_us) => {
             let ms = (wait_us + 999) / 1000;
             Err(BillingError::new(
@@ -331,6 +347,12 @@ pub fn take_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, fea
             .hint(format!("{} requests per {} s", limit.requests, limit.per_us / 1_000_000)))
         }
     }
+}
+
+/// Takes the token `check_token` found.
+pub fn save_token(c: &mut SpiClient<'_>, customer: &str, t: Token) -> Result<()> {
+    run(c, &BUCKET_SAVE, &[customer.into(), t.feature.as_str().into(), t.tokens.into(), ts(t.at).into()])?;
+    Ok(())
 }
 
 // ---- access changes, for the outbox ----

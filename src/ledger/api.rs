@@ -9,7 +9,7 @@
 use super::entry_id;
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::slots;
-use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op};
+use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op, Prefetched};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
 use crate::pg::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
@@ -262,6 +262,58 @@ fn debit_as(
             }
         }
     })
+}
+
+/// A debit of a batch's item (`debit_many`, `record_usage_many`): as `debit` (or
+/// `debit_new_key`), with the arguments checked, but an item refused leaves nothing behind,
+/// since the batch goes on. The checks come before any write (key, frozen, credits), and a
+/// refusal for want of credits keeps only the expiries the attempt wrote down (finished,
+/// as `maintenance` would write them). A slotted customer's call may gather its slots
+/// before it is refused: it runs whole in a subtransaction instead (rare, and dearer).
+///
+/// `pre`: the customer's row and the entry under the key, read by the batch under its lock
+/// (`store::prefetch_spend`) with nothing written to the customer since; it stands for the
+/// call's own read when it confirms an unslotted route.
+pub fn debit_item(customer: &str, amount: i64, key: &str, metadata: &serde_json::Value, new_key: bool, pre: Option<Prefetched>) -> Result<EntryRow> {
+    let now = clock::now();
+    let plain = connect(|c| {
+        let mut route = slots::route(customer, key);
+        let (mut op, keyed) = match pre {
+            Some((o, keyed)) if !route.slotted() && o.slots == 1 && o.slot_of.is_none() => (Op::open_prefetched(c, customer, now, o), keyed),
+            _ => loop {
+                match Op::lock_for_spend(c, &route.account, route.parent(), now, key)? {
+                    Some((op, keyed)) if route.confirmed_by(&op) => break (op, keyed),
+                    other => route = slots::reroute(route, other)?,
+                }
+            },
+        };
+        if route.slotted() {
+            op.unlock();
+            return Ok(None);
+        }
+        op.lock_row()?;
+        let r = debit_in(&mut op, keyed, customer, amount, key, metadata, new_key);
+        match r {
+            Ok(Try::Done(r)) => {
+                op.finish()?;
+                Ok(Some(Ok(r)))
+            }
+            Ok(Try::Replayed(r)) => Ok(Some(Ok(r))),
+            Ok(Try::Short(e)) | Err(e) => {
+                if op.wrote() {
+                    op.finish()?;
+                }
+                Ok(Some(Err(e)))
+            }
+        }
+    })?;
+    match plain {
+        Some(r) => r,
+        None => {
+            let metadata = JsonB(metadata.clone());
+            crate::pg::spi::subxact(std::panic::AssertUnwindSafe(|| debit_as(Some(customer), Some(amount), Some(key), Some(metadata), new_key)))
+        }
+    }
 }
 
 /// What a spending call (debit, reserve) on one locked account came to.

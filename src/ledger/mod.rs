@@ -1,5 +1,7 @@
 //! The credit ledger: grants, debits, holds, refunds, expiry, and the journal.
 pub mod api;
+pub mod batch;
+mod batch_tests;
 pub mod entry_id;
 mod entry_id_tests;
 mod head_tests;

@@ -332,6 +332,87 @@ pub struct Op<'a, 'c> {
     took_lock: bool,
 }
 
+/// An account's customer row as an operation opens it (`Op::open_as`), taken apart.
+pub struct Opened {
+    book: Book,
+    frozen: bool,
+    seq: i64,
+    clock: Ts,
+    next_event: Ts,
+    thresholds: Thresholds,
+    /// Accounts of the customer (> 1: slotted), and on a slot account its customer.
+    pub slots: i32,
+    pub slot_of: Option<String>,
+    draw: Option<(Id, i64)>,
+    head: Option<(Id, i64)>,
+    num: i64,
+}
+
+impl Opened {
+    /// The customer row read whole in column `ordinal` of the table's current row.
+    fn read(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Opened> {
+        let r = crate::pg::whole_row::read(t, ordinal, &CUSTOMER)?;
+        let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
+        let draw_grant = r.get::<pgrx::Uuid>(13)?.map(|g| id_of(&g));
+        Ok(Opened {
+            book: Book { grants: vec![], holds: vec![], od: get(1)?, balance: get(0)?, overdraft_limit: get(2)? },
+            frozen: r.get::<bool>(3)?.unwrap_or(false),
+            seq: get(4)?,
+            clock: r.get::<TimestampWithTimeZone>(5)?.map(micros).unwrap_or(i64::MIN),
+            next_event: r.get::<TimestampWithTimeZone>(6)?.map(micros).unwrap_or(NEVER),
+            thresholds: Thresholds {
+                low: r.get::<i64>(7)?,
+                low_notified: r.get::<bool>(8)?.unwrap_or(false),
+                topup: r.get::<i64>(9)?,
+                topup_notified: r.get::<bool>(10)?.unwrap_or(false),
+            },
+            slots: r.get::<i32>(11)?.unwrap_or(1),
+            slot_of: r.get(12)?,
+            draw: match (draw_grant, r.get::<i64>(14)?.unwrap_or(0)) {
+                (Some(g), x) if x != 0 => Some((g, x)),
+                _ => None,
+            },
+            head: draw_grant.zip(r.get::<i64>(15)?),
+            num: get(16)?,
+        })
+    }
+}
+
+/// An account's row and the entry under a key, read ahead (`prefetch_spend`).
+pub type Prefetched = (Opened, Option<Keyed>);
+
+/// SPEND_LOOKUP for many (account, key) pairs in one statement (`prefetch_spend`). The
+/// key's entry is found by (customer, key) through the key's index as a LATERAL lookup
+/// (joined on `c.customer` instead, the planner read every entry of the customer).
+static SPEND_LOOKUP_MANY: Stmt = Stmt {
+    sql: "SELECT u.ord, c, k.k FROM unnest($1::text[], $2::text[]) WITH ORDINALITY u(customer, key, ord)
+            JOIN billing.customers c ON c.customer = u.customer
+            LEFT JOIN LATERAL (SELECT k FROM billing.journal k WHERE k.customer = u.customer AND k.idempotency_key = u.key) k ON true",
+    args: &[TEXTARRAYOID, TEXTARRAYOID],
+};
+
+/// What `Op::lock_for_spend` reads, for a batch's first spend on each of its accounts, in
+/// one statement: the account's row and the entry under the key, by position in `pairs`
+/// (None: no such account). The caller holds the accounts' locks (`lock_many`), so what
+/// it read stays true until it writes to the account (`Op::open_prefetched`).
+pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<Vec<Option<Prefetched>>> {
+    let (accounts, keys): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+    let mut out: Vec<Option<Prefetched>> = (0..pairs.len()).map(|_| None).collect();
+    if crate::cluster::citus() {
+        // The accounts are on many shards, which Citus cannot join to an array in one
+        // statement: each first item reads its own account, as later ones do.
+        return Ok(out);
+    }
+    let mut t = crate::pg::spi::run(c, &SPEND_LOOKUP_MANY, &[accounts.into(), keys.into()])?;
+    while t.next().is_some() {
+        let ord = t.get::<i64>(1)?.unwrap_or(0) as usize;
+        if let Some(slot) = ord.checked_sub(1).and_then(|i| out.get_mut(i)) {
+            *slot = Some((Opened::read(&t, 2)?, keyed_whole(&t, 3)?));
+        }
+    }
+    Ok(out)
+}
+
 /// A journal row not yet inserted.
 struct Pending {
     seq: i64,
@@ -507,28 +588,7 @@ impl<'a, 'c> Op<'a, 'c> {
             return Ok(None);
         }
         let t = t.first();
-        let r = crate::pg::whole_row::read(&t, 1, &CUSTOMER)?;
-        let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
-        let book = Book { grants: vec![], holds: vec![], od: get(1)?, balance: get(0)?, overdraft_limit: get(2)? };
-        let frozen = r.get::<bool>(3)?.unwrap_or(false);
-        let seq = get(4)?;
-        let clock = r.get::<TimestampWithTimeZone>(5)?.map(micros).unwrap_or(i64::MIN);
-        let next_event = r.get::<TimestampWithTimeZone>(6)?.map(micros).unwrap_or(NEVER);
-        let thresholds = Thresholds {
-            low: r.get::<i64>(7)?,
-            low_notified: r.get::<bool>(8)?.unwrap_or(false),
-            topup: r.get::<i64>(9)?,
-            topup_notified: r.get::<bool>(10)?.unwrap_or(false),
-        };
-        let slots = r.get::<i32>(11)?.unwrap_or(1);
-        let slot_of: Option<String> = r.get(12)?;
-        let draw_grant = r.get::<pgrx::Uuid>(13)?.map(|g| id_of(&g));
-        let draw = match (draw_grant, r.get::<i64>(14)?.unwrap_or(0)) {
-            (Some(g), x) if x != 0 => Some((g, x)),
-            _ => None,
-        };
-        let head = draw_grant.zip(r.get::<i64>(15)?);
-        let num = get(16)?;
+        let opened = Opened::read(&t, 1)?;
         // The entry under the key: the account's own (column 2), else, on a slot
         // account, its customer's (3).
         let keyed = match (spend_key, parent) {
@@ -539,34 +599,44 @@ impl<'a, 'c> Op<'a, 'c> {
                 None => keyed_whole(&t, 3)?,
             },
         };
-        let op = Op {
+        Ok(Some((Self::from_opened(c, customer, now, ro, opened), keyed)))
+    }
+
+    fn from_opened(c: &'a mut SpiClient<'c>, customer: &str, now: Ts, ro: bool, o: Opened) -> Self {
+        Op {
             c,
             customer: customer.to_string(),
-            book,
-            frozen,
+            book: o.book,
+            frozen: o.frozen,
             // Time never runs backwards within one customer's journal.
-            now: now.max(clock),
-            seq,
-            seq0: seq,
-            clock,
-            next_event,
+            now: now.max(o.clock),
+            seq: o.seq,
+            seq0: o.seq,
+            clock: o.clock,
+            next_event: o.next_event,
             grants_loaded: false,
-            head,
+            head: o.head,
             head_only: false,
             holds_loaded: false,
             ro,
             grant_deltas: vec![],
             lapsed: vec![],
-            thresholds,
-            slots,
-            slot_of,
-            draw,
-            num,
+            thresholds: o.thresholds,
+            slots: o.slots,
+            slot_of: o.slot_of,
+            draw: o.draw,
+            num: o.num,
             threshold_balance: None,
             pending: None,
             took_lock: false,
-        };
-        Ok(Some((op, keyed)))
+        }
+    }
+
+    /// Opens for a spending call an account whose lock the caller holds (`lock_many`) and
+    /// whose row and entry under the key it read since (`prefetch_spend`), nothing written
+    /// to it in between: `lock_for_spend` without its statement.
+    pub fn open_prefetched(c: &'a mut SpiClient<'c>, account: &str, now: Ts, o: Opened) -> Self {
+        Self::from_opened(c, account, now, false, o)
     }
 
     pub fn lock_existing(c: &'a mut SpiClient<'c>, customer: &str, now: Ts) -> Result<Self> {
@@ -1096,6 +1166,20 @@ pub fn lock_slot_account(account: &str) {
 }
 
 static TRY_LOCK_ROW: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE SKIP LOCKED", args: &[TEXTOID] };
+
+/// Takes the locks of a batch's customers (`debit_many`, `record_usage_many`), each with
+/// its slot count, before any of its items is applied: in `batch::lock_order` (bytes order
+/// of the customers, each followed by its slot accounts in slot order), so batches that
+/// share customers never wait for each other in a cycle. Each lock is `lock_customer`'s.
+pub fn lock_many(c: &mut SpiClient<'_>, customers: &[(&str, i32)]) -> Result<()> {
+    for (customer, n) in crate::batch::lock_order(customers.iter().copied()) {
+        lock_customer(c, customer)?;
+        for k in 1..n {
+            lock_slot_account(&super::slots::account(customer, k));
+        }
+    }
+    Ok(())
+}
 
 /// `lock_customer` without waiting: false when another transaction holds it.
 pub fn try_lock_customer(c: &mut SpiClient<'_>, customer: &str) -> Result<bool> {

@@ -2,9 +2,10 @@
 //! (`set_low_balance`, `set_auto_topup`, `report_topup`).
 use super::rating::{rate, Carry, Price};
 use crate::access::api::{allowed_inputs, allowed_plan_of, inputs_sql};
+use crate::access::api::{check_token, save_token};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
-use crate::ledger::api::{amount_arg, customer_arg, debit_new_key, key_arg, key_taken, need, settle_impl};
+use crate::ledger::api::{amount_arg, customer_arg, debit_item, debit_new_key, key_arg, key_taken, need, settle_impl};
 use crate::ledger::store::{key_used, lock_customer, unknown_customer, Op};
 use crate::pg::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
@@ -95,7 +96,7 @@ static USAGE_SAVE_UPSERT: Stmt = Stmt {
 static USAGE_SAVE_KEPT: Stmt = Stmt { sql: usage_save_sql!("WITH carry AS (SELECT $10::int8, $11::int8)"), args: USAGE_SAVE_ARGS };
 static RES_OWNER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
 
-type UsageRow = (Option<pgrx::Uuid>, i64, i64, bool);
+pub type UsageRow = (Option<pgrx::Uuid>, i64, i64, bool);
 
 #[pg_extern(sql = false)]
 fn record_usage(
@@ -119,10 +120,38 @@ fn record_usage_impl(
     occurred_at: Option<TimestampWithTimeZone>,
     rid: Option<pgrx::Uuid>,
 ) -> Result<UsageRow> {
+    let (customer, meter, quantity, key) = usage_args(customer, meter, quantity, key)?;
+    record_checked(customer, meter, quantity, key, occurred_at, rid, false)
+}
+
+/// `record_usage`'s arguments checked, as `(customer, meter, quantity, key)` (22023).
+pub fn usage_args<'a>(
+    customer: Option<&'a str>,
+    meter: Option<&'a str>,
+    quantity: Option<i64>,
+    key: Option<&'a str>,
+) -> Result<(&'a str, &'a str, i64, &'a str)> {
     let customer = customer_arg(customer)?;
     let meter = need(meter, "meter")?;
     let quantity = amount_arg(quantity, "quantity", customer)?;
     let key = key_arg(key, customer)?;
+    Ok((customer, meter, quantity, key))
+}
+
+/// One usage, its arguments checked. In a batch (`record_usage_many`, `batch`) a refused
+/// usage leaves nothing behind: its rate-limit token is taken only once its debit went
+/// through, and the debit is the batch's (`debit_item`); every other refusal comes before
+/// any write.
+#[allow(clippy::too_many_arguments)]
+pub fn record_checked(
+    customer: &str,
+    meter: &str,
+    quantity: i64,
+    key: &str,
+    occurred_at: Option<TimestampWithTimeZone>,
+    rid: Option<pgrx::Uuid>,
+    batch: bool,
+) -> Result<UsageRow> {
     let now = clock::now();
     let occurred = occurred_at.map(micros).unwrap_or(now);
     Spi::connect_mut(|c| {
@@ -167,13 +196,17 @@ fn record_usage_impl(
         if !debits && key_used(c, customer, key)? {
             return Err(key_taken(customer, key));
         }
-        if rid.is_none() {
-            // Access as for any request, then one token from the most specific limit on
-            // the meter (the customer's or its plan's, the meter's or every feature's).
-            let inputs = allowed_inputs(c, customer, now, &r)?;
-            let plan = allowed_plan_of(c, customer, None, now, inputs)?;
-            crate::access::api::take_token(c, customer, plan.as_deref(), meter, now)?;
-        }
+        // Access as for any request, then one token from the most specific limit on the
+        // meter (the customer's or its plan's, the meter's or every feature's), taken once
+        // the usage is charged.
+        let token = match rid {
+            None => {
+                let inputs = allowed_inputs(c, customer, now, &r)?;
+                let plan = allowed_plan_of(c, customer, None, now, inputs)?;
+                check_token(c, customer, plan.as_deref(), meter, now)?
+            }
+            Some(_) => None,
+        };
         let Some(rated) = rated else {
             return Err(BillingError::new(
                 UNKNOWN,
@@ -194,11 +227,18 @@ fn record_usage_impl(
                 (Some(e), b)
             }
             None if credits > 0 => {
-                let (e, b, _) = debit_new_key(customer, credits, key, metadata)?;
+                let (e, b, _) = if batch {
+                    debit_item(customer, credits, key, &metadata.0, true, None)?
+                } else {
+                    debit_new_key(customer, credits, key, metadata)?
+                };
                 (Some(e), b)
             }
             None => (None, Op::read(c, customer, now)?.peek_balance()?),
         };
+        if let Some(t) = token {
+            save_token(c, customer, t)?;
+        }
         let save = match stored {
             Some(old) if old == next => &USAGE_SAVE_KEPT,
             Some(_) => &USAGE_SAVE_UPDATE,

@@ -1,0 +1,8 @@
+-- batches: the PL/pgSQL peer, peer.pl_debit_many (peer.pl_debit per item)
+-- -D run=<n> -D k=0 -D ncust=<customers to pick from> -D n=<items per batch>
+\set k :k + 1
+\set key :run * 100000000000 + :client_id * 1000000000 + :k * 10000
+SELECT count(*) FILTER (WHERE sqlstate IS NULL) FROM peer.pl_debit_many(
+    ARRAY(SELECT 'c' || (1 + floor(random() * :ncust))::int FROM generate_series(1, :n)),
+    array_fill(1::bigint, ARRAY[:n::int]),
+    ARRAY(SELECT 'b' || (:key::bigint + g) FROM generate_series(1, :n) g));

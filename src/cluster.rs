@@ -56,3 +56,41 @@ fn node_id(seq: pgrx::pg_sys::Oid, bits: i32) -> i64 {
     (group_id() << bits) | n
 }
 crate::sql_entry!(pg_finfo_billing_node_id, billing_node_id, node_id_wrapper);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Without Citus, distribute() refuses with 55000 and a message saying what is
+    /// missing, and changes nothing.
+    #[pg_test]
+    fn distribute_without_citus_is_55000() {
+        let before = Spi::get_one::<i64>("SELECT count(*) FROM pg_class WHERE relnamespace = 'billing'::regnamespace").unwrap();
+        Spi::run(
+            "CREATE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ' ' || SQLERRM; END $$",
+        )
+        .unwrap();
+        let e = Spi::get_one::<String>("SELECT pg_temp.error_of('SELECT billing.distribute()')").unwrap().unwrap_or_default();
+        assert!(e.starts_with("55000 ") && e.contains("needs Citus"), "{e}");
+        let after = Spi::get_one::<i64>("SELECT count(*) FROM pg_class WHERE relnamespace = 'billing'::regnamespace").unwrap();
+        assert_eq!(before, after);
+    }
+
+    /// Off Citus the ledger takes the advisory lock; a customer number is the sequence's
+    /// value with group 0 above it.
+    #[pg_test]
+    fn one_server_uses_the_advisory_lock_and_plain_numbers() {
+        assert!(!super::citus());
+        Spi::run("SELECT billing.grant('num-a', 10, 'g'), billing.grant('num-b', 10, 'g')").unwrap();
+        let nums = Spi::get_one::<i64>(
+            "SELECT count(*) FROM billing.customers WHERE customer IN ('num-a', 'num-b') AND num < 4294967296 AND num > 0",
+        )
+        .unwrap();
+        assert_eq!(nums, Some(2));
+        Spi::run("SELECT * FROM billing.debit('num-a', 1, 'd')").unwrap();
+        let advisory = Spi::get_one::<i64>("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 16963 AND pid = pg_backend_pid()").unwrap();
+        assert!(advisory.unwrap_or(0) >= 1, "no customer advisory lock held");
+    }
+}

@@ -360,6 +360,20 @@ pub fn lock_slots(customer: &str, n: i32) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn slot_accounts_are_recognised_by_name() {
+        assert!(is_slot_of("acme#1", "acme"));
+        assert!(is_slot_of("acme#63", "acme"));
+        assert!(!is_slot_of("acme#64", "acme"));
+        assert!(!is_slot_of("acme#0", "acme"));
+        assert!(!is_slot_of("acme#01", "acme"));
+        assert!(!is_slot_of("acme", "acme"));
+        assert!(!is_slot_of("acme#x", "acme"));
+        assert!(!is_slot_of("acmex#1", "acme"));
+        assert!(!is_slot_of("other#1", "acme"));
+    }
+
     use super::*;
 
     #[test]

@@ -84,13 +84,13 @@ mod tests {
     fn one_server_uses_the_advisory_lock_and_plain_numbers() {
         assert!(!super::citus());
         Spi::run("SELECT billing.grant('num-a', 10, 'g'), billing.grant('num-b', 10, 'g')").unwrap();
-        let nums = Spi::get_one::<i64>(
-            "SELECT count(*) FROM billing.customers WHERE customer IN ('num-a', 'num-b') AND num < 4294967296 AND num > 0",
-        )
-        .unwrap();
+        let nums =
+            Spi::get_one::<i64>("SELECT count(*) FROM billing.customers WHERE customer IN ('num-a', 'num-b') AND num < 4294967296 AND num > 0")
+                .unwrap();
         assert_eq!(nums, Some(2));
         Spi::run("SELECT * FROM billing.debit('num-a', 1, 'd')").unwrap();
-        let advisory = Spi::get_one::<i64>("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 16963 AND pid = pg_backend_pid()").unwrap();
+        let advisory =
+            Spi::get_one::<i64>("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 16963 AND pid = pg_backend_pid()").unwrap();
         assert!(advisory.unwrap_or(0) >= 1, "no customer advisory lock held");
     }
 }

@@ -410,6 +410,7 @@ fn hot_path_runs_on_one_worker_and_one_shard_group() {
             ("release", format!("SELECT * FROM billing.release('{cust}', '{r2}')")),
             ("refund", format!("SELECT * FROM billing.refund('{cust}', '{d}', 1, NULL)")),
             ("balance", format!("SELECT billing.balance('{cust}')")),
+            ("charge", format!("SELECT * FROM billing.charge('{cust}', 'chat', 1, 'ch{tag}')")),
             ("record_usage", format!("SELECT * FROM billing.record_usage('{cust}', 'route_tokens', 1, 'u{tag}')")),
             ("access", format!("SELECT * FROM billing.access('{cust}', 'chat')")),
             ("can_access", format!("SELECT billing.can_access('{cust}', 'chat')")),
@@ -425,7 +426,6 @@ fn hot_path_runs_on_one_worker_and_one_shard_group() {
             report.insert((name, in_block), (ports.len(), shards.len()));
         }
     }
-    // charge needs a plan in force: on a subscription of the customer's own shard.
     eprintln!("hot path from the coordinator: call, in a transaction block, workers reached, shards touched");
     for ((name, b), (w, s)) in &report {
         eprintln!("  {name:13} {b:5} {w} worker(s) {s} shard(s)");

@@ -51,11 +51,13 @@ checkout='{"id":"evt_demo_checkout","object":"event","created":'$now',"type":"ch
 
 echo
 echo "== 1. Ada's 10 USD top-up arrives as a signed webhook on worker 1 (port $w1): stored once, granted once"
-psql -X -v ON_ERROR_STOP=1 -p "$w1" -d billing_demo -v h="$(signed "$checkout")" -v b="$checkout" \
-  -c "SELECT status, detail FROM billing.ingest('stripe', :'h', :'b')"
+deliver() {  # deliver <port>: the checkout event, signed now, through that node
+  echo "SELECT status, detail FROM billing.ingest('stripe', :'h', :'b');" \
+    | psql -X -v ON_ERROR_STOP=1 -p "$1" -d billing_demo -v h="$(signed "$checkout")" -v b="$checkout"
+}
+deliver "$w1"
 echo "   ... and delivered again to worker 2 (port $w2): a duplicate"
-psql -X -v ON_ERROR_STOP=1 -p "$w2" -d billing_demo -v h="$(signed "$checkout")" -v b="$checkout" \
-  -c "SELECT status, detail FROM billing.ingest('stripe', :'h', :'b')"
+deliver "$w2"
 
 echo "== 2. Through the coordinator: a streamed LLM answer holds 300 credits and settles at 120 (customer-qualified forms: one worker)"
 q <<'SQL'

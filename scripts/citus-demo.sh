@@ -44,7 +44,7 @@ PY
 }
 q -q -c "SELECT billing.add_endpoint('stripe', 'stripe')" -c "SELECT billing.add_secret('stripe', '$SECRET')" \
      -c "SELECT billing.define_plan('pro', ARRAY['chat', 'images'], 5000, '3 days', 'price_pro')" \
-     -c "SELECT billing.define_meter('tokens', 3, 1000)"
+     -c "SELECT billing.define_meter('tokens', 3, 1000)" >/dev/null
 
 now=$(date +%s)
 checkout='{"id":"evt_demo_checkout","object":"event","created":'$now',"type":"checkout.session.completed","data":{"object":{"id":"cs_demo_1","object":"checkout.session","payment_status":"paid","payment_intent":"pi_demo_1","client_reference_id":"ada","amount_total":1000,"currency":"usd","metadata":{"credits":"1000"}}}}'
@@ -65,7 +65,8 @@ q <<'SQL'
 SELECT billing.reserve('ada', 300, 'req:1:hold') AS hold \gset
 SELECT balance_after AS after_settle FROM billing.settle('ada', :'hold', 120);
 SELECT credits, balance_after FROM billing.record_usage('ada', 'tokens', 2500, 'req:2');
-SELECT billing.grant('bob', 500, 'promo:bob', 'promotion') IS NOT NULL AS bob_granted;
+SELECT count(billing.grant(c, 500, 'promo:' || c, 'promotion')) AS promos_granted
+  FROM unnest(ARRAY['bob', 'carol', 'dave', 'erin', 'frank']) c;
 SQL
 
 echo "== 3. The application's transaction, inside a BEGIN block on worker 2: a debit rolled back leaves nothing"

@@ -5,27 +5,7 @@
 mod common;
 
 use common::*;
-use postgres::Client;
 use std::collections::HashMap;
-use std::sync::{Arc, Barrier};
-use std::thread;
-
-/// Runs `f(thread index, own connection)` on `n` threads that start together.
-fn race<T: Send + 'static>(db: &TestDb, n: usize, f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static) -> Vec<T> {
-    let f = Arc::new(f);
-    let barrier = Arc::new(Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let (f, barrier, cfg) = (f.clone(), barrier.clone(), db.config());
-            thread::spawn(move || {
-                let mut c = connect_config(&cfg);
-                barrier.wait();
-                f(i, &mut c)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("a racing thread panicked")).collect()
-}
 
 const CUSTOMERS: usize = 12;
 const RICH: i64 = 1_000_000;

@@ -8,8 +8,7 @@ mod stripe;
 use common::{msg, sqlstate};
 use postgres::{Client, Config, NoTls};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Barrier, Mutex};
-use std::thread;
+use std::sync::{Arc, Mutex};
 
 const SECRET: &str = "whsec_citus_test";
 
@@ -56,20 +55,8 @@ fn verify(c: &mut Client) -> Vec<String> {
 
 /// Runs `f(thread, node client)` on `n` threads spread over the nodes, started together.
 fn race<T: Send + 'static>(n: usize, f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static) -> Vec<T> {
-    let f = Arc::new(f);
-    let barrier = Arc::new(Barrier::new(n));
     let k = ports().len();
-    let hs: Vec<_> = (0..n)
-        .map(|i| {
-            let (f, barrier) = (f.clone(), barrier.clone());
-            thread::spawn(move || {
-                let mut c = node(i % k);
-                barrier.wait();
-                f(i, &mut c)
-            })
-        })
-        .collect();
-    hs.into_iter().map(|h| h.join().expect("a racing thread panicked")).collect()
+    common::race_with(move |i| config(i % k), n, f)
 }
 
 /// The ledger, usage and access functions through every node, in and out of transaction

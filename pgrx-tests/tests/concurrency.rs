@@ -6,7 +6,6 @@ use common::*;
 use postgres::Client;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier};
-use std::thread;
 
 type Debit = (String, i64, bool); // entry_id, balance_after, replayed
 
@@ -21,23 +20,6 @@ fn grant(c: &mut Client, customer: &str, amount: i64, key: &str) {
 
 fn balance(c: &mut Client, customer: &str) -> i64 {
     c.query_one("SELECT billing.balance($1)", &[&customer]).unwrap().get(0)
-}
-
-/// Runs `f(thread index, own connection)` on `n` threads that start together.
-fn race<T: Send + 'static>(db: &TestDb, n: usize, f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static) -> Vec<T> {
-    let f = Arc::new(f);
-    let barrier = Arc::new(Barrier::new(n));
-    let handles: Vec<_> = (0..n)
-        .map(|i| {
-            let (f, barrier, cfg) = (f.clone(), barrier.clone(), db.config());
-            thread::spawn(move || {
-                let mut c = connect_config(&cfg);
-                barrier.wait();
-                f(i, &mut c)
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().expect("a racing thread panicked")).collect()
 }
 
 /// (a) 16 sessions drain one customer with fresh keys until even a debit of 1 is refused:

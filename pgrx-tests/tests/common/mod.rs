@@ -255,3 +255,32 @@ impl Rng {
         &v[self.below(v.len())]
     }
 }
+
+/// Runs `f(thread index, own connection)` on `n` threads that start together (at a
+/// barrier, no sleeps); thread `i` connects with `config(i)`.
+pub fn race_with<T: Send + 'static>(
+    config: impl Fn(usize) -> Config,
+    n: usize,
+    f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    use std::sync::{Arc, Barrier};
+    let f = Arc::new(f);
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (f, barrier, cfg) = (f.clone(), barrier.clone(), config(i));
+            std::thread::spawn(move || {
+                let mut c = connect_config(&cfg);
+                barrier.wait();
+                f(i, &mut c)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().expect("a racing thread panicked")).collect()
+}
+
+/// `race_with` on one test database.
+pub fn race<T: Send + 'static>(db: &TestDb, n: usize, f: impl Fn(usize, &mut Client) -> T + Send + Sync + 'static) -> Vec<T> {
+    let cfg = db.config();
+    race_with(move |_| cfg.clone(), n, f)
+}

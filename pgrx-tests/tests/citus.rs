@@ -103,6 +103,9 @@ fn ledger_and_usage_through_every_node() {
         // Another customer's reservation is not this one's.
         let err = c.query_one("SELECT * FROM billing.release('nobody', $1::text::uuid)", &[&r2]).unwrap_err();
         assert_eq!(sqlstate(&err), "BL003", "{}", msg(&err));
+        // billing.entry() finds the entry by the number its id carries, across shards.
+        let found = one_i64(c, "SELECT count(*) FROM billing.entry($1::text::uuid)", &[&e]);
+        assert_eq!(found, 1, "billing.entry on node {i}");
         // Refunds, qualified and by id alone.
         let b: i64 = c.query_one("SELECT balance_after FROM billing.refund($1, $2::text::uuid, 40, NULL)", &[&cust, &e]).unwrap().get(0);
         assert_eq!(b, 730);

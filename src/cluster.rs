@@ -44,7 +44,8 @@ fn group_id() -> i64 {
         }
         Ok(c.select("SELECT groupid::int8 FROM pg_catalog.pg_dist_local_group", None, &[])?.first().get::<i64>(1)?.unwrap_or(0))
     })
-    .unwrap_or(0)
+    // Never a silent 0: on a worker that would repeat the coordinator's numbers.
+    .unwrap_or_else(|e| panic!("billing: cannot read this node's Citus group: {e}"))
 }
 
 /// `billing._node_id(seq, bits)`, the default of ids that must stay unique across the
@@ -52,7 +53,7 @@ fn group_id() -> i64 {
 /// `seq` in the low `bits` bits (its MAXVALUE keeps it there), the node's group above them.
 #[pg_extern(sql = false)]
 fn node_id(seq: pgrx::pg_sys::Oid, bits: i32) -> i64 {
-    let n = unsafe { pgrx::fcinfo::direct_function_call::<i64>(pgrx::pg_sys::nextval_oid, &[Some(seq.into())]) }.unwrap_or(0);
+    let n = unsafe { pgrx::fcinfo::direct_function_call::<i64>(pgrx::pg_sys::nextval_oid, &[Some(seq.into())]) }.expect("nextval returns a value");
     (group_id() << bits) | n
 }
 crate::sql_entry!(pg_finfo_billing_node_id, billing_node_id, node_id_wrapper);

@@ -740,6 +740,19 @@ static REFUNDS_OF: Stmt = Stmt {
     args: &[TEXTOID, UUIDOID],
 };
 
+/// An entry found by ENTRY_ROW or ENTRY_ROW_OF: (account, kind, accounts, deltas, reservation).
+type FoundEntry = (String, String, Vec<pgrx::Uuid>, Vec<i64>, Option<pgrx::Uuid>);
+
+fn entry_row(t: pgrx::spi::SpiTupleTable<'_>) -> Result<Option<FoundEntry>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let r = t.first();
+    let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
+    let deltas: Vec<i64> = r.get(4)?.unwrap_or_default();
+    Ok(Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), accts, deltas, r.get(5)?)))
+}
+
 #[pg_extern(sql = false)]
 fn refund(entry_id: Option<pgrx::Uuid>, amount: Option<i64>, idempotency_key: Option<&str>) {
     row(refund_impl(None, entry_id, amount, idempotency_key))
@@ -758,19 +771,18 @@ fn refund_impl(owner: Option<&str>, entry: Option<pgrx::Uuid>, amount: Option<i6
     let now = clock::now();
     connect(|c| {
         let (num, seq) = entry_id::locate(&id_of(&entry)).unzip();
-        let mut t = match owner {
-            Some(o) => run(c, &ENTRY_ROW_OF, &[o.into(), seq.into(), entry.into()])?,
-            None => run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?,
+        let found = match owner {
+            Some(o) => entry_row(run(c, &ENTRY_ROW_OF, &[o.into(), seq.into(), entry.into()])?)?,
+            None => entry_row(run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?)?,
         };
         // On one server a slotted customer's entry may be in one of its slot accounts.
-        if let (true, Some(o), false) = (t.is_empty(), owner, crate::cluster::citus()) {
-            let any = run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?;
-            let account = if any.is_empty() { None } else { any.first().get::<String>(1)? };
-            if account.is_some_and(|a| slots::is_slot_of(&a, o)) {
-                t = run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?;
+        let found = match (found, owner) {
+            (None, Some(o)) if !crate::cluster::citus() => {
+                entry_row(run(c, &ENTRY_ROW, &[num.into(), seq.into(), entry.into()])?)?.filter(|r| slots::is_slot_of(&r.0, o))
             }
-        }
-        if t.is_empty() {
+            (found, _) => found,
+        };
+        let Some((customer, kind, accts, deltas, rid)) = found else {
             return Err(BillingError::new(
                 UNKNOWN,
                 match owner {
@@ -778,13 +790,7 @@ fn refund_impl(owner: Option<&str>, entry: Option<pgrx::Uuid>, amount: Option<i6
                     None => format!("unknown journal entry {entry}"),
                 },
             ));
-        }
-        let r = t.first();
-        let customer: String = r.get(1)?.unwrap_or_default();
-        let kind: String = r.get(2)?.unwrap_or_default();
-        let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
-        let deltas: Vec<i64> = r.get(4)?.unwrap_or_default();
-        let rid: Option<pgrx::Uuid> = r.get(5)?;
+        };
         if kind != "debit" && kind != "settle" {
             return Err(BillingError::invalid(format!(
                 "entry {entry} of customer \"{customer}\" is a {kind}; only debits and settles can be refunded"

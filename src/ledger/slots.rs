@@ -11,7 +11,7 @@
 //! (`gather`), runs on the customer's own account, and spreads again (`spread`). The
 //! spending calls themselves (`api`) drive the store and call here on those paths only.
 use super::rules::{Acct, Entry, Grant, Id, Kind, Ts};
-use super::store::{lock_slot_account, unknown_customer, Extra, Keyed, Op};
+use super::store::{advisory_lock, unknown_customer, Extra, Keyed, Op};
 use crate::error::{BillingError, Result};
 use crate::pg::spi::{new_id, ts, uuid, Stmt};
 use pgrx::pg_sys::BuiltinOid::*;
@@ -187,7 +187,7 @@ type Lines = Vec<(Acct, i64)>;
 /// held, in slot order), for a call that `spread` then ends.
 pub fn gather<'a, 'c>(c: &'a mut SpiClient<'c>, customer: &str, n: i32, now: Ts) -> Result<Op<'a, 'c>> {
     for k in 0..n {
-        lock_slot_account(&account(customer, k));
+        advisory_lock(&account(customer, k));
     }
     // 1. Every slot gives its live credits back to the grants they came from. Each slot's
     //    row is written even when it gives nothing: a REPEATABLE READ call routed there
@@ -353,7 +353,7 @@ pub fn lock_slots(customer: &str, n: i32) -> Vec<String> {
     learn(customer, n);
     let accounts: Vec<String> = (0..n).map(|k| account(customer, k)).collect();
     for a in &accounts[1..] {
-        lock_slot_account(a);
+        advisory_lock(a);
     }
     accounts
 }

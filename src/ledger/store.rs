@@ -1153,15 +1153,15 @@ pub fn lock_customer(c: &mut SpiClient<'_>, customer: &str) -> Result<bool> {
     if crate::cluster::citus() {
         Ok(!crate::pg::spi::run(c, &LOCK_ROW, &[customer.into()])?.is_empty())
     } else {
-        lock_slot_account(customer);
+        advisory_lock(customer);
         Ok(true)
     }
 }
 
-/// The advisory lock of one account, for the slotted customers' own paths (`slots`):
-/// slots are refused on Citus (a slot account is a customer of its own, on another shard),
-/// so these never run there.
-pub fn lock_slot_account(account: &str) {
+/// The advisory lock of one account (a customer, or a slot account): the customer lock on
+/// one server, and the lock the slotted customers' own paths (`slots`) take directly;
+/// slots are refused on Citus (a slot account would be on another shard).
+pub fn advisory_lock(account: &str) {
     crate::pg::spi::xact_lock(crate::pg::spi::LockClass::Customer, &[account]);
 }
 
@@ -1175,7 +1175,7 @@ pub fn lock_many(c: &mut SpiClient<'_>, customers: &[(&str, i32)]) -> Result<()>
     for (customer, n) in crate::batch::lock_order(customers.iter().copied()) {
         lock_customer(c, customer)?;
         for k in 1..n {
-            lock_slot_account(&super::slots::account(customer, k));
+            advisory_lock(&super::slots::account(customer, k));
         }
     }
     Ok(())

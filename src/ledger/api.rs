@@ -273,8 +273,18 @@ fn debit_as(
 ///
 /// `pre`: the customer's row and the entry under the key, read by the batch under its lock
 /// (`store::prefetch_spend`) with nothing written to the customer since; it stands for the
-/// call's own read when it confirms an unslotted route.
-pub fn debit_item(customer: &str, amount: i64, key: &str, metadata: &serde_json::Value, new_key: bool, pre: Option<Prefetched>) -> Result<EntryRow> {
+/// call's own read when it confirms an unslotted route. `later`: where a debit written
+/// on an unslotted account leaves its last writes for the batch to write with the others'
+/// (`deferred`); the batch writes them before anything reads the account again.
+pub fn debit_item(
+    customer: &str,
+    amount: i64,
+    key: &str,
+    metadata: &serde_json::Value,
+    new_key: bool,
+    pre: Option<Prefetched>,
+    later: Option<&mut super::deferred::Deferred>,
+) -> Result<EntryRow> {
     let now = clock::now();
     let plain = connect(|c| {
         let mut route = slots::route(customer, key);
@@ -295,7 +305,7 @@ pub fn debit_item(customer: &str, amount: i64, key: &str, metadata: &serde_json:
         let r = debit_in(&mut op, keyed, customer, amount, key, metadata, new_key);
         match r {
             Ok(Try::Done(r)) => {
-                op.finish()?;
+                op.finish_into(later)?;
                 Ok(Some(Ok(r)))
             }
             Ok(Try::Replayed(r)) => Ok(Some(Ok(r))),

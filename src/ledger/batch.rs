@@ -1,9 +1,12 @@
 //! `billing.debit_many` (SPEC section 1): a batch of debits, as an AI gateway flushes
 //! them. One statement reads every customer of the batch (and its slot count), the
-//! customers are locked in one order (`store::lock_many`), then each item runs the
-//! single debit's Rust path (`api::debit_item`) in array order, under locks already
-//! held. A refused item answers its SQLSTATE and message in its row; the others go on.
+//! customers are locked in one order (`store::lock_many`), one statement reads each
+//! one's row and the entry under its first item's key, then each item runs the single
+//! debit's Rust path (`api::debit_item`) in array order, under locks already held, and
+//! one statement writes what the items wrote (`deferred`). A refused item answers its
+//! SQLSTATE and message in its row; the others go on.
 use super::api::{amount_arg, customer_arg, debit_item, key_arg, need};
+use super::deferred::Deferred;
 use super::store::{lock_many, prefetch_spend};
 use crate::batch::{self, aborts_batch, check_lengths, outcome};
 use crate::error::{deliver, Result};
@@ -85,9 +88,22 @@ fn debit_many_impl(customers: Option<Vec<Option<String>>>, amounts: Option<Vec<O
         pre_of[j] = pre.next().flatten();
     }
     let metadata = json!({});
+    // The unslotted accounts' last writes, written together (on Citus, where the accounts
+    // are on many shards, each item writes its own).
+    let mut later = (!crate::cluster::citus()).then(Deferred::default);
     let mut rows = Vec::with_capacity(n);
     for ((j, a), p) in args.into_iter().enumerate().zip(pre_of) {
-        let r = a.and_then(|(c, amount, key)| debit_item(c, amount, key, &metadata, false, p));
+        let r = a.and_then(|(c, amount, key)| {
+            let later = later.as_mut().filter(|_| slots.get(c) == Some(&1));
+            match later {
+                // A customer's second item reads what its first wrote.
+                Some(l) if l.holds(c) => {
+                    Spi::connect_mut(|s| l.write(s))?;
+                    debit_item(c, amount, key, &metadata, false, p, Some(l))
+                }
+                l => debit_item(c, amount, key, &metadata, false, p, l),
+            }
+        });
         if let Err(e) = &r {
             if aborts_batch(e) {
                 return Err(e.clone());
@@ -95,6 +111,9 @@ fn debit_many_impl(customers: Option<Vec<Option<String>>>, amounts: Option<Vec<O
         }
         let (v, sqlstate, message) = outcome(r);
         rows.push((j as i32 + 1, v.map(|v| v.0), v.map(|v| v.1), v.map(|v| v.2), sqlstate, message));
+    }
+    if let Some(l) = later.as_mut() {
+        Spi::connect_mut(|s| l.write(s))?;
     }
     Ok(rows)
 }

@@ -163,4 +163,92 @@ mod tests {
         assert_eq!(bal("s"), 20);
         clean();
     }
+
+    /// A batch writes its items' last writes together (`deferred`); the ledger it leaves
+    /// is the one the same debits leave one call at a time: twin customers `x*` and `y*`
+    /// with the same grants, `x*` debited by one batch, `y*` by single calls in the same
+    /// order, compared row by row (entry ids and grant ids aside). The cases: a draw from
+    /// the first grant only, one that empties it, one over two grants (an entry of two
+    /// lines, written at once), an expiry written down first, a crossed low-balance
+    /// threshold, a refusal, a replay, and a customer's later items after its first.
+    #[pg_test]
+    fn debit_many_leaves_the_ledger_single_debits_leave() {
+        setup();
+        for p in ["x", "y"] {
+            Spi::run(&format!(
+                "SELECT billing.grant('{p}1', 100, 'g');
+                 SELECT billing.grant('{p}2', 10, 'g1'); SELECT billing.grant('{p}2', 50, 'g2');
+                 SELECT billing.grant('{p}3', 30, 'g1', 'promo', '2030-01-02'); SELECT billing.grant('{p}3', 40, 'g2');
+                 SELECT billing.grant('{p}4', 20, 'g'); SELECT billing.set_low_balance('{p}4', 15);
+                 SELECT billing.grant('{p}5', 5, 'g');
+                 SELECT billing.grant('{p}6', 100, 'g')"
+            ))
+            .unwrap();
+        }
+        clock("2030-01-03 00:00:00+00");
+        // (customer, amount, key): x1 a draw; x2 over two grants; x3 past an expiry;
+        // x4 below its threshold; x5 short; x6 then x1 again, a replay of x1's key, x2 again
+        let items = [
+            ("1", 7, "a"),
+            ("2", 15, "a"),
+            ("3", 5, "a"),
+            ("4", 10, "a"),
+            ("5", 9, "a"),
+            ("6", 100, "a"),
+            ("1", 3, "b"),
+            ("1", 7, "a"),
+            ("2", 45, "b"),
+        ];
+        let arr = |f: &dyn Fn(&(&str, i64, &str)) -> String| items.iter().map(f).collect::<Vec<_>>().join(",");
+        let batch = rows(&format!(
+            "billing.debit_many(ARRAY[{}], ARRAY[{}], ARRAY[{}])",
+            arr(&|i| format!("'x{}'", i.0)),
+            arr(&|i| i.1.to_string()),
+            arr(&|i| format!("'{}'", i.2))
+        ));
+        // the same, one call at a time (a refusal raises: caught in a subtransaction)
+        Spi::run("CREATE TEMP TABLE single (i int, r text)").unwrap();
+        for (j, (c, amount, key)) in items.iter().enumerate() {
+            let j = j + 1;
+            Spi::run(&format!(
+                "DO $$ BEGIN
+                     INSERT INTO single SELECT {j}, format('%s:%s:%s:', {j}, balance_after, replayed) FROM billing.debit('y{c}', {amount}, '{key}');
+                 EXCEPTION WHEN others THEN INSERT INTO single VALUES ({j}, format('%s:::%s', {j}, SQLSTATE));
+                 END $$"
+            ))
+            .unwrap();
+        }
+        assert_eq!(batch, q::<String>("SELECT string_agg(r, ' ' ORDER BY i) FROM single"));
+        assert_eq!(batch, "1:93:f: 2:45:f: 3:35:f: 4:10:f: 5:::BL001 6:0:f: 7:90:f: 8:93:t: 9:0:f:");
+        let journal = |p: &str| -> String {
+            q(&format!(
+                "SELECT string_agg(format('%s/%s/%s/%s/%s/%s/%s/%s', substr(customer, 2), seq, kind, amount, balance_after,
+                                          idempotency_key, cardinality(accounts), (SELECT sum(d) FROM unnest(deltas) d)),
+                                   ' ' ORDER BY customer, seq)
+                   FROM billing.journal WHERE customer LIKE '{p}%'"
+            ))
+        };
+        assert_eq!(journal("x"), journal("y"));
+        let customers = |p: &str| -> String {
+            q(&format!(
+                "SELECT string_agg(format('%s/%s/%s/%s/%s/%s/%s/%s/%s', substr(c.customer, 2), balance, od, c.seq, last_at, next_event_at,
+                                          low_notified, coalesce(g.source, '-') || coalesce(g.seq::text, ''), draw || '/' || coalesce(draw_left::text, '-')),
+                                   ' ' ORDER BY c.customer)
+                   FROM billing.customers c LEFT JOIN billing.grants g ON g.customer = c.customer AND g.id = c.draw_grant
+                  WHERE c.customer LIKE '{p}%'"
+            ))
+        };
+        assert_eq!(customers("x"), customers("y"));
+        let grants = |p: &str| -> String {
+            q(&format!(
+                "SELECT string_agg(format('%s/%s/%s/%s', substr(customer, 2), seq, remaining, open), ' ' ORDER BY customer, seq)
+                   FROM billing.grants WHERE customer LIKE '{p}%'"
+            ))
+        };
+        assert_eq!(grants("x"), grants("y"));
+        let outbox = |p: &str| -> i64 { q(&format!("SELECT count(*) FROM billing.outbox WHERE customer LIKE '{p}%' AND kind = 'low_balance'")) };
+        assert_eq!((outbox("x"), outbox("y")), (1, 1));
+        assert_eq!(q::<i64>("SELECT count(*) FROM billing.verify()"), 0);
+        clean();
+    }
 }

@@ -2,6 +2,7 @@
 pub mod api;
 pub mod batch;
 mod batch_tests;
+pub mod deferred;
 pub mod entry_id;
 mod entry_id_tests;
 mod head_tests;

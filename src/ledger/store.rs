@@ -973,7 +973,14 @@ impl<'a, 'c> Op<'a, 'c> {
 
     /// Writes the last entry, grant remainders, lapsed holds and the customer row; returns
     /// the client, for a caller that goes on to another account.
-    pub fn finish(mut self) -> Result<&'a mut SpiClient<'c>> {
+    pub fn finish(self) -> Result<&'a mut SpiClient<'c>> {
+        self.finish_into(None)
+    }
+
+    /// `finish`, keeping the last entry (when it has one line), the grants' remainders
+    /// and the customer row in `later` (a batch's, written for many accounts at once)
+    /// instead of writing them. What must happen now (lapsed holds, outbox rows) does.
+    pub fn finish_into(mut self, later: Option<&mut super::deferred::Deferred>) -> Result<&'a mut SpiClient<'c>> {
         if !self.lapsed.is_empty() {
             let (ids, es): (Vec<pgrx::Uuid>, Vec<pgrx::Uuid>) = self.lapsed.iter().map(|(h, e)| (uuid(h), uuid(e))).unzip();
             self.run(&HOLDS_LAPSED, &[self.customer.as_str().into(), crate::pg::spi::uuid_array(&ids), crate::pg::spi::uuid_array(&es)])?;
@@ -1043,6 +1050,37 @@ impl<'a, 'c> Op<'a, 'c> {
             (d, _) => (d.map(|d| d.0), d.map_or(0, |d| d.1), None),
         };
         let mut deltas: Vec<(pgrx::Uuid, i64)> = grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
+        if let Some(later) = later.filter(|_| self.pending.as_ref().is_none_or(|p| p.accts.len() == 1)) {
+            let entry = self.pending.take().map(|p| super::deferred::Entry {
+                seq: p.seq,
+                entry_id: p.entry_id,
+                at: p.at,
+                kind: p.kind,
+                amount: p.amount,
+                balance_after: p.balance_after,
+                key: p.key,
+                grant: p.grant,
+                hold: p.hold,
+                ref_entry: p.ref_entry,
+                acct: p.accts[0],
+                delta: p.deltas[0],
+                metadata: p.metadata.to_string(),
+            });
+            let row = super::deferred::Row {
+                balance: self.book.balance,
+                od: self.book.od,
+                seq: self.seq,
+                last_at: self.clock,
+                next_event_at: next,
+                low_notified: th.low_notified,
+                topup_notified: th.topup_notified,
+                draw_grant: draw_grant.map(|g| uuid(&g)),
+                draw,
+                draw_left,
+            };
+            later.keep(&self.customer, entry, deltas, row);
+            return Ok(self.c);
+        }
         let last = deltas.pop();
         for (id, d) in deltas {
             crate::pg::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;

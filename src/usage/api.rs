@@ -228,7 +228,7 @@ pub fn record_checked(
             }
             None if credits > 0 => {
                 let (e, b, _) = if batch {
-                    debit_item(customer, credits, key, &metadata.0, true, None)?
+                    debit_item(customer, credits, key, &metadata.0, true, None, None)?
                 } else {
                     debit_new_key(customer, credits, key, metadata)?
                 };

@@ -97,6 +97,9 @@ COMMENT ON COLUMN billing.customers.num IS 'The account''s number, carried by th
 -- distributed (Citus) customers table. Lookups also match the whole entry id, and
 -- verify() reports a number used twice.
 CREATE INDEX customers_num ON billing.customers (num);
+-- The slotted customers alone: a batch asks which of its customers are slotted, one probe
+-- each of this (almost always empty) index rather than of the primary key.
+CREATE INDEX customers_slotted ON billing.customers (customer) WHERE slots > 1;
 
 -- A debit's draw on one grant is kept on the customer row: a debit that takes from one
 -- grant only, leaving it credits, does not update the grant's row. The customer row keeps

@@ -1493,7 +1493,8 @@ CREATE INDEX subscriptions_current ON billing.subscriptions
 -- of one subscription, NULL status for none.
 CREATE FUNCTION billing._sub_kept(status text, paid_through timestamptz, period_end timestamptz,
     cancel_at_period_end boolean, trial_end timestamptz, grace_us bigint)
-RETURNS timestamptz[] IMMUTABLE PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', 'billing_sub_kept';
+RETURNS timestamptz[] IMMUTABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_sub_kept';
 COMMENT ON FUNCTION billing._sub_kept IS 'The instants until which a subscription counts and allows access ({counts_until, allowed_until}).';
 
 -- What each customer with a subscription should keep: its chosen subscription (access's

@@ -366,24 +366,24 @@ mod tests {
     fn the_kept_answer_is_verified_and_follows_the_plans_grace() {
         setup();
         // the renewal failed: paid through February 1st, grace 3 days
-        sub("g", "past_due", "2030-03-01", Some("2030-02-01 00:00:00+00"), false, None);
-        sub("h", "active", "2030-03-01", None, false, None);
+        sub("kg", "past_due", "2030-03-01", Some("2030-02-01 00:00:00+00"), false, None);
+        sub("kh", "active", "2030-03-01", None, false, None);
         assert_eq!(kept_problems(), "");
         // a feature is the kept plan's
-        assert_eq!(access("h", Some("images")), (true, "active".into()));
-        assert_eq!(access("h", Some("video")), (false, "no_feature".into()));
-        assert_eq!(at("2030-02-05 00:00:00+00", "g"), (false, "past_due".into()));
+        assert_eq!(access("kh", Some("images")), (true, "active".into()));
+        assert_eq!(access("kh", Some("video")), (false, "no_feature".into()));
+        assert_eq!(at("2030-02-05 00:00:00+00", "kg"), (false, "past_due".into()));
         Spi::run("SELECT billing.define_plan('pro', '{chat,images}', 0, '7 days', 'price_pro')").unwrap();
         assert_eq!(kept_problems(), "", "define_plan refreshed its subscribers");
-        assert_eq!(access("g", None), (true, "grace".into()));
-        assert_eq!(at("2030-02-08 00:00:00+00", "g"), (false, "past_due".into()));
+        assert_eq!(access("kg", None), (true, "grace".into()));
+        assert_eq!(at("2030-02-08 00:00:00+00", "kg"), (false, "past_due".into()));
         // past due does not fall back to credits, with the kept answer as with the full read
-        Spi::run("SELECT billing.grant('g', 10, 'gg')").unwrap();
-        assert_eq!(access("g", None), (false, "past_due".into()));
+        Spi::run("SELECT billing.grant('kg', 10, 'kept')").unwrap();
+        assert_eq!(access("kg", None), (false, "past_due".into()));
         // corrupted: reported, and maintenance() mends it
-        Spi::run("UPDATE billing.customers SET sub_allowed_until = 'infinity' WHERE customer = 'g'").unwrap();
-        Spi::run("UPDATE billing.customers SET sub_plan = NULL WHERE customer = 'h'").unwrap();
-        assert_eq!(kept_problems(), "g,h");
+        Spi::run("UPDATE billing.customers SET sub_allowed_until = 'infinity' WHERE customer = 'kg'").unwrap();
+        Spi::run("UPDATE billing.customers SET sub_plan = NULL WHERE customer = 'kh'").unwrap();
+        assert_eq!(kept_problems(), "kg,kh");
         Spi::run("SELECT billing.maintenance()").unwrap();
         assert_eq!(kept_problems(), "");
         crate::test_sql::clean();

@@ -59,7 +59,8 @@ static INPUTS: Stmt = Stmt {
     sql: inputs_sql!(""),
     args: &[TEXTOID, TIMESTAMPTZOID],
 };
-/// `INPUTS` for what needs the answer, not the reason (`can_access`; the admission of
+/// `INPUTS` for what needs the answer, not the reason (`can_access` when the kept answer
+/// is not enough, `refresh_kept`; the admission of
 /// `charge` and `record_usage`, which read again with `INPUTS` when they refuse): whether
 /// the customer ever had a grant only tells no_credits from no_plan, both refusals.
 /// Without it the plan has no subplan to set up and lock on every call (callgrind, in a

@@ -17,6 +17,9 @@
 --   7. ack_outbox answers false, not NULL, for a row acknowledged before.
 --   8. Ids, keys, names and codes are text COLLATE "C" (the last section): the same
 --      speed in every locale.
+--   9. The access answer kept on the customer's row (billing.customers.sub_counts_until,
+--      sub_allowed_until, sub_plan; billing._sub_kept, billing._access_kept), checked by
+--      verify() (access_kept); the current-subscription index ends with the id.
 \echo Use "ALTER EXTENSION billing UPDATE TO '0.9.0'" to load this file. \quit
 
 -- billing 0.9.0: plan allowances per (subscription, period) (SPEC section 2, "Plan changes").
@@ -1475,3 +1478,123 @@ REVOKE ALL ON FUNCTION billing.debit_many(text[], bigint[], text[]),
     billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION billing.debit_many(text[], bigint[], text[]),
     billing.record_usage_many(text[], text[], bigint[], text[], timestamptz[]) TO billing_app;
+
+-- The access answer kept on the customer's row (issue 21): can_access reads one row.
+-- The columns after the last (the install's order), then filled for every customer with
+-- a subscription; the ties of the chosen subscription broken by its id everywhere.
+ALTER TABLE billing.customers
+    ADD COLUMN sub_counts_until timestamptz NOT NULL DEFAULT '-infinity',
+    ADD COLUMN sub_allowed_until timestamptz NOT NULL DEFAULT '-infinity',
+    ADD COLUMN sub_plan text COLLATE "C";
+DROP INDEX billing.subscriptions_current;
+CREATE INDEX subscriptions_current ON billing.subscriptions
+    (customer, (status IN ('canceled', 'incomplete_expired')), (coalesce(paid_through, current_period_end)) DESC NULLS LAST,
+     subscription_id);
+
+-- The access answer kept on the customer's row (billing.customers.sub_counts_until,
+-- sub_allowed_until, sub_plan; src/access/decide.rs, kept): {counts_until, allowed_until}
+-- of one subscription, NULL status for none.
+CREATE FUNCTION billing._sub_kept(status text, paid_through timestamptz, period_end timestamptz,
+    cancel_at_period_end boolean, trial_end timestamptz, grace_us bigint)
+RETURNS timestamptz[] IMMUTABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_sub_kept';
+COMMENT ON FUNCTION billing._sub_kept IS 'The instants until which a subscription counts and allows access ({counts_until, allowed_until}).';
+
+-- What each customer with a subscription should keep: its chosen subscription (access's
+-- order, src/access/api.rs inputs_sql!) and the answer it gives. Per customer on Citus:
+-- DISTINCT ON the distribution column, the plans a reference table.
+CREATE VIEW billing._access_kept AS
+SELECT s.customer, s.k[1] AS counts_until, s.k[2] AS allowed_until, s.plan
+  FROM (SELECT DISTINCT ON (s.customer) s.customer, s.plan,
+               billing._sub_kept(s.status, s.paid_through, s.current_period_end, s.cancel_at_period_end, s.trial_end,
+                                 (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8) AS k
+          FROM billing.subscriptions s LEFT JOIN billing.plans p ON p.plan = s.plan
+         ORDER BY s.customer, s.status IN ('canceled', 'incomplete_expired'),
+                  coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST, s.subscription_id) s;
+COMMENT ON VIEW billing._access_kept IS 'The access answer each customer with a subscription should keep on its row (billing.verify compares).';
+
+REVOKE ALL ON FUNCTION billing._sub_kept(text, timestamptz, timestamptz, boolean, timestamptz, bigint) FROM PUBLIC;
+REVOKE ALL ON billing._access_kept FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION billing.define_plan(plan text, features text[], period_credits bigint DEFAULT 0,
+    grace interval DEFAULT '3 days', provider_price text DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was interval;
+BEGIN
+    IF plan IS NULL OR plan = '' THEN RAISE EXCEPTION 'plan name must not be empty' USING ERRCODE = '22023'; END IF;
+    IF period_credits IS NULL OR period_credits < 0 THEN
+        RAISE EXCEPTION 'period_credits of plan "%" must be zero or positive', plan USING ERRCODE = '22023';
+    END IF;
+    IF grace IS NULL OR grace < '0'::interval THEN RAISE EXCEPTION 'grace of plan "%" must not be negative', plan USING ERRCODE = '22023'; END IF;
+    SELECT p.grace INTO was FROM billing.plans p WHERE p.plan = define_plan.plan FOR UPDATE;
+    INSERT INTO billing.plans AS p (plan, features, period_credits, grace, provider_price)
+    VALUES (plan, coalesce(features, '{}'), period_credits, grace, provider_price)
+    ON CONFLICT ON CONSTRAINT plans_pkey DO UPDATE
+       SET features = EXCLUDED.features, period_credits = EXCLUDED.period_credits,
+           grace = EXCLUDED.grace, provider_price = EXCLUDED.provider_price;
+    -- The grace is part of the answer kept on the subscribers' rows (an undefined plan's
+    -- is 3 days); the features are read from the plan at each check.
+    IF coalesce(was, '3 days') IS DISTINCT FROM define_plan.grace THEN
+        UPDATE billing.customers c SET sub_counts_until = k.counts_until, sub_allowed_until = k.allowed_until
+          FROM billing._access_kept k
+         WHERE c.sub_plan = define_plan.plan AND k.customer = c.customer
+           AND (c.sub_counts_until, c.sub_allowed_until) IS DISTINCT FROM (k.counts_until, k.allowed_until);
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION billing.verify()
+RETURNS TABLE (customer text, check_name text, expected bigint, actual bigint, detail text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    r record;
+    distributed boolean := false;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+        EXECUTE $q$SELECT count(*) > 0 FROM pg_catalog.pg_dist_partition WHERE logicalrelid = 'billing.customers'::regclass$q$
+            INTO distributed;
+    END IF;
+    IF distributed THEN
+        FOR r IN EXECUTE $q$SELECT shardid, success, result FROM run_command_on_shards('billing.customers',
+                   $c$SELECT coalesce(jsonb_agg(v), '[]')::text FROM billing._verify_shard('%s') v$c$)$q$ LOOP
+            IF NOT r.success THEN
+                RAISE EXCEPTION 'billing.verify(): shard % could not be checked: %', r.shardid, r.result;
+            END IF;
+            RETURN QUERY SELECT x.customer, x.check_name, x.expected, x.actual, x.detail
+                FROM jsonb_to_recordset(r.result::jsonb)
+                  AS x(customer text, check_name text, expected bigint, actual bigint, detail text);
+        END LOOP;
+    ELSE
+        RETURN QUERY SELECT * FROM billing._verify_tables('billing.customers', 'billing.grants', 'billing.reservations',
+            'billing.journal', 'billing.usage_events', 'billing.usage_carry', 'billing.subscription_periods');
+    END IF;
+    RETURN QUERY
+-- an account number names one account
+SELECT min(c.customer), 'account_number', 1, count(*), 'number ' || c.num || ' is on ' || string_agg(c.customer, ', ')
+  FROM billing.customers c
+ GROUP BY c.num
+HAVING count(*) > 1
+UNION ALL
+SELECT e.customer, 'event_status', NULL::bigint, NULL::bigint,
+       'event ' || e.provider || ' ' || e.event_id || ' has status ' || coalesce(e.status, 'NULL')
+  FROM billing.events e
+ WHERE NOT (e.status IN ('applied', 'stale', 'ignored', 'failed'))
+UNION ALL
+SELECT o.customer, 'outbox_kind', o.id, NULL::bigint, 'outbox row ' || o.id || ' has kind ' || coalesce(o.kind, 'NULL')
+  FROM billing.outbox o
+ WHERE NOT (o.kind IN ('low_balance', 'subscription_status', 'access_changed', 'event_failed', 'topup_due'));
+    RETURN QUERY
+-- the access answer kept on each customer's row is the one its subscriptions give
+-- (a distributed query on Citus: the join is on the customer, co-located)
+SELECT c.customer::text, 'access_kept'::text, NULL::bigint, NULL::bigint,
+       format('kept: counts until %s, allows until %s, plan %s; its subscriptions say: %s, %s, plan %s',
+              c.sub_counts_until, c.sub_allowed_until, coalesce(c.sub_plan, 'NULL'),
+              coalesce(k.counts_until, '-infinity'), coalesce(k.allowed_until, '-infinity'), coalesce(k.plan, 'NULL'))
+  FROM billing.customers c LEFT JOIN billing._access_kept k ON k.customer = c.customer
+ WHERE (c.sub_counts_until, c.sub_allowed_until, c.sub_plan)
+       IS DISTINCT FROM (coalesce(k.counts_until, '-infinity'), coalesce(k.allowed_until, '-infinity'), k.plan);
+END $$;
+
+UPDATE billing.customers c SET sub_counts_until = k.counts_until, sub_allowed_until = k.allowed_until, sub_plan = k.plan
+  FROM billing._access_kept k
+ WHERE k.customer = c.customer;

@@ -83,7 +83,16 @@ CREATE TABLE billing.customers (
     last_at         timestamptz      NOT NULL DEFAULT '-infinity',
     draw            bigint           NOT NULL DEFAULT 0,   -- drawn from draw_grant, not yet subtracted from its remaining
     draw_left       bigint,
-    num             bigint           NOT NULL DEFAULT billing._node_id('billing.customer_num', 32)
+    num             bigint           NOT NULL DEFAULT billing._node_id('billing.customer_num', 32),
+    -- The access answer the customer's subscriptions give, kept here by the writes that
+    -- change it (webhook events, plans' grace) so can_access reads this row alone
+    -- (src/access/decide.rs, Kept): its chosen subscription counts while now <
+    -- sub_counts_until and allows while now < sub_allowed_until ('-infinity': never);
+    -- sub_plan is that subscription's plan, for its features. After the columns a debit
+    -- changes: a debit's update leaves them in the shared suffix.
+    sub_counts_until  timestamptz    NOT NULL DEFAULT '-infinity',
+    sub_allowed_until timestamptz    NOT NULL DEFAULT '-infinity',
+    sub_plan          text COLLATE "C"
 ) WITH (fillfactor = 50);  -- updated in place on every debit: keep the updates HOT
 -- The sequence and the column refer to each other: it can only be owned once both exist.
 ALTER SEQUENCE billing.customer_num OWNED BY billing.customers.num;

@@ -265,6 +265,16 @@ UNION ALL
 SELECT o.customer, 'outbox_kind', o.id, NULL::bigint, 'outbox row ' || o.id || ' has kind ' || coalesce(o.kind, 'NULL')
   FROM billing.outbox o
  WHERE NOT (o.kind IN ('low_balance', 'subscription_status', 'access_changed', 'event_failed', 'topup_due'));
+    RETURN QUERY
+-- the access answer kept on each customer's row is the one its subscriptions give
+-- (a distributed query on Citus: the join is on the customer, co-located)
+SELECT c.customer::text, 'access_kept'::text, NULL::bigint, NULL::bigint,
+       format('kept: counts until %s, allows until %s, plan %s; its subscriptions say: %s, %s, plan %s',
+              c.sub_counts_until, c.sub_allowed_until, coalesce(c.sub_plan, 'NULL'),
+              coalesce(k.counts_until, '-infinity'), coalesce(k.allowed_until, '-infinity'), coalesce(k.plan, 'NULL'))
+  FROM billing.customers c LEFT JOIN billing._access_kept k ON k.customer = c.customer
+ WHERE (c.sub_counts_until, c.sub_allowed_until, c.sub_plan)
+       IS DISTINCT FROM (coalesce(k.counts_until, '-infinity'), coalesce(k.allowed_until, '-infinity'), k.plan);
 END $$;
 COMMENT ON FUNCTION billing.verify IS 'Recomputes every balance and grant remainder from the journal; one row per inconsistency.';
 

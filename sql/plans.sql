@@ -46,8 +46,11 @@ CREATE INDEX subscriptions_provider_id ON billing.subscriptions (provider, subsc
 -- ORDER BY's expressions, so the scan reads the first entry and stops. It costs
 -- subscription writes one index entry (status and period ends change about once a
 -- billing period).
+-- The subscription id last breaks ties, so every reader (access, the answer kept on the
+-- customer's row, verify) chooses the same subscription.
 CREATE INDEX subscriptions_current ON billing.subscriptions
-    (customer, (status IN ('canceled', 'incomplete_expired')), (coalesce(paid_through, current_period_end)) DESC NULLS LAST);
+    (customer, (status IN ('canceled', 'incomplete_expired')), (coalesce(paid_through, current_period_end)) DESC NULLS LAST,
+     subscription_id);
 
 -- Plan allowances per (subscription, period) (SPEC section 2, "Plan changes"). A period's
 -- allowance is computed from what its paid invoices say (src/webhook/allowance.rs) and
@@ -91,20 +94,53 @@ SELECT pg_catalog.pg_extension_config_dump('billing.subscriptions', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.period_invoices', '');
 SELECT pg_catalog.pg_extension_config_dump('billing.subscription_periods', '');
 
+-- The access answer kept on the customer's row (billing.customers.sub_counts_until,
+-- sub_allowed_until, sub_plan; src/access/decide.rs, kept): {counts_until, allowed_until}
+-- of one subscription, NULL status for none.
+CREATE FUNCTION billing._sub_kept(status text, paid_through timestamptz, period_end timestamptz,
+    cancel_at_period_end boolean, trial_end timestamptz, grace_us bigint)
+RETURNS timestamptz[] IMMUTABLE PARALLEL SAFE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE c AS 'MODULE_PATHNAME', 'billing_sub_kept';
+COMMENT ON FUNCTION billing._sub_kept IS 'The instants until which a subscription counts and allows access ({counts_until, allowed_until}).';
+
+-- What each customer with a subscription should keep: its chosen subscription (access's
+-- order, src/access/api.rs inputs_sql!) and the answer it gives. Per customer on Citus:
+-- DISTINCT ON the distribution column, the plans a reference table.
+CREATE VIEW billing._access_kept AS
+SELECT s.customer, s.k[1] AS counts_until, s.k[2] AS allowed_until, s.plan
+  FROM (SELECT DISTINCT ON (s.customer) s.customer, s.plan,
+               billing._sub_kept(s.status, s.paid_through, s.current_period_end, s.cancel_at_period_end, s.trial_end,
+                                 (extract(epoch FROM coalesce(p.grace, '3 days')) * 1000000)::int8) AS k
+          FROM billing.subscriptions s LEFT JOIN billing.plans p ON p.plan = s.plan
+         ORDER BY s.customer, s.status IN ('canceled', 'incomplete_expired'),
+                  coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST, s.subscription_id) s;
+COMMENT ON VIEW billing._access_kept IS 'The access answer each customer with a subscription should keep on its row (billing.verify compares).';
+
 CREATE FUNCTION billing.define_plan(plan text, features text[], period_credits bigint DEFAULT 0,
     grace interval DEFAULT '3 days', provider_price text DEFAULT NULL)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was interval;
 BEGIN
     IF plan IS NULL OR plan = '' THEN RAISE EXCEPTION 'plan name must not be empty' USING ERRCODE = '22023'; END IF;
     IF period_credits IS NULL OR period_credits < 0 THEN
         RAISE EXCEPTION 'period_credits of plan "%" must be zero or positive', plan USING ERRCODE = '22023';
     END IF;
     IF grace IS NULL OR grace < '0'::interval THEN RAISE EXCEPTION 'grace of plan "%" must not be negative', plan USING ERRCODE = '22023'; END IF;
+    SELECT p.grace INTO was FROM billing.plans p WHERE p.plan = define_plan.plan FOR UPDATE;
     INSERT INTO billing.plans AS p (plan, features, period_credits, grace, provider_price)
     VALUES (plan, coalesce(features, '{}'), period_credits, grace, provider_price)
     ON CONFLICT ON CONSTRAINT plans_pkey DO UPDATE
        SET features = EXCLUDED.features, period_credits = EXCLUDED.period_credits,
            grace = EXCLUDED.grace, provider_price = EXCLUDED.provider_price;
+    -- The grace is part of the answer kept on the subscribers' rows (an undefined plan's
+    -- is 3 days); the features are read from the plan at each check.
+    IF coalesce(was, '3 days') IS DISTINCT FROM define_plan.grace THEN
+        UPDATE billing.customers c SET sub_counts_until = k.counts_until, sub_allowed_until = k.allowed_until
+          FROM billing._access_kept k
+         WHERE c.sub_plan = define_plan.plan AND k.customer = c.customer
+           AND (c.sub_counts_until, c.sub_allowed_until) IS DISTINCT FROM (k.counts_until, k.allowed_until);
+    END IF;
 END $$;
 
 CREATE FUNCTION billing.access(customer text, feature text DEFAULT NULL,

@@ -550,3 +550,55 @@ proptest! {
         prop_assert!(lines.iter().all(|l| l.1 >= 0));
     }
 }
+
+// ---- the access answer kept on the customer's row ------------------------------------------
+
+/// Instants on a small grid around a few anchors, so random subscriptions and `now`s meet
+/// at the boundaries (equal instants, one microsecond apart), plus the extremes.
+fn instant() -> impl Strategy<Value = i64> {
+    const DAY: i64 = 86_400_000_000;
+    prop_oneof![
+        4 => (0i64..40, -2i64..=2).prop_map(|(d, e)| d * DAY + e),
+        1 => Just(i64::MAX),
+        1 => Just(i64::MIN),
+        1 => Just(9_223_371_331_199_999_999i64), // the last valid timestamptz
+    ]
+}
+
+fn kept_sub() -> impl Strategy<Value = crate::access::decide::Sub> {
+    const DAY: i64 = 86_400_000_000;
+    let status = prop::sample::select(vec!["active", "trialing", "past_due", "unpaid", "canceled", "incomplete_expired", "incomplete", "paused"]);
+    let grace = prop_oneof![Just(0i64), Just(3 * DAY), (0i64..10 * DAY), (-DAY..0), Just(i64::MAX)];
+    (status, grace, prop::option::of(instant()), prop::option::of(instant()), any::<bool>(), prop::option::of(instant()), any::<bool>()).prop_map(
+        |(status, grace_us, period_end, paid_through, cancel_at_period_end, trial_end, feature)| crate::access::decide::Sub {
+            status: status.into(),
+            plan: Some("pro".into()),
+            features: if feature { vec!["chat".into()] } else { vec![] },
+            grace_us,
+            period_end,
+            paid_through,
+            cancel_at_period_end,
+            trial_end,
+        },
+    )
+}
+
+proptest! {
+    #![proptest_config(config(4096))]
+
+    /// The kept answer (`kept`, `kept_allowed`) allows exactly when `decide` does, for every
+    /// subscription (or none), credits, freeze, feature and instant in timestamptz's range.
+    #[test]
+    fn kept_answer_is_decide(sub in prop::option::of(kept_sub()), balance in -2i64..3, frozen in any::<bool>(),
+                             feature in prop::option::of(prop::sample::select(vec!["chat", "video"])),
+                             now in prop_oneof![instant(), -211_813_488_000_000_000i64..9_223_371_331_200_000_000]) {
+        use crate::access::decide::{decide, kept, kept_allowed, Customer};
+        prop_assume!((-211_813_488_000_000_000..9_223_371_331_200_000_000).contains(&now));
+        let c = Customer { known: true, frozen, balance, ever_granted: true, sub: sub.clone() };
+        let k = kept(sub.as_ref());
+        prop_assert!(k.allowed_until <= k.counts_until);
+        let feature_ok = feature.is_none_or(|f| sub.as_ref().is_some_and(|s| s.features.iter().any(|x| x == f)));
+        prop_assert_eq!(kept_allowed(true, frozen, k, feature_ok, balance, now), decide(&c, feature, now).allowed(), "{:?} at {}", k, now);
+        prop_assert!(!kept_allowed(false, frozen, k, feature_ok, balance, now));
+    }
+}

@@ -52,6 +52,9 @@ fn charges_near_zero_and_near_the_limit() {
          INSERT INTO billing.subscriptions (customer, provider, subscription_id, status, plan, current_period_end,
              status_created, status_event, updated_at)
          VALUES ('hot', 'stripe', 'sub_hot', 'active', 'pro', '2031-01-01', 0, '', now());
+         -- the access answer kept on the customer's row, as the webhook path keeps it
+         UPDATE billing.customers c SET sub_counts_until = k.counts_until, sub_allowed_until = k.allowed_until, sub_plan = k.plan
+           FROM billing._access_kept k WHERE k.customer = c.customer AND c.customer = 'hot';
          SELECT billing.define_limit('pro', 'chat', 40, '1 hour');
          SELECT billing.set_low_balance('hot', 100);
          SELECT billing.set_auto_topup('hot', 50, 1000, 5, 3);",

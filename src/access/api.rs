@@ -1,5 +1,5 @@
 //! `access`, `can_access`, `charge`, and the outbox row when a customer's access changes.
-use super::decide::{decide, Customer, Reason, Sub};
+use super::decide::{decide, kept, kept_allowed, Customer, Kept, Reason, Sub, NEVER};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, RATE_LIMITED};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
@@ -37,7 +37,7 @@ macro_rules! inputs_sql {
             LEFT JOIN LATERAL (
                   SELECT s AS sub, s.plan FROM billing.subscriptions s WHERE s.customer = $1
                    ORDER BY s.status IN ('canceled', 'incomplete_expired'),
-                            coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST
+                            coalesce(s.paid_through, s.current_period_end) DESC NULLS LAST, s.subscription_id
                    LIMIT 1) s ON true
             LEFT JOIN billing.plans p ON p.plan = s.plan ",
             $joins,
@@ -48,7 +48,8 @@ macro_rules! inputs_sql {
 pub(crate) use inputs_sql;
 
 /// The rows INPUTS reads whole (see `whole_row`): the customer's, and its subscription's.
-static CUSTOMER: Fields = Fields(&["frozen", "balance", "next_event_at", "slots", "access_reason"]);
+static CUSTOMER: Fields =
+    Fields(&["frozen", "balance", "next_event_at", "slots", "access_reason", "sub_counts_until", "sub_allowed_until", "sub_plan"]);
 static SUBSCRIPTION: Fields = Fields(&["status", "plan", "current_period_end", "paid_through", "cancel_at_period_end", "trial_end"]);
 
 static INPUTS: Stmt = Stmt {
@@ -58,7 +59,8 @@ static INPUTS: Stmt = Stmt {
     sql: inputs_sql!(""),
     args: &[TEXTOID, TIMESTAMPTZOID],
 };
-/// `INPUTS` for what needs the answer, not the reason (`can_access`; the admission of
+/// `INPUTS` for what needs the answer, not the reason (`can_access` when the kept answer
+/// is not enough, `refresh_kept`; the admission of
 /// `charge` and `record_usage`, which read again with `INPUTS` when they refuse): whether
 /// the customer ever had a grant only tells no_credits from no_plan, both refusals.
 /// Without it the plan has no subplan to set up and lock on every call (callgrind, in a
@@ -133,25 +135,9 @@ pub fn allowed_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTu
 /// Takes apart a row of an `inputs_sql!` statement; `r` is positioned on it.
 fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r: &SpiTupleTable<'_>) -> Result<(Inputs, Noted)> {
     let c_row = crate::pg::whole_row::read(r, 1, &CUSTOMER)?;
-    let ts_of = |row: &crate::pg::whole_row::Row, i| -> Result<Option<i64>> { Ok(row.get::<TimestampWithTimeZone>(i)?.map(micros)) };
     let mut balance = c_row.get::<i64>(1)?.unwrap_or(0);
     let next_event = ts_of(&c_row, 2)?.unwrap_or(i64::MAX);
-    let sub = match crate::pg::whole_row::read_opt(r, 2, &SUBSCRIPTION)? {
-        Some(s) => match s.get::<String>(0)? {
-            Some(status) => Some(Sub {
-                status,
-                plan: s.get(1)?,
-                features: r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect(),
-                grace_us: r.get::<i64>(4)?.unwrap_or(0),
-                period_end: ts_of(&s, 2)?,
-                paid_through: ts_of(&s, 3)?,
-                cancel_at_period_end: s.get::<bool>(4)?.unwrap_or(false),
-                trial_end: ts_of(&s, 5)?,
-            }),
-            None => None,
-        },
-        None => None,
-    };
+    let sub = sub_of(r)?;
     let status = sub.as_ref().map(|s| s.status.clone());
     let frozen = c_row.get::<bool>(0)?.unwrap_or(false);
     let ever_granted = r.get::<bool>(5)?.unwrap_or(false);
@@ -171,6 +157,32 @@ fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r:
         Reader::NoteAfterEvent(_) => Noted { reason: c_row.get(4)?, events_wait: r.get::<bool>(6)?.unwrap_or(true) },
     };
     Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end }, noted))
+}
+
+fn ts_of(row: &crate::pg::whole_row::Row, i: usize) -> Result<Option<i64>> {
+    Ok(row.get::<TimestampWithTimeZone>(i)?.map(micros))
+}
+
+/// The chosen subscription of a row of an `inputs_sql!` statement (columns 2 to 4).
+fn sub_of(r: &SpiTupleTable<'_>) -> Result<Option<Sub>> {
+    let Some(s) = crate::pg::whole_row::read_opt(r, 2, &SUBSCRIPTION)? else { return Ok(None) };
+    let Some(status) = s.get::<String>(0)? else { return Ok(None) };
+    Ok(Some(Sub {
+        status,
+        plan: s.get(1)?,
+        features: r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect(),
+        grace_us: r.get::<i64>(4)?.unwrap_or(0),
+        period_end: ts_of(&s, 2)?,
+        paid_through: ts_of(&s, 3)?,
+        cancel_at_period_end: s.get::<bool>(4)?.unwrap_or(false),
+        trial_end: ts_of(&s, 5)?,
+    }))
+}
+
+/// The access answer kept on a customer's row (`CUSTOMER` fields 5 to 7), and its plan.
+fn stored_kept(c_row: &crate::pg::whole_row::Row) -> Result<(Kept, Option<String>)> {
+    let k = Kept { counts_until: ts_of(c_row, 5)?.unwrap_or(NEVER), allowed_until: ts_of(c_row, 6)?.unwrap_or(NEVER) };
+    Ok((k, c_row.get(7)?))
 }
 
 type AccessRow = (bool, String, Option<String>, Option<String>, Option<i64>, Option<TimestampWithTimeZone>);
@@ -206,8 +218,121 @@ fn can_access_impl(customer: Option<&str>, feature: Option<&str>) -> Result<bool
         return Ok(false);
     };
     let now = clock::now();
-    Spi::connect_mut(|c| Ok(decide(&read_inputs(c, customer, now, Reader::Allowed)?.0.customer, feature, now).allowed()))
+    Spi::connect_mut(|c| {
+        let t = match feature {
+            None => run_ro(c, &KEPT, &[customer.into()])?,
+            Some(f) => run_ro(c, &KEPT_FEATURE, &[customer.into(), f.into()])?,
+        };
+        if t.is_empty() {
+            return Ok(false); // unknown: no_plan
+        }
+        let r = t.first();
+        let frozen = r.get::<bool>(1)?.unwrap_or(false);
+        let k = Kept {
+            counts_until: r.get::<TimestampWithTimeZone>(5)?.map_or(NEVER, micros),
+            allowed_until: r.get::<TimestampWithTimeZone>(6)?.map_or(NEVER, micros),
+        };
+        let next_event = r.get::<TimestampWithTimeZone>(3)?.map_or(i64::MAX, micros);
+        let slots = r.get::<i32>(4)?.unwrap_or(1);
+        if !frozen && now >= k.counts_until && (now >= next_event || slots > 1) {
+            // The answer is the credits', and the row's balance is not all of them (an
+            // expiry is due, or the customer is slotted): the full read computes them.
+            return Ok(decide(&read_inputs(c, customer, now, Reader::Allowed)?.0.customer, feature, now).allowed());
+        }
+        let feature_ok = feature.is_none() || r.get::<bool>(7)?.unwrap_or(false);
+        Ok(kept_allowed(true, frozen, k, feature_ok, r.get::<i64>(2)?.unwrap_or(0), now))
+    })
 }
+
+// ---- the access answer kept on the customer's row (decide.rs, `Kept`) ----
+
+/// `can_access`'s read: the customer's row alone (the kept answer and the credits).
+static KEPT: Stmt = Stmt {
+    sql: "SELECT frozen, balance, next_event_at, slots, sub_counts_until, sub_allowed_until FROM billing.customers WHERE customer = $1",
+    args: &[TEXTOID],
+};
+/// `KEPT` with whether the kept plan has feature $2 (no plan: it has none, as `decide`
+/// reads a plan that is not defined).
+static KEPT_FEATURE: Stmt = Stmt {
+    sql: "SELECT c.frozen, c.balance, c.next_event_at, c.slots, c.sub_counts_until, c.sub_allowed_until, $2 = ANY (p.features)
+            FROM billing.customers c LEFT JOIN billing.plans p ON p.plan = c.sub_plan WHERE c.customer = $1",
+    args: &[TEXTOID, TEXTOID],
+};
+/// Taken before a customer's subscriptions are written (`webhook::apply`): their writers
+/// take turns, so the last to refresh the kept answer reads every subscription committed.
+static LOCK_SUBSCRIBER: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE", args: &[TEXTOID] };
+/// The new kept answer, only over the one it was computed against: a refresh from an older
+/// read never overwrites a newer one (a blocked UPDATE rechecks the row it then finds).
+static KEEP: Stmt = Stmt {
+    sql: "UPDATE billing.customers SET sub_counts_until = $2, sub_allowed_until = $3, sub_plan = $4
+           WHERE customer = $1 AND (sub_counts_until, sub_allowed_until, sub_plan) IS NOT DISTINCT FROM ($5, $6, $7)",
+    args: &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID],
+};
+
+/// Locks the customer's row before a write of its subscriptions, which `refresh_kept`
+/// then follows.
+pub fn lock_subscriber(c: &mut SpiClient<'_>, customer: &str) -> Result<()> {
+    run(c, &LOCK_SUBSCRIBER, &[customer.into()])?;
+    Ok(())
+}
+
+/// Brings the access answer kept on the customer's row up to its subscriptions: after
+/// every write of them (`webhook::apply`, under `lock_subscriber`), and from
+/// `maintenance()`, which mends whatever else wrote them.
+pub fn refresh_kept(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<()> {
+    // `run`, not `run_ro`: a snapshot of its own, taken once the lock is held.
+    let t = run(c, &INPUTS_ALLOWED, &[customer.into(), ts(now).into()])?;
+    if t.is_empty() {
+        return Ok(());
+    }
+    let r = t.first();
+    let stored = stored_kept(&crate::pg::whole_row::read(&r, 1, &CUSTOMER)?)?;
+    let sub = sub_of(&r)?;
+    let want = (kept(sub.as_ref()), sub.and_then(|s| s.plan));
+    if want != stored {
+        let text = |p: &Option<String>| p.as_deref().map_or_else(DatumWithOid::null::<&str>, |p| p.into());
+        run(
+            c,
+            &KEEP,
+            &[
+                customer.into(),
+                ts(want.0.counts_until).into(),
+                ts(want.0.allowed_until).into(),
+                text(&want.1),
+                ts(stored.0.counts_until).into(),
+                ts(stored.0.allowed_until).into(),
+                text(&stored.1),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// `billing._sub_kept(status, paid_through, period_end, cancel_at_period_end, trial_end,
+/// grace_us)`: `{counts_until, allowed_until}` of `kept`, for SQL (the upgrade's fill,
+/// `define_plan`, `verify`). A NULL status: no subscription.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn sub_kept(
+    status: Option<&str>,
+    paid_through: Option<TimestampWithTimeZone>,
+    period_end: Option<TimestampWithTimeZone>,
+    cancel_at_period_end: Option<bool>,
+    trial_end: Option<TimestampWithTimeZone>,
+    grace_us: Option<i64>,
+) -> Vec<TimestampWithTimeZone> {
+    let sub = status.map(|status| Sub {
+        status: status.to_string(),
+        grace_us: grace_us.unwrap_or(0),
+        period_end: period_end.map(micros),
+        paid_through: paid_through.map(micros),
+        cancel_at_period_end: cancel_at_period_end.unwrap_or(false),
+        trial_end: trial_end.map(micros),
+        ..Default::default()
+    });
+    let k = kept(sub.as_ref());
+    vec![ts(k.counts_until), ts(k.allowed_until)]
+}
+crate::sql_entry!(pg_finfo_billing_sub_kept, billing_sub_kept, sub_kept_wrapper);
 
 pub fn denied(customer: &str, reason: Reason, feature: Option<&str>) -> BillingError {
     let what = feature.map_or(String::new(), |f| format!(" to feature \"{f}\""));
@@ -407,13 +532,15 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
 
 static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions", args: &[] };
 
-/// `note_access` for every customer with a subscription (for `maintenance()`).
+/// `note_access` for every customer with a subscription (for `maintenance()`), its kept
+/// answer brought up to date first.
 pub fn note_all(c: &mut SpiClient<'_>, now: i64) -> Result<i64> {
     let mut all = vec![];
     for r in run(c, &ALL_SUBSCRIBED, &[])? {
         all.push(r.get::<String>(1)?.unwrap_or_default());
     }
     for cust in &all {
+        refresh_kept(c, cust, now)?;
         note_access(c, cust, now)?;
     }
     Ok(all.len() as i64)

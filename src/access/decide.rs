@@ -136,6 +136,81 @@ pub fn decide(c: &Customer, feature: Option<&str>, now: Ts) -> Reason {
     }
 }
 
+// ---- the answer kept on the customer's row ----
+
+/// Instants of a kept answer: `now < NEVER` is never true, `now < FOREVER` always (they
+/// are Postgres' '-infinity' and 'infinity').
+pub const NEVER: Ts = i64::MIN;
+pub const FOREVER: Ts = i64::MAX;
+/// The range of a timestamptz (Postgres' MIN_TIMESTAMP and END_TIMESTAMP): an instant
+/// outside it behaves as NEVER or FOREVER against every `now`, and is stored as such.
+const MIN_TS: Ts = -211_813_488_000_000_000;
+const END_TS: Ts = 9_223_371_331_200_000_000;
+
+/// What a customer's chosen subscription says of access at every instant, as two
+/// instants (`subscription_reason` is piecewise in `now`, and each piece a prefix):
+/// - `counts_until`: the subscription counts (`subscription_reason` is `Some`) exactly
+///   while `now < counts_until`; while it counts, credits do not matter (`decide`);
+/// - `allowed_until`: it allows exactly while `now < allowed_until` (<= counts_until).
+///
+/// Kept on the customer's row so that `can_access` reads one row (`kept_allowed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kept {
+    pub counts_until: Ts,
+    pub allowed_until: Ts,
+}
+
+impl Kept {
+    pub const NONE: Kept = Kept { counts_until: NEVER, allowed_until: NEVER };
+}
+
+fn storable(t: Ts) -> Ts {
+    if t <= MIN_TS {
+        NEVER
+    } else if t >= END_TS {
+        FOREVER
+    } else {
+        t
+    }
+}
+
+/// `Kept` of a subscription (None: the customer has none), exactly as
+/// `subscription_reason` decides at each instant.
+pub fn kept(s: Option<&Sub>) -> Kept {
+    let Some(s) = s else { return Kept::NONE };
+    if matches!(s.status.as_str(), "canceled" | "incomplete_expired") {
+        return Kept::NONE;
+    }
+    let counts_until = match s.period_end {
+        Some(e) if s.cancel_at_period_end => e,
+        _ => FOREVER,
+    };
+    // Grace ends at `from + grace` (saturating, as `subscription_reason` adds); a trial or
+    // period that still runs allows until it ends, whatever the grace.
+    let grace_end = |from: Ts| from.saturating_add(s.grace_us);
+    let by_status = match s.status.as_str() {
+        "trialing" => s.trial_end.map_or(FOREVER, |t| t.max(grace_end(t))),
+        "active" => s.period_end.map_or(FOREVER, |e| e.max(grace_end(e))),
+        "past_due" | "unpaid" => s.paid_through.or(s.period_end).map_or(NEVER, grace_end),
+        _ => NEVER,
+    };
+    let allowed_until = counts_until.min(s.paid_through.unwrap_or(NEVER).max(by_status));
+    Kept { counts_until: storable(counts_until), allowed_until: storable(allowed_until) }
+}
+
+/// `decide(..).allowed()` from the kept answer: `feature_ok` says whether the kept plan
+/// has the feature asked for (true without one), `balance` the customer's credits now.
+pub fn kept_allowed(known: bool, frozen: bool, k: Kept, feature_ok: bool, balance: i64, now: Ts) -> bool {
+    if !known || frozen {
+        return false;
+    }
+    if now < k.counts_until {
+        // A subscription that counts decides alone: past due does not fall back to credits.
+        return now < k.allowed_until && feature_ok;
+    }
+    balance > 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

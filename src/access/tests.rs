@@ -25,6 +25,20 @@ mod tests {
         access(c, None)
     }
 
+    /// The access answer kept on the customer's row, as the webhook path keeps it, after a
+    /// subscription written by hand.
+    fn keep(c: &str) {
+        Spi::run(&format!(
+            "UPDATE billing.customers c SET sub_counts_until = k.counts_until, sub_allowed_until = k.allowed_until, sub_plan = k.plan
+               FROM billing._access_kept k WHERE k.customer = c.customer AND c.customer = '{c}'"
+        ))
+        .unwrap();
+    }
+
+    fn kept_problems() -> String {
+        q::<String>("SELECT coalesce(string_agg(customer, ',' ORDER BY customer), '') FROM billing.verify() WHERE check_name = 'access_kept'")
+    }
+
     /// A subscription row as the webhook path writes it.
     fn sub(c: &str, status: &str, period_end: &str, paid_through: Option<&str>, cancel: bool, trial_end: Option<&str>) {
         Spi::run(&format!("INSERT INTO billing.customers (customer) VALUES ('{c}') ON CONFLICT DO NOTHING")).unwrap();
@@ -37,6 +51,7 @@ mod tests {
             opt(paid_through)
         ))
         .unwrap();
+        keep(c);
     }
 
     #[pg_test]
@@ -343,5 +358,34 @@ mod tests {
         // the positional form of 0.8.0 still claims
         assert_eq!(q::<i64>("SELECT count(*) FROM billing.claim_outbox(10, '1 minute')"), 0);
         assert_eq!(lease(""), 1);
+    }
+
+    /// The kept answer matches the subscriptions (verify), is mended by maintenance(),
+    /// follows a plan's grace, and a corrupted one is reported.
+    #[pg_test]
+    fn the_kept_answer_is_verified_and_follows_the_plans_grace() {
+        setup();
+        // the renewal failed: paid through February 1st, grace 3 days
+        sub("kg", "past_due", "2030-03-01", Some("2030-02-01 00:00:00+00"), false, None);
+        sub("kh", "active", "2030-03-01", None, false, None);
+        assert_eq!(kept_problems(), "");
+        // a feature is the kept plan's
+        assert_eq!(access("kh", Some("images")), (true, "active".into()));
+        assert_eq!(access("kh", Some("video")), (false, "no_feature".into()));
+        assert_eq!(at("2030-02-05 00:00:00+00", "kg"), (false, "past_due".into()));
+        Spi::run("SELECT billing.define_plan('pro', '{chat,images}', 0, '7 days', 'price_pro')").unwrap();
+        assert_eq!(kept_problems(), "", "define_plan refreshed its subscribers");
+        assert_eq!(access("kg", None), (true, "grace".into()));
+        assert_eq!(at("2030-02-08 00:00:00+00", "kg"), (false, "past_due".into()));
+        // past due does not fall back to credits, with the kept answer as with the full read
+        Spi::run("SELECT billing.grant('kg', 10, 'kept')").unwrap();
+        assert_eq!(access("kg", None), (false, "past_due".into()));
+        // corrupted: reported, and maintenance() mends it
+        Spi::run("UPDATE billing.customers SET sub_allowed_until = 'infinity' WHERE customer = 'kg'").unwrap();
+        Spi::run("UPDATE billing.customers SET sub_plan = NULL WHERE customer = 'kh'").unwrap();
+        assert_eq!(kept_problems(), "kg,kh");
+        Spi::run("SELECT billing.maintenance()").unwrap();
+        assert_eq!(kept_problems(), "");
+        crate::test_sql::clean();
     }
 }

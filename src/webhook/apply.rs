@@ -232,6 +232,10 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 }
 
 // ---- subscriptions ----
+//
+// Every write of billing.subscriptions is here, each under the customer's row lock
+// (`lock_subscriber`) and followed by `refresh_kept`: the access answer kept on the
+// customer's row (`can_access` reads it alone) follows its subscriptions.
 
 /// The plans of some prices: `(price, plan, period_credits)`.
 static PLANS_OF: Stmt =
@@ -377,6 +381,8 @@ fn opt_f(t: Option<i64>) -> DatumWithOid<'static> {
 fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied> {
     let s = event::subscription(obj).ok_or_else(|| BillingError::invalid("subscription without id or status"))?;
     let customer = require(c, &event::customer_ref(obj), &format!("subscription {}", s.id))?;
+    // First, as in `invoice`: the period's lock and its grant's come after the customer's.
+    crate::access::api::lock_subscriber(c, &customer)?;
     let plans = Plans::of(c, s.items.iter().map(|i| i.0.as_str()))?;
     let plan = plans.in_force(&s.items);
     // The period the snapshot reports, stale or not: its start only ever moves one way,
@@ -409,6 +415,7 @@ fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied
         ],
     )?;
     note_status(c, &customer, &s.id, before, written(t)?)?;
+    crate::access::api::refresh_kept(c, &customer, crate::clock::now())?;
     let plan_note = plan.map(|p| format!(" on plan {p}")).unwrap_or_default();
     Ok(Applied { outcome: Outcome::Applied(format!("subscription {} {status}{plan_note}", s.id)), customer: Some(customer) })
 }
@@ -511,12 +518,15 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
         // Not known yet: a placeholder row the invoice's news lands on (subscription rows
         // are never deleted, so a known one needs none).
         let customer = require(c, &event::customer_ref(obj), &format!("invoice {}", inv.id))?;
+        crate::access::api::lock_subscriber(c, &customer)?;
         let t = run(c, &SUB_PLACEHOLDER, &[customer.as_str().into(), PROVIDER.into(), sub_id.as_str().into()])?;
         note_status(c, &customer, &sub_id, None, written(t)?)?;
         (customer, None)
     } else {
         let r = t.first();
-        (r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?)
+        let customer = r.get::<String>(1)?.unwrap_or_default();
+        crate::access::api::lock_subscriber(c, &customer)?;
+        (customer, r.get::<String>(2)?)
     };
     let plans = Plans::of(c, inv.lines.iter().filter_map(|l| l.price.as_deref()))?;
     let plan = plans.in_force(&allowance::invoiced_items(&inv.lines));
@@ -537,6 +547,7 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
         ],
     )?;
     note_status(c, &customer, &sub_id, before, written(t)?)?;
+    crate::access::api::refresh_kept(c, &customer, crate::clock::now())?;
     if !paid {
         return Ok(Applied { outcome: Outcome::Applied(format!("subscription {sub_id} past_due (invoice {})", inv.id)), customer: Some(customer) });
     }

@@ -238,11 +238,33 @@ BEGIN
     replayed := false;
 END $$;
 
--- Exact rating with a carried remainder (credits per per_units), then a debit.
+-- Rate limits per customer (or every customer, '*') and meter (or every meter, '*'), and
+-- their token buckets: what billing.define_limit sets and record_usage enforces.
+CREATE TABLE peer.pl_limits (
+    subject  text     NOT NULL,
+    feature  text     NOT NULL,
+    requests int      NOT NULL,
+    per      interval NOT NULL,
+    PRIMARY KEY (subject, feature)
+);
+CREATE TABLE peer.pl_buckets (
+    customer text        NOT NULL,
+    feature  text        NOT NULL,
+    tokens   float8      NOT NULL,
+    at       timestamptz NOT NULL,
+    PRIMARY KEY (customer, feature)
+);
+
+-- Exact rating with a carried remainder (credits per per_units), then a debit; access
+-- (a subscription that allows, else credits) and the meter's rate limit checked first,
+-- as billing.record_usage checks them (SPEC: limits are enforced by charge and
+-- record_usage; usage is refused without access). (0.9.0: the peer skipped both, so it
+-- did less than record_usage; issue 21 asks for an honest peer.)
 CREATE FUNCTION peer.pl_record_usage(p_customer text, p_meter text, p_quantity bigint, p_key text,
                                      OUT entry_id uuid, OUT credits bigint, OUT balance_after bigint, OUT replayed boolean)
 LANGUAGE plpgsql AS $$
 DECLARE v_balance bigint; v_frozen boolean; v_credits bigint; v_per bigint; v_num bigint; v_total bigint;
+        v_status text; v_end timestamptz; v_requests int; v_every interval; v_tokens float8;
 BEGIN
     IF p_quantity IS NULL OR p_quantity <= 0 OR p_key IS NULL OR p_key = '' THEN
         RAISE EXCEPTION 'invalid argument' USING ERRCODE = '22023';
@@ -253,6 +275,22 @@ BEGIN
      WHERE u.customer = p_customer AND u.idempotency_key = p_key;
     IF FOUND THEN replayed := true; RETURN; END IF;
     IF v_frozen THEN RAISE EXCEPTION 'customer % frozen', p_customer USING ERRCODE = 'P0004'; END IF;
+    SELECT s.status, s.period_end INTO v_status, v_end FROM peer.pl_subscriptions s
+     WHERE s.customer = p_customer ORDER BY s.period_end DESC NULLS LAST LIMIT 1;
+    IF NOT coalesce(v_status IN ('active', 'trialing') AND v_end > now(), false) AND v_balance <= 0 THEN
+        RAISE EXCEPTION 'access denied for customer %', p_customer USING ERRCODE = 'P0006';
+    END IF;
+    SELECT l.requests, l.per INTO v_requests, v_every FROM peer.pl_limits l
+     WHERE l.subject IN (p_customer, '*') AND l.feature IN (p_meter, '*')
+     ORDER BY l.subject = '*', l.feature = '*' LIMIT 1;
+    IF FOUND THEN
+        INSERT INTO peer.pl_buckets AS b (customer, feature, tokens, at) VALUES (p_customer, p_meter, v_requests - 1, now())
+            ON CONFLICT (customer, feature) DO UPDATE
+           SET tokens = least(v_requests, b.tokens + extract(epoch FROM now() - b.at) / extract(epoch FROM v_every) * v_requests) - 1,
+               at = now()
+        RETURNING b.tokens INTO v_tokens;
+        IF v_tokens < 0 THEN RAISE EXCEPTION 'rate limited' USING ERRCODE = 'P0007'; END IF;
+    END IF;
     SELECT m.credits, m.per_units INTO v_credits, v_per FROM peer.pl_meter_prices m
      WHERE m.meter = p_meter AND m.effective_from <= clock_timestamp() ORDER BY m.effective_from DESC LIMIT 1;
     IF NOT FOUND THEN RAISE EXCEPTION 'unknown meter %', p_meter USING ERRCODE = 'P0003'; END IF;

@@ -258,9 +258,6 @@ static KEPT_FEATURE: Stmt = Stmt {
             FROM billing.customers c LEFT JOIN billing.plans p ON p.plan = c.sub_plan WHERE c.customer = $1",
     args: &[TEXTOID, TEXTOID],
 };
-/// Taken before a customer's subscriptions are written (`webhook::apply`): their writers
-/// take turns, so the last to refresh the kept answer reads every subscription committed.
-static LOCK_SUBSCRIBER: Stmt = Stmt { sql: "SELECT FROM billing.customers WHERE customer = $1 FOR NO KEY UPDATE", args: &[TEXTOID] };
 /// The new kept answer, only over the one it was computed against: a refresh from an older
 /// read never overwrites a newer one (a blocked UPDATE rechecks the row it then finds).
 static KEEP: Stmt = Stmt {
@@ -269,10 +266,13 @@ static KEEP: Stmt = Stmt {
     args: &[TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID],
 };
 
-/// Locks the customer's row before a write of its subscriptions, which `refresh_kept`
-/// then follows.
+/// Takes the customer's lock (`store::lock_customer`, the one every writer of its row
+/// takes first: a row lock here would deadlock with a debit holding the customer's
+/// advisory lock and waiting for the row) before a write of its subscriptions, which
+/// `refresh_kept` then follows: their writers take turns, so the last to refresh the kept
+/// answer reads every subscription committed.
 pub fn lock_subscriber(c: &mut SpiClient<'_>, customer: &str) -> Result<()> {
-    run(c, &LOCK_SUBSCRIBER, &[customer.into()])?;
+    crate::ledger::store::lock_customer(c, customer)?;
     Ok(())
 }
 
@@ -530,7 +530,8 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
     Ok(noted.events_wait)
 }
 
-static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions", args: &[] };
+/// (In the one order batches lock customers in, as the updates below lock their rows.)
+static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions ORDER BY 1", args: &[] };
 
 /// `note_access` for every customer with a subscription (for `maintenance()`), its kept
 /// answer brought up to date first.

@@ -18,8 +18,7 @@ use std::collections::HashMap;
 
 /// The slot count of each of the batch's customers that is slotted, in one statement (by
 /// the index of slotted customers: one probe of a mostly empty index per customer).
-static SLOTS_OF: Stmt =
-    Stmt { sql: "SELECT customer, slots FROM billing.customers WHERE customer = ANY($1) AND slots > 1", args: &[TEXTARRAYOID] };
+static SLOTS_OF: Stmt = Stmt { sql: "SELECT customer, slots FROM billing.customers WHERE customer = ANY($1) AND slots > 1", args: &[TEXTARRAYOID] };
 
 /// Locks the batch's distinct customers (those of the items whose arguments passed) in
 /// the one order of `batch::lock_order`, slot accounts included, before any item is

@@ -233,7 +233,7 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 
 // ---- subscriptions ----
 //
-// Every write of billing.subscriptions is here, each under the customer's row lock
+// Every write of billing.subscriptions is here, each under the customer's lock
 // (`lock_subscriber`) and followed by `refresh_kept`: the access answer kept on the
 // customer's row (`can_access` reads it alone) follows its subscriptions.
 

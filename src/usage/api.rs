@@ -121,7 +121,7 @@ fn record_usage_impl(
     rid: Option<pgrx::Uuid>,
 ) -> Result<UsageRow> {
     let (customer, meter, quantity, key) = usage_args(customer, meter, quantity, key)?;
-    record_checked(customer, meter, quantity, key, occurred_at, rid, false)
+    record_checked(customer, meter, quantity, key, occurred_at, rid, Mode::Single)
 }
 
 /// `record_usage`'s arguments checked, as `(customer, meter, quantity, key)` (22023).
@@ -138,10 +138,17 @@ pub fn usage_args<'a>(
     Ok((customer, meter, quantity, key))
 }
 
-/// One usage, its arguments checked. In a batch (`record_usage_many`, `batch`) a refused
-/// usage leaves nothing behind: its rate-limit token is taken only once its debit went
-/// through, and the debit is the batch's (`debit_item`); every other refusal comes before
-/// any write.
+/// How a usage is recorded: on its own, or as a batch's item (`record_usage_many`), whose
+/// debit may leave its last writes to the batch (`ledger::deferred`).
+pub enum Mode<'a> {
+    Single,
+    Batch(Option<&'a mut crate::ledger::deferred::Deferred>),
+}
+
+/// One usage, its arguments checked. In a batch (`record_usage_many`, `Mode::Batch`) a
+/// refused usage leaves nothing behind: its rate-limit token is taken only once its debit
+/// went through, and the debit is the batch's (`debit_item`); every other refusal comes
+/// before any write.
 #[allow(clippy::too_many_arguments)]
 pub fn record_checked(
     customer: &str,
@@ -150,7 +157,7 @@ pub fn record_checked(
     key: &str,
     occurred_at: Option<TimestampWithTimeZone>,
     rid: Option<pgrx::Uuid>,
-    batch: bool,
+    mode: Mode<'_>,
 ) -> Result<UsageRow> {
     let now = clock::now();
     let occurred = occurred_at.map(micros).unwrap_or(now);
@@ -227,10 +234,9 @@ pub fn record_checked(
                 (Some(e), b)
             }
             None if credits > 0 => {
-                let (e, b, _) = if batch {
-                    debit_item(customer, credits, key, &metadata.0, true, None, None)?
-                } else {
-                    debit_new_key(customer, credits, key, metadata)?
+                let (e, b, _) = match mode {
+                    Mode::Batch(later) => debit_item(customer, credits, key, &metadata.0, true, None, later)?,
+                    Mode::Single => debit_new_key(customer, credits, key, metadata)?,
                 };
                 (Some(e), b)
             }

@@ -1,12 +1,14 @@
 //! `billing.record_usage_many` (SPEC section 4): a batch of usages, as an AI gateway
 //! flushes them. The customers are locked first, in one order (`ledger::batch::lock_batch`),
 //! then each item runs `record_usage`'s Rust path (`api::record_checked`, in its batch
-//! mode) in array order. A refused item answers its SQLSTATE and message in its row.
-use super::api::{record_checked, usage_args};
+//! mode) in array order, its debit's last writes left to one statement for the batch
+//! (`ledger::deferred`). A refused item answers its SQLSTATE and message in its row.
+use super::api::{record_checked, usage_args, Mode};
 use crate::batch::{aborts_batch, check_lengths, outcome};
 use crate::error::{deliver, Result};
 use crate::ledger::api::need;
 use crate::ledger::batch::lock_batch;
+use crate::ledger::deferred::Deferred;
 use pgrx::prelude::*;
 
 // (pgrx reads the row's column names from the `name!`s written out in the signature)
@@ -57,11 +59,24 @@ fn record_usage_many_impl(
     let args: Vec<Result<(&str, &str, i64, &str)>> =
         (0..n).map(|j| usage_args(customers[j].as_deref(), meters[j].as_deref(), quantities[j], keys[j].as_deref())).collect();
     let to_lock: Vec<&str> = args.iter().filter_map(|a| a.as_ref().ok().map(|a| a.0)).collect();
-    lock_batch(&to_lock)?;
+    let slots = lock_batch(&to_lock)?;
+    // The unslotted customers' debits leave their last writes to the batch, written
+    // together (as `debit_many`'s; not on Citus).
+    let mut later = (!crate::cluster::citus()).then(Deferred::default);
     let mut rows = Vec::with_capacity(n);
     for (j, a) in args.into_iter().enumerate() {
         let at = occurred_at.as_ref().and_then(|o| o[j]);
-        let r = a.and_then(|(c, meter, quantity, key)| record_checked(c, meter, quantity, key, at, None, true));
+        let r = a.and_then(|(c, meter, quantity, key)| {
+            let later = later.as_mut().filter(|_| !slots.contains_key(c));
+            match later {
+                // A customer's second item reads what its first wrote.
+                Some(l) if l.holds(c) => {
+                    Spi::connect_mut(|s| l.write(s))?;
+                    record_checked(c, meter, quantity, key, at, None, Mode::Batch(Some(l)))
+                }
+                l => record_checked(c, meter, quantity, key, at, None, Mode::Batch(l)),
+            }
+        });
         if let Err(e) = &r {
             if aborts_batch(e) {
                 return Err(e.clone());
@@ -69,6 +84,9 @@ fn record_usage_many_impl(
         }
         let (v, sqlstate, message) = outcome(r);
         rows.push((j as i32 + 1, v.and_then(|v| v.0), v.map(|v| v.1), v.map(|v| v.2), v.map(|v| v.3), sqlstate, message));
+    }
+    if let Some(l) = later.as_mut() {
+        Spi::connect_mut(|s| l.write(s))?;
     }
     Ok(rows)
 }

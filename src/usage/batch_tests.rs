@@ -129,4 +129,75 @@ mod tests {
         assert_eq!(q::<i64>("SELECT count(*) FROM billing.usage_carry"), 0);
         clean();
     }
+
+    /// The batch's debits leave their last writes to one statement (`ledger::deferred`);
+    /// the ledger and the usage rows it leaves are the ones the same usages leave one
+    /// call at a time: twin customers `x*` and `y*`, compared row by row.
+    #[pg_test]
+    fn usage_many_leaves_what_single_usages_leave() {
+        setup();
+        for p in ["x", "y"] {
+            Spi::run(&format!(
+                "SELECT billing.grant('{p}1', 100, 'g');
+                 SELECT billing.grant('{p}2', 2, 'g1'); SELECT billing.grant('{p}2', 50, 'g2');
+                 SELECT billing.grant('{p}3', 4, 'g'); SELECT billing.set_low_balance('{p}3', 2)"
+            ))
+            .unwrap();
+        }
+        // (customer, tokens, key): carries, a draw over two grants, a threshold, a short
+        // usage, a replay, and customers coming back
+        let items = [
+            ("1", 500, "a"),
+            ("2", 1500, "a"),
+            ("3", 1000, "a"),
+            ("1", 500, "b"),
+            ("3", 5000, "b"),
+            ("2", 1000, "b"),
+            ("1", 500, "a"),
+            ("1", 2000, "c"),
+        ];
+        let arr = |f: &dyn Fn(&(&str, i64, &str)) -> String| items.iter().map(f).collect::<Vec<_>>().join(",");
+        let batch = rows(&format!(
+            "billing.record_usage_many(ARRAY[{}], array_fill('tok'::text, ARRAY[{}]), ARRAY[{}]::bigint[], ARRAY[{}])",
+            arr(&|i| format!("'x{}'", i.0)),
+            items.len(),
+            arr(&|i| i.1.to_string()),
+            arr(&|i| format!("'{}'", i.2))
+        ));
+        Spi::run("CREATE TEMP TABLE single (i int, r text)").unwrap();
+        for (j, (c, tokens, key)) in items.iter().enumerate() {
+            let j = j + 1;
+            Spi::run(&format!(
+                "DO $$ BEGIN
+                     INSERT INTO single SELECT {j}, format('%s:%s:%s:%s:', {j}, credits, balance_after, replayed)
+                       FROM billing.record_usage('y{c}', 'tok', {tokens}, '{key}');
+                 EXCEPTION WHEN others THEN INSERT INTO single VALUES ({j}, format('%s::::%s', {j}, SQLSTATE));
+                 END $$"
+            ))
+            .unwrap();
+        }
+        assert_eq!(batch, q::<String>("SELECT string_agg(r, ' ' ORDER BY i) FROM single"));
+        assert_eq!(batch, "1:1:99:f: 2:4:48:f: 3:3:1:f: 4:2:97:f: 5::::BL001 6:3:45:f: 7:1:99:t: 8:6:91:f:");
+        let same = |sql: &str| {
+            let of = |p: &str| q::<String>(&sql.replace("{p}", p));
+            assert_eq!(of("x"), of("y"), "{sql}");
+        };
+        same(
+            "SELECT string_agg(format('%s/%s/%s/%s/%s/%s', substr(customer, 2), seq, kind, amount, balance_after, cardinality(accounts)), ' '
+                               ORDER BY customer, seq) FROM billing.journal WHERE customer LIKE '{p}%'",
+        );
+        same(
+            "SELECT string_agg(format('%s/%s/%s/%s/%s/%s', substr(c.customer, 2), balance, c.seq, next_event_at, low_notified,
+                                      draw || '/' || coalesce(draw_left::text, '-')), ' ' ORDER BY c.customer)
+               FROM billing.customers c WHERE c.customer LIKE '{p}%'",
+        );
+        same("SELECT string_agg(format('%s/%s/%s', substr(customer, 2), seq, remaining), ' ' ORDER BY customer, seq) FROM billing.grants WHERE customer LIKE '{p}%'");
+        same(
+            "SELECT string_agg(format('%s/%s/%s/%s', substr(customer, 2), idempotency_key, quantity, credits), ' ' ORDER BY customer, idempotency_key)
+               FROM billing.usage_events WHERE customer LIKE '{p}%'",
+        );
+        same("SELECT string_agg(format('%s/%s/%s', substr(customer, 2), num, den), ' ' ORDER BY customer) FROM billing.usage_carry WHERE customer LIKE '{p}%'");
+        same("SELECT count(*)::text FROM billing.outbox WHERE customer LIKE '{p}%' AND kind = 'low_balance'");
+        clean();
+    }
 }

@@ -45,7 +45,6 @@ macro_rules! inputs_sql {
         )
     };
 }
-pub(crate) use inputs_sql;
 
 /// The rows INPUTS reads whole (see `whole_row`): the customer's, and its subscription's.
 static CUSTOMER: Fields =
@@ -124,12 +123,6 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
         return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
     }
     inputs_of(c, customer, now, reader, &t.first())
-}
-
-/// The inputs of `allowed_plan_of` from a row of a statement made with `inputs_sql!`
-/// (granted `NULL::bool`) and columns of the caller's own after the first five.
-pub fn allowed_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTupleTable<'_>) -> Result<Inputs> {
-    Ok(inputs_of(c, customer, now, Reader::Allowed, r)?.0)
 }
 
 /// Takes apart a row of an `inputs_sql!` statement; `r` is positioned on it.
@@ -351,6 +344,24 @@ pub fn admit(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: 
 pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>, now: i64) -> Result<Option<String>> {
     let i = read_inputs(c, customer, now, Reader::Allowed)?.0;
     allowed_plan_of(c, customer, feature, now, i)
+}
+
+/// The admission of `record_usage` (no feature): its plan, for the rate limit, from the
+/// customer's row the caller read whole in column `col` of `r` under the customer's lock
+/// (the access answer kept on it, as `can_access` reads it). The full read (`allowed_plan`)
+/// only when the row cannot tell (credits decide, and an expiry is due or the customer is
+/// slotted) or when the answer is no, for the exact refusal.
+pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTupleTable<'_>, col: usize) -> Result<Option<String>> {
+    let row = crate::pg::whole_row::read(r, col, &CUSTOMER)?;
+    let frozen = row.get::<bool>(0)?.unwrap_or(false);
+    let next_event = ts_of(&row, 2)?.unwrap_or(i64::MAX);
+    let slots = row.get::<i32>(3)?.unwrap_or(1);
+    let (k, plan) = stored_kept(&row)?;
+    let unsure = !frozen && now >= k.counts_until && (now >= next_event || slots > 1);
+    if unsure || !kept_allowed(true, frozen, k, true, row.get::<i64>(1)?.unwrap_or(0), now) {
+        return allowed_plan(c, customer, None, now);
+    }
+    Ok(plan)
 }
 
 /// `allowed_plan` on inputs the caller read (`allowed_inputs`).

@@ -197,14 +197,6 @@ pub fn debit_impl(customer: Option<&str>, amount: Option<i64>, key: Option<&str>
     debit_as(customer, amount, key, metadata, false)
 }
 
-/// The debit of `record_usage`, whose key must be new to the journal: a usage is
-/// replayed from its own row (`usage_events`), so any entry already under the key was
-/// made by another operation. The debit's own read of the key checks it, where the
-/// usage's read checked it once more before.
-pub fn debit_new_key(customer: &str, amount: i64, key: &str, metadata: JsonB) -> Result<(pgrx::Uuid, i64, bool)> {
-    debit_as(Some(customer), Some(amount), Some(key), Some(metadata), true)
-}
-
 /// The error of a key the journal holds for another operation than the caller's.
 pub fn key_taken(customer: &str, key: &str) -> BillingError {
     BillingError::new(KEY_REUSED, format!("idempotency key \"{key}\" of customer \"{customer}\" was already used by another operation"))
@@ -264,8 +256,10 @@ fn debit_as(
     })
 }
 
-/// A debit of a batch's item (`debit_many`, `record_usage_many`): as `debit` (or
-/// `debit_new_key`), with the arguments checked, but an item refused leaves nothing behind,
+/// A debit of a batch's item (`debit_many`, `record_usage_many`), or of `record_usage`: as
+/// `debit` (`new_key`: with a key that must be new to the journal, as a usage's debit's: a
+/// usage is replayed from its own row, so an entry already under the key was made by
+/// another operation), with the arguments checked, but an item refused leaves nothing behind,
 /// since the batch goes on. The checks come before any write (key, frozen, credits), and a
 /// refusal for want of credits keeps only the expiries the attempt wrote down (finished,
 /// as `maintenance` would write them). A slotted customer's call may gather its slots

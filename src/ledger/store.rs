@@ -413,6 +413,13 @@ pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<V
     Ok(out)
 }
 
+/// What `prefetch_spend` reads for one account, taken from a row a caller read itself
+/// under the account's lock (its customer row whole in column `row`, the entry under the
+/// key whole in column `key`), for `debit_item`.
+pub fn prefetched(t: &pgrx::spi::SpiTupleTable<'_>, row: usize, key: usize) -> Result<Prefetched> {
+    Ok((Opened::read(t, row)?, keyed_whole(t, key)?))
+}
+
 /// A journal row not yet inserted.
 struct Pending {
     seq: i64,

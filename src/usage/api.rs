@@ -1,12 +1,12 @@
 //! `define_meter`, `record_usage`, and the balance thresholds that feed the outbox
 //! (`set_low_balance`, `set_auto_topup`, `report_topup`).
 use super::rating::{rate, Carry, Price};
-use crate::access::api::{allowed_inputs, allowed_plan_of, inputs_sql};
+use crate::access::api::admitted_plan;
 use crate::access::api::{check_token, save_token};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
-use crate::ledger::api::{amount_arg, customer_arg, debit_item, debit_new_key, key_arg, key_taken, need, settle_impl};
-use crate::ledger::store::{key_used, lock_customer, unknown_customer, Op};
+use crate::ledger::api::{amount_arg, customer_arg, debit_item, key_arg, key_taken, need, settle_impl};
+use crate::ledger::store::{lock_customer, prefetched, unknown_customer, Op};
 use crate::pg::spi::{micros, run, ts, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
@@ -45,25 +45,24 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
 }
 
 /// What `record_usage` reads, in one statement, once it holds the customer's lock: the
-/// access inputs (columns 1-5, as `allowed_plan` reads them; no row when the customer does
-/// not exist), the usage recorded under the key (6-12; 12 says whether there is one), the
-/// meter's price in force at `$5` (13-15; 15 false: no price then) and the customer's
-/// carried fraction (16-17). Whether the journal holds the key for another operation is
-/// checked by the debit's own read of the key (`debit_new_key`), or by `key_used` on the
-/// paths that write no debit.
+/// customer's row whole (1: the access answer kept on it, and what the debit opens the
+/// account with; no row when the customer does not exist), the usage recorded under the
+/// key (2-8; 8 says whether there is one), the meter's price in force at `$4` (9-11; 11
+/// false: no price then), the customer's carried fraction (12-13) and the journal's entry
+/// under the key, whole (14: a debit under a used key is refused or replayed from it).
+/// The debit then needs no read of its own (`debit_item` with what was read here).
 static USAGE_READ: Stmt = Stmt {
-    sql: inputs_sql!(
-        "NULL::bool",
-        ", u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
-           mp.credits, mp.per_units, mp.credits IS NOT NULL, k.num, k.den",
-        "LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $3
-         LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
-                             WHERE m.meter = $4 AND m.effective_from <= $5
-                             ORDER BY m.effective_from DESC LIMIT 1) mp ON true
-         LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $4"
-    ),
-    // $2 (the time the access inputs are read at) goes unused with granted NULL.
-    args: &[TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
+    sql: "SELECT c, u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
+                 mp.credits, mp.per_units, mp.credits IS NOT NULL, k.num, k.den, jk
+            FROM billing.customers c
+            LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2
+            LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
+                                WHERE m.meter = $3 AND m.effective_from <= $4
+                                ORDER BY m.effective_from DESC LIMIT 1) mp ON true
+            LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3
+            LEFT JOIN billing.journal jk ON jk.customer = $1 AND jk.idempotency_key = $2
+           WHERE c.customer = $1",
+    args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
 /// The usage row (`$1`-`$9`) and the new carry (`$10`/`$11`), in one statement. Which of the
 /// three depends on what USAGE_READ read under the customer's lock: a carry row to update,
@@ -164,23 +163,23 @@ pub fn record_checked(
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(c, customer)?;
-        let t = run(c, &USAGE_READ, &[customer.into(), ts(now).into(), key.into(), meter.into(), ts(occurred).into()])?;
+        let t = run(c, &USAGE_READ, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
         if t.is_empty() {
             return Err(unknown_customer(customer));
         }
         let r = t.first();
-        if r.get::<bool>(12)?.unwrap_or(false) {
-            let same = r.get::<String>(6)?.as_deref() == Some(meter)
-                && r.get::<i64>(7)? == Some(quantity)
-                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(8)?.map(micros) == Some(occurred))
-                && r.get::<pgrx::Uuid>(9)? == rid;
+        if r.get::<bool>(8)?.unwrap_or(false) {
+            let same = r.get::<String>(2)?.as_deref() == Some(meter)
+                && r.get::<i64>(3)? == Some(quantity)
+                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(4)?.map(micros) == Some(occurred))
+                && r.get::<pgrx::Uuid>(5)? == rid;
             if !same {
                 return Err(BillingError::new(
                     KEY_REUSED,
                     format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage"),
                 ));
             }
-            let (credits, entry) = (r.get::<i64>(10)?.unwrap_or(0), r.get::<pgrx::Uuid>(11)?);
+            let (credits, entry) = (r.get::<i64>(6)?.unwrap_or(0), r.get::<pgrx::Uuid>(7)?);
             let mut op = Op::lock_existing(c, customer, now)?;
             let balance = match &entry {
                 Some(e) => op.final_balance(e)?,
@@ -188,19 +187,22 @@ pub fn record_checked(
             };
             return Ok((entry, credits, balance, true));
         }
-        // The price and the carry; the access inputs (columns 1-5) are taken apart below,
-        // when they are needed (pgrx keeps a statement's rows until the connection ends).
-        let priced = r.get::<bool>(15)?.unwrap_or(false);
-        let price = Price { credits: r.get::<i64>(13)?.unwrap_or(0), per_units: r.get::<i64>(14)?.unwrap_or(1) };
-        let stored = match (r.get::<i64>(16)?, r.get::<i64>(17)?) {
+        // The price and the carry; the customer's row (column 1) is taken apart below, when
+        // it is needed (pgrx keeps a statement's rows until the connection ends).
+        let priced = r.get::<bool>(11)?.unwrap_or(false);
+        let price = Price { credits: r.get::<i64>(9)?.unwrap_or(0), per_units: r.get::<i64>(10)?.unwrap_or(1) };
+        let stored = match (r.get::<i64>(12)?, r.get::<i64>(13)?) {
             (Some(num), Some(den)) => Some(Carry { num, den }),
             _ => None,
         };
         let carry = stored.unwrap_or_default();
         let rated = priced.then(|| rate(carry, price, quantity));
-        // A debit finds the key in the journal itself; what writes no debit asks here.
+        // The account and the journal's entry under the key, as the debit's own read would
+        // find them (nothing is written to the customer before the debit).
+        let (opened, keyed) = prefetched(&r, 1, 14)?;
+        // A debit refuses a used key itself; what writes no debit refuses it here.
         let debits = rid.is_none() && matches!(rated, Some(Some((credits, _))) if credits > 0);
-        if !debits && key_used(c, customer, key)? {
+        if !debits && keyed.is_some() {
             return Err(key_taken(customer, key));
         }
         // Access as for any request, then one token from the most specific limit on the
@@ -208,8 +210,7 @@ pub fn record_checked(
         // the usage is charged.
         let token = match rid {
             None => {
-                let inputs = allowed_inputs(c, customer, now, &r)?;
-                let plan = allowed_plan_of(c, customer, None, now, inputs)?;
+                let plan = admitted_plan(c, customer, now, &r, 1)?;
                 check_token(c, customer, plan.as_deref(), meter, now)?
             }
             Some(_) => None,
@@ -234,10 +235,11 @@ pub fn record_checked(
                 (Some(e), b)
             }
             None if credits > 0 => {
-                let (e, b, _) = match mode {
-                    Mode::Batch(later) => debit_item(customer, credits, key, &metadata.0, true, None, later)?,
-                    Mode::Single => debit_new_key(customer, credits, key, metadata)?,
+                let later = match mode {
+                    Mode::Batch(later) => later,
+                    Mode::Single => None,
                 };
+                let (e, b, _) = debit_item(customer, credits, key, &metadata.0, true, Some((opened, keyed)), later)?;
                 (Some(e), b)
             }
             None => (None, Op::read(c, customer, now)?.peek_balance()?),

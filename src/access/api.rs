@@ -351,9 +351,7 @@ pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>
 /// (the access answer kept on it, as `can_access` reads it). The full read (`allowed_plan`)
 /// only when the row cannot tell (credits decide, and an expiry is due or the customer is
 /// slotted) or when the answer is no, for the exact refusal.
-/// Also says whether the plan is the row's own (`sub_plan`), rather than one the full read
-/// found.
-pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTupleTable<'_>, col: usize) -> Result<(Option<String>, bool)> {
+pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTupleTable<'_>, col: usize) -> Result<Option<String>> {
     let row = crate::pg::whole_row::read(r, col, &CUSTOMER)?;
     let frozen = row.get::<bool>(0)?.unwrap_or(false);
     let next_event = ts_of(&row, 2)?.unwrap_or(i64::MAX);
@@ -361,11 +359,9 @@ pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTup
     let (k, plan) = stored_kept(&row)?;
     let unsure = !frozen && now >= k.counts_until && (now >= next_event || slots > 1);
     if unsure || !kept_allowed(true, frozen, k, true, row.get::<i64>(1)?.unwrap_or(0), now) {
-        let full = allowed_plan(c, customer, None, now)?;
-        let same = full == plan;
-        return Ok((full, same));
+        return allowed_plan(c, customer, None, now);
     }
-    Ok((plan, true))
+    Ok(plan)
 }
 
 /// `allowed_plan` on inputs the caller read (`allowed_inputs`).
@@ -456,34 +452,15 @@ pub struct Token {
 /// `save_token`. A batch's item takes its token only once its debit went through, so a
 /// refused item leaves the bucket as it was. `None`: no limit applies.
 pub fn check_token(c: &mut SpiClient<'_>, customer: &str, plan: Option<&str>, feature: &str, now: i64) -> Result<Option<Token>> {
-    let mut limits = vec![];
+    let mut best: Option<((bool, bool), Limit, String)> = None;
     for r in run(c, &LIMIT, &[customer.into(), plan.unwrap_or("").into(), feature.into()])? {
-        limits.extend(limit_of(&r, 1)?);
-    }
-    check_token_of(c, customer, feature, now, limits)
-}
-
-/// A limit that may apply, as `LIMIT` reads it: its rank (the customer's own over its
-/// plan's, the feature's over every feature's), the limit, and its bucket's name.
-pub struct Candidate((bool, bool), Limit, String);
-
-/// The limit in `LIMIT`'s five columns from `col` on (NULL: none, as a LEFT JOIN gives).
-pub fn limit_of(r: &pgrx::spi::SpiHeapTupleData<'_>, col: usize) -> Result<Option<Candidate>> {
-    let Some(requests) = r.get::<i32>(col)? else { return Ok(None) };
-    let rank = (r.get::<bool>(col + 3)?.unwrap_or(false), r.get::<bool>(col + 4)?.unwrap_or(false));
-    let limit = Limit { requests: requests as i64, per_us: r.get::<i64>(col + 1)?.unwrap_or(1).max(1) };
-    Ok(Some(Candidate(rank, limit, r.get(col + 2)?.unwrap_or_default())))
-}
-
-/// `check_token` on the limits that may apply, read by the caller (`limit_of`).
-pub fn check_token_of(c: &mut SpiClient<'_>, customer: &str, feature: &str, now: i64, limits: Vec<Candidate>) -> Result<Option<Token>> {
-    let mut best: Option<Candidate> = None;
-    for l in limits {
-        if best.as_ref().is_none_or(|b| l.0 > b.0) {
-            best = Some(l);
+        let rank = (r.get::<bool>(4)?.unwrap_or(false), r.get::<bool>(5)?.unwrap_or(false));
+        if best.as_ref().is_none_or(|b| rank > b.0) {
+            let limit = Limit { requests: r.get::<i32>(1)?.unwrap_or(1) as i64, per_us: r.get::<i64>(2)?.unwrap_or(1).max(1) };
+            best = Some((rank, limit, r.get(3)?.unwrap_or_default()));
         }
     }
-    let Some(Candidate(_, limit, bucket_feature)) = best else {
+    let Some((_, limit, bucket_feature)) = best else {
         return Ok(None);
     };
     let full = limit.full(now);

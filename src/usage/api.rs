@@ -2,7 +2,7 @@
 //! (`set_low_balance`, `set_auto_topup`, `report_topup`).
 use super::rating::{rate, Carry, Price};
 use crate::access::api::admitted_plan;
-use crate::access::api::{check_token, check_token_of, limit_of, save_token};
+use crate::access::api::{check_token, save_token};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_item, key_arg, key_taken, need, settle_impl};
@@ -50,13 +50,10 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
 /// key (2-8; 8 says whether there is one), the meter's price in force at `$4` (9-11; 11
 /// false: no price then), the customer's carried fraction (12-13) and the journal's entry
 /// under the key, whole (14: a debit under a used key is refused or replayed from it).
-/// The debit then needs no read of its own (`debit_item` with what was read here). And
-/// the rate limits that may apply to the meter for the customer or the plan its row keeps
-/// (15-19, as `check_token` reads them): one row per limit (at most four), or one row.
+/// The debit then needs no read of its own (`debit_item` with what was read here).
 static USAGE_READ: Stmt = Stmt {
     sql: "SELECT c, u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
-                 mp.credits, mp.per_units, mp.credits IS NOT NULL, k.num, k.den, jk,
-                 l.requests, (extract(epoch FROM l.per) * 1000000)::int8, l.subject || ':' || l.feature, l.subject = $1, l.feature = $3
+                 mp.credits, mp.per_units, mp.credits IS NOT NULL, k.num, k.den, jk
             FROM billing.customers c
             LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2
             LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
@@ -64,7 +61,6 @@ static USAGE_READ: Stmt = Stmt {
                                 ORDER BY m.effective_from DESC LIMIT 1) mp ON true
             LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3
             LEFT JOIN billing.journal jk ON jk.customer = $1 AND jk.idempotency_key = $2
-            LEFT JOIN billing.limits l ON (l.subject = $1 OR l.subject = c.sub_plan) AND l.feature IN ($3, '')
            WHERE c.customer = $1",
     args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
@@ -167,13 +163,9 @@ pub fn record_checked(
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(c, customer)?;
-        let mut t = run(c, &USAGE_READ, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
+        let t = run(c, &USAGE_READ, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
         if t.is_empty() {
             return Err(unknown_customer(customer));
-        }
-        let mut limits = vec![];
-        for row in t.by_ref() {
-            limits.extend(limit_of(&row, 15)?);
         }
         let r = t.first();
         if r.get::<bool>(8)?.unwrap_or(false) {
@@ -218,11 +210,8 @@ pub fn record_checked(
         // the usage is charged.
         let token = match rid {
             None => {
-                match admitted_plan(c, customer, now, &r, 1)? {
-                    // the limits read with the row are those of its plan
-                    (_, true) => check_token_of(c, customer, meter, now, limits)?,
-                    (plan, false) => check_token(c, customer, plan.as_deref(), meter, now)?,
-                }
+                let plan = admitted_plan(c, customer, now, &r, 1)?;
+                check_token(c, customer, plan.as_deref(), meter, now)?
             }
             Some(_) => None,
         };

@@ -59,7 +59,7 @@ static INPUTS: Stmt = Stmt {
     args: &[TEXTOID, TIMESTAMPTZOID],
 };
 /// `INPUTS` for what needs the answer, not the reason (`can_access` when the kept answer
-/// is not enough, `refresh_kept`; the admission of
+/// is not enough; the admission of
 /// `charge` and `record_usage`, which read again with `INPUTS` when they refuse): whether
 /// the customer ever had a grant only tells no_credits from no_plan, both refusals.
 /// Without it the plan has no subplan to set up and lock on every call (callgrind, in a
@@ -102,6 +102,9 @@ enum Reader<'a> {
 struct Noted {
     reason: Option<String>,
     events_wait: bool,
+    /// The access answer kept on the row, which the note brings up to the subscriptions
+    /// it read (`keep`).
+    kept: Option<(Kept, Option<String>)>,
 }
 
 pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs> {
@@ -109,17 +112,21 @@ pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs>
 }
 
 fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Result<(Inputs, Noted)> {
+    // The notes read with a snapshot of their own (`run`), taken after the customer's lock:
+    // they keep the access answer on the row (`keep`), which must follow every
+    // subscription committed by the writers that held the lock before.
     let t = match reader {
         Reader::Allowed => run_ro(c, &INPUTS_ALLOWED, &[customer.into(), ts(now).into()])?,
-        Reader::Access | Reader::Note => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
-        Reader::NoteAfterEvent(_) if crate::cluster::citus() => run_ro(c, &INPUTS_WAITING_APART, &[customer.into(), ts(now).into()])?,
+        Reader::Access => run_ro(c, &INPUTS, &[customer.into(), ts(now).into()])?,
+        Reader::Note => run(c, &INPUTS, &[customer.into(), ts(now).into()])?,
+        Reader::NoteAfterEvent(_) if crate::cluster::citus() => run(c, &INPUTS_WAITING_APART, &[customer.into(), ts(now).into()])?,
         Reader::NoteAfterEvent(pc) => {
-            run_ro(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?
+            run(c, &INPUTS_WAITING, &[customer.into(), ts(now).into(), pc.map_or_else(DatumWithOid::null::<&str>, |s| s.into())])?
         }
     };
     if t.is_empty() {
         // No customer row: the replay's own query looks for events by the provider's id.
-        let noted = Noted { reason: None, events_wait: true };
+        let noted = Noted { reason: None, events_wait: true, kept: None };
         return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
     }
     inputs_of(c, customer, now, reader, &t.first())
@@ -145,9 +152,11 @@ fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r:
     }
     let period_end = sub.as_ref().and_then(|s| s.period_end);
     let noted = match reader {
-        Reader::Allowed | Reader::Access => Noted { reason: None, events_wait: false },
-        Reader::Note => Noted { reason: c_row.get(4)?, events_wait: false },
-        Reader::NoteAfterEvent(_) => Noted { reason: c_row.get(4)?, events_wait: r.get::<bool>(6)?.unwrap_or(true) },
+        Reader::Allowed | Reader::Access => Noted { reason: None, events_wait: false, kept: None },
+        Reader::Note => Noted { reason: c_row.get(4)?, events_wait: false, kept: Some(stored_kept(&c_row)?) },
+        Reader::NoteAfterEvent(_) => {
+            Noted { reason: c_row.get(4)?, events_wait: r.get::<bool>(6)?.unwrap_or(true), kept: Some(stored_kept(&c_row)?) }
+        }
     };
     Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end }, noted))
 }
@@ -261,27 +270,19 @@ static KEEP: Stmt = Stmt {
 
 /// Takes the customer's lock (`store::lock_customer`, the one every writer of its row
 /// takes first: a row lock here would deadlock with a debit holding the customer's
-/// advisory lock and waiting for the row) before a write of its subscriptions, which
-/// `refresh_kept` then follows: their writers take turns, so the last to refresh the kept
-/// answer reads every subscription committed.
+/// advisory lock and waiting for the row) before a write of its subscriptions, held to
+/// the end of the transaction: their writers take turns, so the access note that follows
+/// an applied event (`note`, which keeps the answer on the row) reads every subscription
+/// committed.
 pub fn lock_subscriber(c: &mut SpiClient<'_>, customer: &str) -> Result<()> {
     crate::ledger::store::lock_customer(c, customer)?;
     Ok(())
 }
 
-/// Brings the access answer kept on the customer's row up to its subscriptions: after
-/// every write of them (`webhook::apply`, under `lock_subscriber`), and from
-/// `maintenance()`, which mends whatever else wrote them.
-pub fn refresh_kept(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<()> {
-    // `run`, not `run_ro`: a snapshot of its own, taken once the lock is held.
-    let t = run(c, &INPUTS_ALLOWED, &[customer.into(), ts(now).into()])?;
-    if t.is_empty() {
-        return Ok(());
-    }
-    let r = t.first();
-    let stored = stored_kept(&crate::pg::whole_row::read(&r, 1, &CUSTOMER)?)?;
-    let sub = sub_of(&r)?;
-    let want = (kept(sub.as_ref()), sub.and_then(|s| s.plan));
+/// Writes the answer the subscription `sub` (the one every reader chooses) gives, over
+/// the one `stored` that was read, when they differ.
+fn keep(c: &mut SpiClient<'_>, customer: &str, sub: Option<&Sub>, stored: (Kept, Option<String>)) -> Result<()> {
+    let want = (kept(sub), sub.and_then(|s| s.plan.clone()));
     if want != stored {
         let text = |p: &Option<String>| p.as_deref().map_or_else(DatumWithOid::null::<&str>, |p| p.into());
         run(
@@ -527,6 +528,11 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
     if !i.customer.known {
         return Ok(noted.events_wait);
     }
+    // The kept answer follows what was just read of the subscriptions: after an applied
+    // event its writer's (the subscription writers hold the customer's lock to the end).
+    if let Some(stored) = noted.kept {
+        keep(c, customer, i.customer.sub.as_ref(), stored)?;
+    }
     let r = decide(&i.customer, None, now);
     // Unchanged as this statement saw it: no write (most applied events change nothing).
     // A concurrent change not yet committed is noted by its own transaction, and
@@ -544,15 +550,14 @@ fn note(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Resu
 /// (In the one order batches lock customers in, as the updates below lock their rows.)
 static ALL_SUBSCRIBED: Stmt = Stmt { sql: "SELECT DISTINCT customer FROM billing.subscriptions ORDER BY 1", args: &[] };
 
-/// `note_access` for every customer with a subscription (for `maintenance()`), its kept
-/// answer brought up to date first.
+/// `note_access` for every customer with a subscription (for `maintenance()`), which
+/// brings its kept answer up to date too.
 pub fn note_all(c: &mut SpiClient<'_>, now: i64) -> Result<i64> {
     let mut all = vec![];
     for r in run(c, &ALL_SUBSCRIBED, &[])? {
         all.push(r.get::<String>(1)?.unwrap_or_default());
     }
     for cust in &all {
-        refresh_kept(c, cust, now)?;
         note_access(c, cust, now)?;
     }
     Ok(all.len() as i64)

@@ -234,8 +234,9 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 // ---- subscriptions ----
 //
 // Every write of billing.subscriptions is here, each under the customer's lock
-// (`lock_subscriber`) and followed by `refresh_kept`: the access answer kept on the
-// customer's row (`can_access` reads it alone) follows its subscriptions.
+// (`lock_subscriber`), and every applied event is followed by the customer's access note
+// (`webhook::ingest::after_apply`), which brings the access answer kept on the customer's
+// row (`can_access` reads it alone) up to its subscriptions.
 
 /// The plans of some prices: `(price, plan, period_credits)`.
 static PLANS_OF: Stmt =
@@ -415,7 +416,6 @@ fn subscription(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Applied
         ],
     )?;
     note_status(c, &customer, &s.id, before, written(t)?)?;
-    crate::access::api::refresh_kept(c, &customer, crate::clock::now())?;
     let plan_note = plan.map(|p| format!(" on plan {p}")).unwrap_or_default();
     Ok(Applied { outcome: Outcome::Applied(format!("subscription {} {status}{plan_note}", s.id)), customer: Some(customer) })
 }
@@ -547,7 +547,6 @@ fn invoice(c: &mut SpiClient<'_>, e: &Event, obj: &Value, paid: bool) -> Result<
         ],
     )?;
     note_status(c, &customer, &sub_id, before, written(t)?)?;
-    crate::access::api::refresh_kept(c, &customer, crate::clock::now())?;
     if !paid {
         return Ok(Applied { outcome: Outcome::Applied(format!("subscription {sub_id} past_due (invoice {})", inv.id)), customer: Some(customer) });
     }

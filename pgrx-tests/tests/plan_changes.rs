@@ -688,11 +688,16 @@ impl Gen {
                     continue;
                 }
                 if self.rng.pct(70) {
-                    // proration_behavior always_invoice
-                    let inv = self.invoice(&mut st, "subscription_update", t, (t, t), lines);
+                    // proration_behavior always_invoice: the invoice made at once bills the
+                    // subscription's pending prorations too, as Stripe's does (a change
+                    // left pending and one invoiced in the same second then land on one
+                    // invoice, where the state they pass through nets out)
+                    let mut all = std::mem::take(&mut pending);
+                    all.extend(lines);
+                    let inv = self.invoice(&mut st, "subscription_update", t, (t, t), all);
                     self.pay(&mut st, inv, &mut evs);
                 } else {
-                    // create_prorations: billed with the renewal, or never within the test
+                    // create_prorations: billed with the next invoice, or never within the test
                     pending.extend(lines);
                 }
             }

@@ -348,12 +348,13 @@ pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>
 }
 
 /// The admission of `record_usage` (no feature): its plan, for the rate limit, from the
-/// customer's row the caller read whole in column `col` of `r` under the customer's lock
+/// customer's row the caller read whole (a composite value) under the customer's lock
 /// (the access answer kept on it, as `can_access` reads it). The full read (`allowed_plan`)
 /// only when the row cannot tell (credits decide, and an expiry is due or the customer is
 /// slotted) or when the answer is no, for the exact refusal.
-pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, r: &SpiTupleTable<'_>, col: usize) -> Result<Option<String>> {
-    let row = crate::pg::whole_row::read(r, col, &CUSTOMER)?;
+pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, row: pg_sys::Datum) -> Result<Option<String>> {
+    let row = crate::pg::whole_row::read_datum(Some(row), &CUSTOMER)?
+        .ok_or_else(|| BillingError::new(crate::error::INTERNAL, "billing: internal error: no customer row"))?;
     let frozen = row.get::<bool>(0)?.unwrap_or(false);
     let next_event = ts_of(&row, 2)?.unwrap_or(i64::MAX);
     let slots = row.get::<i32>(3)?.unwrap_or(1);

@@ -2,6 +2,7 @@
 //! let `core` decide, write the journal entries, flush grant and customer rows once.
 use super::rules::{Acct, Book, Entry, Grant, Hold, Id, Kind, Ts, NEVER};
 use crate::error::{BillingError, Result, UNKNOWN};
+use crate::pg::direct;
 use crate::pg::spi::{id_of, micros, new_id, run_ro, ts, uuid, xact_lock_new, xact_unlock, LockClass, Stmt};
 use crate::pg::whole_row::Fields;
 use pgrx::datum::DatumWithOid;
@@ -261,8 +262,37 @@ pub struct Keyed {
 
 /// The journal entry read whole in column `ordinal` (`KEYED`), if there is one: NULL, or
 /// the null-extended side of a LEFT JOIN, is none.
+/// `Op::open_as` of an account that is not a slot: its row (and the entry under the key)
+/// read by their indexes (`direct`) instead of the lookup statement. None when the
+/// indexes cannot be read so: the caller runs its statement.
+#[allow(clippy::type_complexity)]
+fn open_direct(c: &mut SpiClient<'_>, customer: &str, create: bool, spend_key: Option<&str>) -> Result<Option<Option<(Opened, Option<Keyed>)>>> {
+    let id = direct::text(customer);
+    let read = || match spend_key {
+        None => direct::fetch(&[(&direct::CUSTOMER, &[id])]),
+        Some(k) => direct::fetch(&[(&direct::CUSTOMER, &[id]), (&direct::JOURNAL_KEY, &[id, direct::text(k)])]),
+    };
+    let Some(mut rows) = read() else { return Ok(None) };
+    // A new customer is made only when the read misses, as in `open_as`.
+    if rows[0].is_none() && create {
+        crate::pg::spi::run(c, &CREATE, &[customer.into()])?;
+        let Some(again) = read() else { return Ok(None) };
+        rows = again;
+    }
+    let Some(row) = crate::pg::whole_row::read_datum(rows[0], &CUSTOMER)? else { return Ok(Some(None)) };
+    let keyed = match rows.get(1) {
+        Some(k) => keyed_row(crate::pg::whole_row::read_datum(*k, &KEYED)?)?,
+        None => None,
+    };
+    Ok(Some(Some((Opened::from_row(row)?, keyed))))
+}
+
 fn keyed_whole(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Option<Keyed>> {
-    let Some(r) = crate::pg::whole_row::read_opt(t, ordinal, &KEYED)? else { return Ok(None) };
+    keyed_row(crate::pg::whole_row::read_opt(t, ordinal, &KEYED)?)
+}
+
+fn keyed_row(r: Option<crate::pg::whole_row::Row>) -> Result<Option<Keyed>> {
+    let Some(r) = r else { return Ok(None) };
     let Some(entry_id) = r.get::<pgrx::Uuid>(0)? else { return Ok(None) };
     Ok(Some(Keyed {
         entry_id,
@@ -351,7 +381,10 @@ pub struct Opened {
 impl Opened {
     /// The customer row read whole in column `ordinal` of the table's current row.
     fn read(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Opened> {
-        let r = crate::pg::whole_row::read(t, ordinal, &CUSTOMER)?;
+        Self::from_row(crate::pg::whole_row::read(t, ordinal, &CUSTOMER)?)
+    }
+
+    fn from_row(r: crate::pg::whole_row::Row) -> Result<Opened> {
         let get = |i| -> Result<i64> { Ok(r.get::<i64>(i)?.unwrap_or(0)) };
         let draw_grant = r.get::<pgrx::Uuid>(13)?.map(|g| id_of(&g));
         Ok(Opened {
@@ -414,10 +447,12 @@ pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<V
 }
 
 /// What `prefetch_spend` reads for one account, taken from a row a caller read itself
-/// under the account's lock (its customer row whole in column `row`, the entry under the
-/// key whole in column `key`), for `debit_item`.
-pub fn prefetched(t: &pgrx::spi::SpiTupleTable<'_>, row: usize, key: usize) -> Result<Prefetched> {
-    Ok((Opened::read(t, row)?, keyed_whole(t, key)?))
+/// under the account's lock (its customer row and the entry under the key, each a
+/// composite value), for `debit_item`.
+pub fn prefetched(row: pg_sys::Datum, keyed: Option<pg_sys::Datum>) -> Result<Prefetched> {
+    let row = crate::pg::whole_row::read_datum(Some(row), &CUSTOMER)?
+        .ok_or_else(|| BillingError::new(crate::error::INTERNAL, "billing: internal error: no customer row"))?;
+    Ok((Opened::from_row(row)?, keyed_row(crate::pg::whole_row::read_datum(keyed, &KEYED)?)?))
 }
 
 /// A journal row not yet inserted.
@@ -583,6 +618,11 @@ impl<'a, 'c> Op<'a, 'c> {
                 Some(p) => crate::pg::spi::run(c, &SPEND_LOOKUP_SLOT, &[customer.into(), k.into(), p.into()]),
             },
         };
+        if !ro && parent.is_none() && direct::usable() {
+            if let Some(found) = open_direct(c, customer, create, spend_key)? {
+                return Ok(found.map(|(opened, keyed)| (Self::from_opened(c, customer, now, false, opened), keyed)));
+            }
+        }
         let mut t = lookup(c)?;
         // A new customer is made only when the lookup misses (one statement fewer for
         // the customers that exist). Its INSERT waits for a concurrent one of the same

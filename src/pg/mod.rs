@@ -3,6 +3,7 @@
 //! rows whole (`whole_row`), and reading jsonb arguments in place (`jsonb`). Nothing here
 //! knows of credits, events or plans.
 mod collation_tests;
+pub mod direct;
 pub mod jsonb;
 pub mod one_row;
 mod one_row_tests;

@@ -68,7 +68,12 @@ pub fn read(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> R
 /// name of `fields` the row type lacks is an internal error (the extension's own
 /// statements read its own tables).
 pub fn read_opt(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> Result<Option<Row>> {
-    let Some(d) = t.get_datum_by_ordinal(ordinal)? else { return Ok(None) };
+    read_datum(t.get_datum_by_ordinal(ordinal)?, fields)
+}
+
+/// `read_opt` of a composite value in hand (a row `direct` read), None if there is none.
+pub fn read_datum(d: Option<Datum>, fields: &'static Fields) -> Result<Option<Row>> {
+    let Some(d) = d else { return Ok(None) };
     // SAFETY: the column is a composite (the statement selects a whole row) and not null;
     // pg_detoast_datum gives a 4-byte-header copy if it was stored short or compressed.
     unsafe {

@@ -7,10 +7,13 @@ use crate::clock;
 use crate::error::{deliver, BillingError, Result, KEY_REUSED, OVERFLOW, UNKNOWN};
 use crate::ledger::api::{amount_arg, customer_arg, debit_item, key_arg, key_taken, need, settle_impl};
 use crate::ledger::store::{lock_customer, prefetched, unknown_customer, Op};
+use crate::pg::direct;
 use crate::pg::spi::{micros, run, ts, Stmt};
+use crate::pg::whole_row::{self, Fields};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
 use serde_json::json;
 
 static METER_ENSURE: Stmt = Stmt { sql: "INSERT INTO billing.meters (meter) VALUES ($1) ON CONFLICT DO NOTHING", args: &[TEXTOID] };
@@ -44,26 +47,67 @@ fn define_meter_impl(meter: Option<&str>, credits: Option<i64>, per_units: Optio
     })
 }
 
-/// What `record_usage` reads, in one statement, once it holds the customer's lock: the
-/// customer's row whole (1: the access answer kept on it, and what the debit opens the
-/// account with; no row when the customer does not exist), the usage recorded under the
-/// key (2-8; 8 says whether there is one), the meter's price in force at `$4` (9-11; 11
-/// false: no price then), the customer's carried fraction (12-13) and the journal's entry
-/// under the key, whole (14: a debit under a used key is refused or replayed from it).
-/// The debit then needs no read of its own (`debit_item` with what was read here).
+/// What `record_usage` reads, in one statement, once it holds the customer's lock, each
+/// row whole: the customer's (1: the access answer kept on it, and what the debit opens
+/// the account with; no row when the customer does not exist), the usage recorded under
+/// the key (2), the meter's price in force at `$4` (3), the customer's carried fraction
+/// (4) and the journal's entry under the key (5: a debit under a used key is refused or
+/// replayed from it). The debit then needs no read of its own (`debit_item` with what
+/// was read here). Where they can, the rows are read by their indexes instead
+/// (`pg::direct`, `read_usage`).
 static USAGE_READ: Stmt = Stmt {
-    sql: "SELECT c, u.meter, u.quantity, u.occurred_at, u.reservation_id, u.credits, u.entry_id, u.customer IS NOT NULL,
-                 mp.credits, mp.per_units, mp.credits IS NOT NULL, k.num, k.den, jk
+    sql: "SELECT c, u, (SELECT m FROM billing.meter_prices m WHERE m.meter = $3 AND m.effective_from <= $4
+                         ORDER BY m.effective_from DESC LIMIT 1),
+                 k, jk
             FROM billing.customers c
             LEFT JOIN billing.usage_events u ON u.customer = $1 AND u.idempotency_key = $2
-            LEFT JOIN LATERAL (SELECT m.credits, m.per_units FROM billing.meter_prices m
-                                WHERE m.meter = $3 AND m.effective_from <= $4
-                                ORDER BY m.effective_from DESC LIMIT 1) mp ON true
             LEFT JOIN billing.usage_carry k ON k.customer = $1 AND k.meter = $3
             LEFT JOIN billing.journal jk ON jk.customer = $1 AND jk.idempotency_key = $2
            WHERE c.customer = $1",
     args: &[TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID],
 };
+static USAGE: Fields = Fields(&["meter", "quantity", "occurred_at", "reservation_id", "credits", "entry_id"]);
+static PRICE: Fields = Fields(&["credits", "per_units"]);
+static CARRY: Fields = Fields(&["num", "den"]);
+
+/// The rows USAGE_READ reads (None: the customer does not exist), as composite values.
+struct UsageRead {
+    customer: pg_sys::Datum,
+    usage: Option<pg_sys::Datum>,
+    price: Option<pg_sys::Datum>,
+    carry: Option<pg_sys::Datum>,
+    keyed: Option<pg_sys::Datum>,
+}
+
+fn read_usage(c: &mut SpiClient<'_>, customer: &str, key: &str, meter: &str, occurred: i64) -> Result<Option<UsageRead>> {
+    if direct::usable() {
+        let (id, k, m) = (direct::text(customer), direct::text(key), direct::text(meter));
+        let reads: [(&direct::Index, &[pg_sys::Datum]); 5] = [
+            (&direct::CUSTOMER, &[id]),
+            (&direct::USAGE_KEY, &[id, k]),
+            (&direct::PRICE_AT, &[m, pg_sys::Datum::from(occurred)]),
+            (&direct::CARRY, &[id, m]),
+            (&direct::JOURNAL_KEY, &[id, k]),
+        ];
+        if let Some(rows) = direct::fetch(&reads) {
+            return Ok(rows[0].map(|customer| UsageRead { customer, usage: rows[1], price: rows[2], carry: rows[3], keyed: rows[4] }));
+        }
+    }
+    let t = run(c, &USAGE_READ, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    // (pgrx keeps a statement's rows, which the values point into, until the connection ends.)
+    let r = t.first();
+    Ok(r.get_datum_by_ordinal(1)?.map(|customer| UsageRead {
+        customer,
+        usage: r.get_datum_by_ordinal(2).ok().flatten(),
+        price: r.get_datum_by_ordinal(3).ok().flatten(),
+        carry: r.get_datum_by_ordinal(4).ok().flatten(),
+        keyed: r.get_datum_by_ordinal(5).ok().flatten(),
+    }))
+}
+
 /// The usage row (`$1`-`$9`) and the new carry (`$10`/`$11`), in one statement. Which of the
 /// three depends on what USAGE_READ read under the customer's lock: a carry row to update,
 /// a carry this usage left as it was (no carry statement), or none yet. Only the last
@@ -163,23 +207,19 @@ pub fn record_checked(
     Spi::connect_mut(|c| {
         // The customer's lock serialises this customer's usage: the carry and the key.
         lock_customer(c, customer)?;
-        let t = run(c, &USAGE_READ, &[customer.into(), key.into(), meter.into(), ts(occurred).into()])?;
-        if t.is_empty() {
-            return Err(unknown_customer(customer));
-        }
-        let r = t.first();
-        if r.get::<bool>(8)?.unwrap_or(false) {
-            let same = r.get::<String>(2)?.as_deref() == Some(meter)
-                && r.get::<i64>(3)? == Some(quantity)
-                && (occurred_at.is_none() || r.get::<TimestampWithTimeZone>(4)?.map(micros) == Some(occurred))
-                && r.get::<pgrx::Uuid>(5)? == rid;
+        let Some(read) = read_usage(c, customer, key, meter, occurred)? else { return Err(unknown_customer(customer)) };
+        if let Some(u) = whole_row::read_datum(read.usage, &USAGE)? {
+            let same = u.get::<String>(0)?.as_deref() == Some(meter)
+                && u.get::<i64>(1)? == Some(quantity)
+                && (occurred_at.is_none() || u.get::<TimestampWithTimeZone>(2)?.map(micros) == Some(occurred))
+                && u.get::<pgrx::Uuid>(3)? == rid;
             if !same {
                 return Err(BillingError::new(
                     KEY_REUSED,
                     format!("idempotency key \"{key}\" of customer \"{customer}\" was already used with different usage"),
                 ));
             }
-            let (credits, entry) = (r.get::<i64>(6)?.unwrap_or(0), r.get::<pgrx::Uuid>(7)?);
+            let (credits, entry) = (u.get::<i64>(4)?.unwrap_or(0), u.get::<pgrx::Uuid>(5)?);
             let mut op = Op::lock_existing(c, customer, now)?;
             let balance = match &entry {
                 Some(e) => op.final_balance(e)?,
@@ -187,19 +227,25 @@ pub fn record_checked(
             };
             return Ok((entry, credits, balance, true));
         }
-        // The price and the carry; the customer's row (column 1) is taken apart below, when
-        // it is needed (pgrx keeps a statement's rows until the connection ends).
-        let priced = r.get::<bool>(11)?.unwrap_or(false);
-        let price = Price { credits: r.get::<i64>(9)?.unwrap_or(0), per_units: r.get::<i64>(10)?.unwrap_or(1) };
-        let stored = match (r.get::<i64>(12)?, r.get::<i64>(13)?) {
-            (Some(num), Some(den)) => Some(Carry { num, den }),
-            _ => None,
+        // The price and the carry; the customer's row is taken apart below, when it is needed.
+        let price = whole_row::read_datum(read.price, &PRICE)?;
+        let priced = price.is_some();
+        let price = match price {
+            Some(p) => Price { credits: p.get::<i64>(0)?.unwrap_or(0), per_units: p.get::<i64>(1)?.unwrap_or(1) },
+            None => Price { credits: 0, per_units: 1 },
+        };
+        let stored = match whole_row::read_datum(read.carry, &CARRY)? {
+            Some(k) => match (k.get::<i64>(0)?, k.get::<i64>(1)?) {
+                (Some(num), Some(den)) => Some(Carry { num, den }),
+                _ => None,
+            },
+            None => None,
         };
         let carry = stored.unwrap_or_default();
         let rated = priced.then(|| rate(carry, price, quantity));
         // The account and the journal's entry under the key, as the debit's own read would
         // find them (nothing is written to the customer before the debit).
-        let (opened, keyed) = prefetched(&r, 1, 14)?;
+        let (opened, keyed) = prefetched(read.customer, read.keyed)?;
         // A debit refuses a used key itself; what writes no debit refuses it here.
         let debits = rid.is_none() && matches!(rated, Some(Some((credits, _))) if credits > 0);
         if !debits && keyed.is_some() {
@@ -210,7 +256,7 @@ pub fn record_checked(
         // the usage is charged.
         let token = match rid {
             None => {
-                let plan = admitted_plan(c, customer, now, &r, 1)?;
+                let plan = admitted_plan(c, customer, now, read.customer)?;
                 check_token(c, customer, plan.as_deref(), meter, now)?
             }
             Some(_) => None,

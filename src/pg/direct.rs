@@ -1,0 +1,228 @@
+//! A row read by a unique index without the executor: the account and the entry under an
+//! idempotency key, which every spending call reads once it holds the customer's lock.
+//!
+//! Why: a kept SPI plan still builds its executor state at every run (a tuple
+//! descriptor and a projection per node, a scan per table, a join), about 75,000
+//! instructions for the two-row lookup of a debit, where the lookup itself (two btree
+//! descents and two heap fetches) is a fifth of that. Reading through the index's
+//! access method gives the same answer for less: the same snapshot a mutating SPI
+//! statement takes (the command counter advanced, then a fresh snapshot under READ
+//! COMMITTED: it sees what the lock's previous holder committed), the same relation
+//! lock, the same predicate locks (the access methods take them). Reads only: writes go
+//! through SQL, with their triggers, constraints and WAL as the executor makes them.
+//!
+//! Not used (the caller runs its statement instead) on Citus, where the rows live in
+//! shards on other nodes, under a transaction snapshot, where the callers' statements
+//! also lock rows, or when an index does not compare text in the "C" collation that
+//! scan keys assume (a table not made by this version's scripts).
+use pgrx::pg_sys::{self, Datum, Oid};
+use std::cell::RefCell;
+
+/// A unique index of one of the extension's tables, the columns a read matches (in the
+/// order of the values passed to `fetch`), and which of the matching rows it wants.
+pub struct Index {
+    slot: usize,
+    table: &'static std::ffi::CStr,
+    index: &'static std::ffi::CStr,
+    columns: &'static [(&'static std::ffi::CStr, Match)],
+    /// The last matching row in the index's order, not the first.
+    last: bool,
+}
+
+/// How a column is matched (the btree opclass's operator).
+#[derive(Clone, Copy)]
+pub enum Match {
+    /// text `=` (a text datum: `text`)
+    TextEq,
+    /// timestamptz `<=` (microseconds)
+    TimeLe,
+}
+
+impl Match {
+    fn key(self) -> (pg_sys::StrategyNumber, u32) {
+        match self {
+            Match::TextEq => (pg_sys::BTEqualStrategyNumber as _, pg_sys::F_TEXTEQ),
+            Match::TimeLe => (pg_sys::BTLessEqualStrategyNumber as _, pg_sys::F_TIMESTAMPTZ_LE),
+        }
+    }
+
+    /// The collation the index's column must have: scan keys compare text in "C".
+    fn collation(self) -> Oid {
+        match self {
+            Match::TextEq => pg_sys::C_COLLATION_OID,
+            Match::TimeLe => pg_sys::InvalidOid,
+        }
+    }
+}
+
+/// A text value to match, in the current memory context.
+pub fn text(s: &str) -> Datum {
+    Datum::from(pgrx::rust_str_to_text_p(s).into_pg())
+}
+
+use Match::{TextEq, TimeLe};
+/// `billing.customers` by its primary key: (customer).
+pub static CUSTOMER: Index = Index { slot: 0, table: c"customers", index: c"customers_pkey", columns: &[(c"customer", TextEq)], last: false };
+/// `billing.journal` by (customer, idempotency_key).
+pub static JOURNAL_KEY: Index = Index {
+    slot: 1,
+    table: c"journal",
+    index: c"journal_idempotency_key",
+    columns: &[(c"customer", TextEq), (c"idempotency_key", TextEq)],
+    last: false,
+};
+/// `billing.usage_events` by (customer, idempotency_key).
+pub static USAGE_KEY: Index = Index {
+    slot: 2,
+    table: c"usage_events",
+    index: c"usage_events_pkey",
+    columns: &[(c"customer", TextEq), (c"idempotency_key", TextEq)],
+    last: false,
+};
+/// `billing.usage_carry` by (customer, meter).
+pub static CARRY: Index =
+    Index { slot: 3, table: c"usage_carry", index: c"usage_carry_pkey", columns: &[(c"customer", TextEq), (c"meter", TextEq)], last: false };
+/// `billing.meter_prices`: a meter's price in force at a time, the last one from before it.
+pub static PRICE_AT: Index =
+    Index { slot: 4, table: c"meter_prices", index: c"meter_prices_pkey", columns: &[(c"meter", TextEq), (c"effective_from", TimeLe)], last: true };
+const SLOTS: usize = 5;
+
+#[derive(Clone, Copy)]
+enum Resolved {
+    Unknown,
+    /// The index does not suit a direct read: callers use their statement.
+    Unusable,
+    /// `columns` are the index's columns `columns[i]`.
+    Ready {
+        table: Oid,
+        index: Oid,
+        columns: [pg_sys::AttrNumber; 2],
+    },
+}
+
+thread_local! {
+    static RESOLVED: RefCell<[Resolved; SLOTS]> = const { RefCell::new([Resolved::Unknown; SLOTS]) };
+    static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Forgets every resolved oid when any relation's cache entry is invalidated that could
+/// be one of ours (DROP, ALTER, REINDEX, the extension made again): the next read
+/// resolves the names again.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn forget(_arg: Datum, relid: Oid) {
+    RESOLVED.with(|r| {
+        let mut r = r.borrow_mut();
+        let ours =
+            r.iter().any(|x| matches!(x, Resolved::Ready { table, index, .. } if relid == pg_sys::InvalidOid || relid == *table || relid == *index));
+        if ours {
+            *r = [Resolved::Unknown; SLOTS];
+        }
+    });
+}
+
+/// Whether a direct read may stand in for the caller's statement in this transaction.
+pub fn usable() -> bool {
+    !crate::cluster::citus() && (unsafe { pg_sys::XactIsoLevel }) < pg_sys::XACT_REPEATABLE_READ as i32
+}
+
+fn resolve(ix: &Index) -> Resolved {
+    let known = RESOLVED.with(|r| r.borrow()[ix.slot]);
+    if !matches!(known, Resolved::Unknown) {
+        return known;
+    }
+    if !WATCHING.with(|w| w.replace(true)) {
+        // SAFETY: registered once per backend; the callback only touches this module's state.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), Datum::from(0usize)) };
+    }
+    // SAFETY: catalog lookups by name; the index is opened (and its lock taken) only to
+    // read its columns' collations.
+    let found = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"billing".as_ptr(), true);
+        let table = pg_sys::get_relname_relid(ix.table.as_ptr(), nsp);
+        let index = pg_sys::get_relname_relid(ix.index.as_ptr(), nsp);
+        let mut ok = nsp != pg_sys::InvalidOid && table != pg_sys::InvalidOid && index != pg_sys::InvalidOid && ix.columns.len() <= 2;
+        let mut columns = [0 as pg_sys::AttrNumber; 2];
+        if ok {
+            let irel = pg_sys::index_open(index, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+            let form = (*irel).rd_index;
+            let nkeys = (*form).indnkeyatts as usize;
+            let keys = std::slice::from_raw_parts((*form).indkey.values.as_ptr(), nkeys);
+            let colls = std::slice::from_raw_parts((*irel).rd_indcollation, nkeys);
+            // Each matched column is a key column of this unique, valid index of the
+            // table, text compared as scan keys compare it (the "C" collation).
+            ok = (*form).indisunique && (*form).indisvalid && (*form).indrelid == table;
+            for (i, (name, m)) in ix.columns.iter().enumerate() {
+                let attno = pg_sys::get_attnum(table, name.as_ptr());
+                match keys.iter().position(|k| *k == attno) {
+                    Some(at) if attno > 0 && colls[at] == m.collation() => columns[i] = at as pg_sys::AttrNumber + 1,
+                    _ => ok = false,
+                }
+            }
+            pg_sys::index_close(irel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        }
+        if ok {
+            Resolved::Ready { table, index, columns }
+        } else {
+            Resolved::Unusable
+        }
+    };
+    RESOLVED.with(|r| r.borrow_mut()[ix.slot] = found);
+    found
+}
+
+/// The row of each index's table whose columns match the values given (in the index's
+/// `columns` order: a `text` datum for text, microseconds for a time), each as a
+/// composite value (a whole-row read: `whole_row::read_datum`), all under one snapshot,
+/// as a mutating statement would see them now. None when some index cannot be read so:
+/// the caller runs its statement.
+pub fn fetch(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
+    let mut ready = Vec::with_capacity(reads.len());
+    for (ix, values) in reads {
+        let Resolved::Ready { table, index, columns } = resolve(ix) else { return None };
+        debug_assert_eq!(values.len(), ix.columns.len());
+        ready.push((table, index, columns));
+    }
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: each relation is opened and locked as the executor would for a read (the
+    // locks kept to the transaction's end), the scans run under a snapshot pushed for
+    // them, and each row is copied out before its scan ends. An error raised inside
+    // aborts the (sub)transaction, which pops the snapshot and releases the rest.
+    unsafe {
+        // As a mutating SPI statement: what this transaction wrote so far is visible.
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let mut rows = Vec::with_capacity(reads.len());
+        for ((ix, values), (table, index, columns)) in reads.iter().zip(ready) {
+            let rel = pg_sys::table_open(table, lock);
+            let irel = pg_sys::index_open(index, lock);
+            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+            for (i, (_, m)) in ix.columns.iter().enumerate() {
+                let (strategy, proc) = m.key();
+                pg_sys::ScanKeyInit(&mut keys[i], columns[i], strategy, pg_sys::RegProcedure::from(proc), values[i]);
+            }
+            let n = ix.columns.len() as i32;
+            #[cfg(not(feature = "pg18"))]
+            let scan = pg_sys::index_beginscan(rel, irel, snapshot, n, 0);
+            #[cfg(feature = "pg18")]
+            let scan = pg_sys::index_beginscan(rel, irel, snapshot, std::ptr::null_mut(), n, 0);
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
+            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            let direction = if ix.last { pg_sys::ScanDirection::BackwardScanDirection } else { pg_sys::ScanDirection::ForwardScanDirection };
+            let row = if pg_sys::index_getnext_slot(scan, direction, slot) {
+                let mut free = false;
+                let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut free);
+                Some(pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att))
+            } else {
+                None
+            };
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            rows.push(row);
+        }
+        pg_sys::PopActiveSnapshot();
+        Some(rows)
+    }
+}

@@ -12,7 +12,9 @@ use super::slots;
 use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op, Prefetched};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
+use crate::pg::direct;
 use crate::pg::spi::{id_of, micros, new_id, run, ts, uuid, Stmt};
+use crate::pg::whole_row::{self, Fields};
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -385,11 +387,9 @@ static RES_INSERT: Stmt = Stmt {
 static RES_CUSTOMER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
 /// The customer-qualified forms' lookup: one customer's rows only (one shard on Citus).
 static RES_OF: Stmt = Stmt { sql: "SELECT FROM billing.reservations WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID] };
-static RES_ROW: Stmt = Stmt {
-    sql: "SELECT status, expires_at, accounts, amounts, settled, end_entry, consumed_accounts, consumed_amounts
-            FROM billing.reservations WHERE customer = $1 AND id = $2",
-    args: &[TEXTOID, UUIDOID],
-};
+/// A reservation's row, whole (`RES`), where it cannot be read by its index (`direct`).
+static RES_ROW: Stmt = Stmt { sql: "SELECT r FROM billing.reservations r WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID] };
+static RES: Fields = Fields(&["status", "expires_at", "accounts", "amounts", "settled", "end_entry", "consumed_accounts", "consumed_amounts"]);
 static RES_END: Stmt = Stmt {
     sql: "UPDATE billing.reservations SET status = $3, settled = $4, consumed_accounts = $5, consumed_amounts = $6, end_entry = $7
            WHERE customer = $1 AND id = $2",
@@ -505,12 +505,20 @@ struct Res {
 }
 
 fn res_customer(c: &mut SpiClient<'_>, id: &pgrx::Uuid) -> Result<String> {
+    let unknown = || BillingError::new(UNKNOWN, format!("unknown reservation {id}"));
+    if direct::usable() {
+        if let Some(rows) = direct::fetch(&[(&direct::RESERVATION_ID, &[direct::uuid(*id)])]) {
+            let r = whole_row::read_datum(rows[0], &RES_CUSTOMER_OF)?.ok_or_else(unknown)?;
+            return Ok(r.get::<String>(0)?.unwrap_or_default());
+        }
+    }
     let t = run(c, &RES_CUSTOMER, &[(*id).into()])?;
     if t.is_empty() {
-        return Err(BillingError::new(UNKNOWN, format!("unknown reservation {id}")));
+        return Err(unknown());
     }
     Ok(t.first().get::<String>(1)?.unwrap_or_default())
 }
+static RES_CUSTOMER_OF: Fields = Fields(&["customer"]);
 
 /// The account that holds reservation `rid`: by its id alone, or, named by the caller, the
 /// customer's own (else, on one server, one of its slot accounts). BL003 when none.
@@ -531,23 +539,35 @@ fn hold_account(c: &mut SpiClient<'_>, customer: Option<&str>, rid: &pgrx::Uuid)
 
 fn res_row(op: &mut Op, rid: &pgrx::Uuid) -> Result<Res> {
     let customer = op.customer.clone();
-    let t = op.run(&RES_ROW, &[customer.as_str().into(), (*rid).into()])?;
-    if t.is_empty() {
-        return Err(BillingError::new(UNKNOWN, format!("unknown reservation {rid} of customer \"{customer}\"")));
-    }
-    let r = t.first();
+    let unknown = || BillingError::new(UNKNOWN, format!("unknown reservation {rid} of customer \"{customer}\""));
+    let read = match direct::usable() {
+        true => direct::fetch(&[(&direct::RESERVATION, &[direct::text(&customer), direct::uuid(*rid)])]),
+        false => None,
+    };
+    let row = match read {
+        Some(rows) => rows[0],
+        None => {
+            let t = op.run(&RES_ROW, &[customer.as_str().into(), (*rid).into()])?;
+            if t.is_empty() {
+                None
+            } else {
+                t.first().get_datum_by_ordinal(1)?
+            }
+        }
+    };
+    let r = whole_row::read_datum(row, &RES)?.ok_or_else(unknown)?;
     let id = id_of(rid);
-    let accts: Vec<pgrx::Uuid> = r.get(3)?.unwrap_or_default();
-    let amounts: Vec<i64> = r.get(4)?.unwrap_or_default();
-    let expires_at = r.get::<TimestampWithTimeZone>(2)?.map(micros).unwrap_or(NEVER);
-    let caccts: Vec<pgrx::Uuid> = r.get(7)?.unwrap_or_default();
-    let camounts: Vec<i64> = r.get(8)?.unwrap_or_default();
+    let accts: Vec<pgrx::Uuid> = r.get(2)?.unwrap_or_default();
+    let amounts: Vec<i64> = r.get(3)?.unwrap_or_default();
+    let expires_at = r.get::<TimestampWithTimeZone>(1)?.map(micros).unwrap_or(NEVER);
+    let caccts: Vec<pgrx::Uuid> = r.get(6)?.unwrap_or_default();
+    let camounts: Vec<i64> = r.get(7)?.unwrap_or_default();
     Ok(Res {
-        status: r.get(1)?.unwrap_or_default(),
+        status: r.get(0)?.unwrap_or_default(),
         expires_at,
         hold: Hold { id, lines: decode_lines(&accts, &amounts, Some(&id)), expires_at },
-        settled: r.get(5)?,
-        end_entry: r.get(6)?,
+        settled: r.get(4)?,
+        end_entry: r.get(5)?,
         consumed: decode_lines(&caccts, &camounts, None),
     })
 }

@@ -27,6 +27,9 @@ pub struct Index {
     columns: &'static [(&'static std::ffi::CStr, Match)],
     /// The last matching row in the index's order, not the first.
     last: bool,
+    /// Whether the index is unique. A read by one that is not takes the first row it
+    /// finds, as `LIMIT 1` would.
+    unique: bool,
 }
 
 /// How a column is matched (the btree opclass's operator).
@@ -36,6 +39,8 @@ pub enum Match {
     TextEq,
     /// timestamptz `<=` (microseconds)
     TimeLe,
+    /// uuid `=` (a uuid datum: `uuid`)
+    UuidEq,
 }
 
 impl Match {
@@ -43,6 +48,7 @@ impl Match {
         match self {
             Match::TextEq => (pg_sys::BTEqualStrategyNumber as _, pg_sys::F_TEXTEQ),
             Match::TimeLe => (pg_sys::BTLessEqualStrategyNumber as _, pg_sys::F_TIMESTAMPTZ_LE),
+            Match::UuidEq => (pg_sys::BTEqualStrategyNumber as _, pg_sys::F_UUID_EQ),
         }
     }
 
@@ -50,7 +56,7 @@ impl Match {
     fn collation(self) -> Oid {
         match self {
             Match::TextEq => pg_sys::C_COLLATION_OID,
-            Match::TimeLe => pg_sys::InvalidOid,
+            Match::TimeLe | Match::UuidEq => pg_sys::InvalidOid,
         }
     }
 }
@@ -60,9 +66,15 @@ pub fn text(s: &str) -> Datum {
     Datum::from(pgrx::rust_str_to_text_p(s).into_pg())
 }
 
-use Match::{TextEq, TimeLe};
+/// A uuid value to match, in the current memory context.
+pub fn uuid(u: pgrx::Uuid) -> Datum {
+    pgrx::IntoDatum::into_datum(u).unwrap_or(Datum::from(0usize))
+}
+
+use Match::{TextEq, TimeLe, UuidEq};
 /// `billing.customers` by its primary key: (customer).
-pub static CUSTOMER: Index = Index { slot: 0, table: c"customers", index: c"customers_pkey", columns: &[(c"customer", TextEq)], last: false };
+pub static CUSTOMER: Index =
+    Index { slot: 0, table: c"customers", index: c"customers_pkey", columns: &[(c"customer", TextEq)], last: false, unique: true };
 /// `billing.journal` by (customer, idempotency_key).
 pub static JOURNAL_KEY: Index = Index {
     slot: 1,
@@ -70,6 +82,7 @@ pub static JOURNAL_KEY: Index = Index {
     index: c"journal_idempotency_key",
     columns: &[(c"customer", TextEq), (c"idempotency_key", TextEq)],
     last: false,
+    unique: true,
 };
 /// `billing.usage_events` by (customer, idempotency_key).
 pub static USAGE_KEY: Index = Index {
@@ -78,14 +91,40 @@ pub static USAGE_KEY: Index = Index {
     index: c"usage_events_pkey",
     columns: &[(c"customer", TextEq), (c"idempotency_key", TextEq)],
     last: false,
+    unique: true,
 };
 /// `billing.usage_carry` by (customer, meter).
-pub static CARRY: Index =
-    Index { slot: 3, table: c"usage_carry", index: c"usage_carry_pkey", columns: &[(c"customer", TextEq), (c"meter", TextEq)], last: false };
+pub static CARRY: Index = Index {
+    slot: 3,
+    table: c"usage_carry",
+    index: c"usage_carry_pkey",
+    columns: &[(c"customer", TextEq), (c"meter", TextEq)],
+    last: false,
+    unique: true,
+};
 /// `billing.meter_prices`: a meter's price in force at a time, the last one from before it.
-pub static PRICE_AT: Index =
-    Index { slot: 4, table: c"meter_prices", index: c"meter_prices_pkey", columns: &[(c"meter", TextEq), (c"effective_from", TimeLe)], last: true };
-const SLOTS: usize = 5;
+pub static PRICE_AT: Index = Index {
+    slot: 4,
+    table: c"meter_prices",
+    index: c"meter_prices_pkey",
+    columns: &[(c"meter", TextEq), (c"effective_from", TimeLe)],
+    last: true,
+    unique: true,
+};
+/// `billing.reservations` by id alone (not unique: on Citus a unique index must lead
+/// with the customer).
+pub static RESERVATION_ID: Index =
+    Index { slot: 5, table: c"reservations", index: c"reservations_id", columns: &[(c"id", UuidEq)], last: false, unique: false };
+/// `billing.reservations` by its primary key: (customer, id).
+pub static RESERVATION: Index = Index {
+    slot: 6,
+    table: c"reservations",
+    index: c"reservations_pkey",
+    columns: &[(c"customer", TextEq), (c"id", UuidEq)],
+    last: false,
+    unique: true,
+};
+const SLOTS: usize = 7;
 
 #[derive(Clone, Copy)]
 enum Resolved {
@@ -148,9 +187,10 @@ fn resolve(ix: &Index) -> Resolved {
             let nkeys = (*form).indnkeyatts as usize;
             let keys = std::slice::from_raw_parts((*form).indkey.values.as_ptr(), nkeys);
             let colls = std::slice::from_raw_parts((*irel).rd_indcollation, nkeys);
-            // Each matched column is a key column of this unique, valid index of the
-            // table, text compared as scan keys compare it (the "C" collation).
-            ok = (*form).indisunique && (*form).indisvalid && (*form).indrelid == table;
+            // Each matched column is a key column of this valid index of the table (a
+            // unique one where the read counts on it), text compared as scan keys
+            // compare it (the "C" collation).
+            ok = (*form).indisunique >= ix.unique && (*form).indisvalid && (*form).indrelid == table;
             for (i, (name, m)) in ix.columns.iter().enumerate() {
                 let attno = pg_sys::get_attnum(table, name.as_ptr());
                 match keys.iter().position(|k| *k == attno) {

@@ -174,6 +174,23 @@ macro_rules! sql_entry {
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*], one_row) => {
         $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], true);
     };
+    // A set-returning function, its rows handed back all at once. See `set_rows`.
+    ($finfo:ident, $entry:ident, $wrapper:path, set_rows) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
+            const V1: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+        #[no_mangle]
+        #[doc(hidden)]
+        pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
+            $crate::error::clear_pending();
+            let d = $wrapper(fcinfo);
+            $crate::error::raise_pending();
+            $crate::pg::set_rows::drain(fcinfo, d, $wrapper)
+        }
+    };
     (@entry $finfo:ident, $entry:ident, $wrapper:path, [$($j:expr),*], $one_row:literal) => {
         #[no_mangle]
         #[doc(hidden)]

@@ -60,7 +60,7 @@ fn debit_many(
 > {
     deliver(debit_many_impl(customers, amounts, idempotency_keys).map(TableIterator::new), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_debit_many, billing_debit_many, debit_many_wrapper);
+crate::sql_entry!(pg_finfo_billing_debit_many, billing_debit_many, debit_many_wrapper, set_rows);
 
 /// A row of `debit_many`.
 type Row = (i32, Option<pgrx::Uuid>, Option<i64>, Option<bool>, Option<String>, Option<String>);

@@ -425,7 +425,7 @@ static SPEND_LOOKUP_MANY: Stmt = Stmt {
 };
 
 /// What `Op::lock_for_spend` reads, for a batch's first spend on each of its accounts, in
-/// one statement: the account's row and the entry under the key, by position in `pairs`
+/// one statement (or by the indexes, `direct`, under one snapshot): the account's row and the entry under the key, by position in `pairs`
 /// (None: no such account). The caller holds the accounts' locks (`lock_many`), so what
 /// it read stays true until it writes to the account (`Op::open_prefetched`).
 pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<Vec<Option<Prefetched>>> {
@@ -435,6 +435,19 @@ pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<V
         // The accounts are on many shards, which Citus cannot join to an array in one
         // statement: each first item reads its own account, as later ones do.
         return Ok(out);
+    }
+    if direct::usable() {
+        let values: Vec<[pg_sys::Datum; 2]> = pairs.iter().map(|(a, k)| [direct::text(a), direct::text(k)]).collect();
+        let reads: Vec<(&direct::Index, &[pg_sys::Datum])> =
+            values.iter().flat_map(|v| [(&direct::CUSTOMER, &v[..1]), (&direct::JOURNAL_KEY, &v[..])]).collect();
+        if let Some(rows) = direct::fetch(&reads) {
+            for (slot, pair) in out.iter_mut().zip(rows.chunks(2)) {
+                if let Some(row) = pair[0] {
+                    *slot = Some(prefetched(row, pair[1])?);
+                }
+            }
+            return Ok(out);
+        }
     }
     let mut t = crate::pg::spi::run(c, &SPEND_LOOKUP_MANY, &[accounts.into(), keys.into()])?;
     while t.next().is_some() {

@@ -223,9 +223,18 @@ pub fn fetch(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
         ready.push((table, index, columns));
     }
     let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // One scan per index, begun at its first read and ended after the last.
+    struct Open {
+        slot: usize,
+        rel: pg_sys::Relation,
+        irel: pg_sys::Relation,
+        scan: pg_sys::IndexScanDesc,
+        tuple_slot: *mut pg_sys::TupleTableSlot,
+    }
+    let mut open: Vec<Open> = Vec::with_capacity(2);
     // SAFETY: each relation is opened and locked as the executor would for a read (the
     // locks kept to the transaction's end), the scans run under a snapshot pushed for
-    // them, and each row is copied out before its scan ends. An error raised inside
+    // them, and each row is copied out before its scan moves on. An error raised inside
     // aborts the (sub)transaction, which pops the snapshot and releases the rest.
     unsafe {
         // As a mutating SPI statement: what this transaction wrote so far is visible.
@@ -234,33 +243,42 @@ pub fn fetch(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
         let snapshot = pg_sys::GetActiveSnapshot();
         let mut rows = Vec::with_capacity(reads.len());
         for ((ix, values), (table, index, columns)) in reads.iter().zip(ready) {
-            let rel = pg_sys::table_open(table, lock);
-            let irel = pg_sys::index_open(index, lock);
+            let n = ix.columns.len() as i32;
+            let at = match open.iter().position(|o| o.slot == ix.slot) {
+                Some(at) => at,
+                None => {
+                    let rel = pg_sys::table_open(table, lock);
+                    let irel = pg_sys::index_open(index, lock);
+                    #[cfg(not(feature = "pg18"))]
+                    let scan = pg_sys::index_beginscan(rel, irel, snapshot, n, 0);
+                    #[cfg(feature = "pg18")]
+                    let scan = pg_sys::index_beginscan(rel, irel, snapshot, std::ptr::null_mut(), n, 0);
+                    let tuple_slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+                    open.push(Open { slot: ix.slot, rel, irel, scan, tuple_slot });
+                    open.len() - 1
+                }
+            };
+            let o = &open[at];
             let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
             for (i, (_, m)) in ix.columns.iter().enumerate() {
                 let (strategy, proc) = m.key();
                 pg_sys::ScanKeyInit(&mut keys[i], columns[i], strategy, pg_sys::RegProcedure::from(proc), values[i]);
             }
-            let n = ix.columns.len() as i32;
-            #[cfg(not(feature = "pg18"))]
-            let scan = pg_sys::index_beginscan(rel, irel, snapshot, n, 0);
-            #[cfg(feature = "pg18")]
-            let scan = pg_sys::index_beginscan(rel, irel, snapshot, std::ptr::null_mut(), n, 0);
-            pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
-            let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+            pg_sys::index_rescan(o.scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
             let direction = if ix.last { pg_sys::ScanDirection::BackwardScanDirection } else { pg_sys::ScanDirection::ForwardScanDirection };
-            let row = if pg_sys::index_getnext_slot(scan, direction, slot) {
+            rows.push(if pg_sys::index_getnext_slot(o.scan, direction, o.tuple_slot) {
                 let mut free = false;
-                let tuple = pg_sys::ExecFetchSlotHeapTuple(slot, false, &mut free);
-                Some(pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att))
+                let tuple = pg_sys::ExecFetchSlotHeapTuple(o.tuple_slot, false, &mut free);
+                Some(pg_sys::heap_copy_tuple_as_datum(tuple, (*o.rel).rd_att))
             } else {
                 None
-            };
-            pg_sys::index_endscan(scan);
-            pg_sys::ExecDropSingleTupleTableSlot(slot);
-            pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            rows.push(row);
+            });
+        }
+        for o in open {
+            pg_sys::index_endscan(o.scan);
+            pg_sys::ExecDropSingleTupleTableSlot(o.tuple_slot);
+            pg_sys::index_close(o.irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            pg_sys::table_close(o.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
         pg_sys::PopActiveSnapshot();
         Some(rows)

@@ -7,5 +7,6 @@ pub mod direct;
 pub mod jsonb;
 pub mod one_row;
 mod one_row_tests;
+pub mod set_rows;
 pub mod spi;
 pub mod whole_row;

@@ -34,7 +34,7 @@ fn record_usage_many(
 > {
     deliver(record_usage_many_impl(customers, meters, quantities, idempotency_keys, occurred_at).map(TableIterator::new), TableIterator::empty)
 }
-crate::sql_entry!(pg_finfo_billing_record_usage_many, billing_record_usage_many, record_usage_many_wrapper);
+crate::sql_entry!(pg_finfo_billing_record_usage_many, billing_record_usage_many, record_usage_many_wrapper, set_rows);
 
 type Row = (i32, Option<pgrx::Uuid>, Option<i64>, Option<i64>, Option<bool>, Option<String>, Option<String>);
 

@@ -124,7 +124,19 @@ pub static RESERVATION: Index = Index {
     last: false,
     unique: true,
 };
-const SLOTS: usize = 7;
+/// `billing.provider_customers` by its primary key: (provider, provider_customer).
+pub static PROVIDER_CUSTOMER: Index = Index {
+    slot: 7,
+    table: c"provider_customers",
+    index: c"provider_customers_pkey",
+    columns: &[(c"provider", TextEq), (c"provider_customer", TextEq)],
+    last: false,
+    unique: true,
+};
+/// `billing.events` by its primary key: (provider, event_id).
+pub static EVENT: Index =
+    Index { slot: 8, table: c"events", index: c"events_pkey", columns: &[(c"provider", TextEq), (c"event_id", TextEq)], last: false, unique: true };
+const SLOTS: usize = 9;
 
 #[derive(Clone, Copy)]
 enum Resolved {
@@ -216,6 +228,17 @@ fn resolve(ix: &Index) -> Resolved {
 /// as a mutating statement would see them now. None when some index cannot be read so:
 /// the caller runs its statement.
 pub fn fetch(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
+    read(reads, true)
+}
+
+/// Whether the row `fetch` would read exists, without copying it (nor its TOASTed
+/// values). None when the index cannot be read so.
+pub fn exists(ix: &Index, values: &[Datum]) -> Option<bool> {
+    read(&[(ix, values)], false).map(|rows| rows[0].is_some())
+}
+
+/// `fetch`, each row found copied out (`copy`) or only noted (a zero datum).
+fn read(reads: &[(&Index, &[Datum])], copy: bool) -> Option<Vec<Option<Datum>>> {
     let mut ready = Vec::with_capacity(reads.len());
     for (ix, values) in reads {
         let Resolved::Ready { table, index, columns } = resolve(ix) else { return None };
@@ -267,9 +290,13 @@ pub fn fetch(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
             pg_sys::index_rescan(o.scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
             let direction = if ix.last { pg_sys::ScanDirection::BackwardScanDirection } else { pg_sys::ScanDirection::ForwardScanDirection };
             rows.push(if pg_sys::index_getnext_slot(o.scan, direction, o.tuple_slot) {
-                let mut free = false;
-                let tuple = pg_sys::ExecFetchSlotHeapTuple(o.tuple_slot, false, &mut free);
-                Some(pg_sys::heap_copy_tuple_as_datum(tuple, (*o.rel).rd_att))
+                if copy {
+                    let mut free = false;
+                    let tuple = pg_sys::ExecFetchSlotHeapTuple(o.tuple_slot, false, &mut free);
+                    Some(pg_sys::heap_copy_tuple_as_datum(tuple, (*o.rel).rd_att))
+                } else {
+                    Some(Datum::from(0usize))
+                }
             } else {
                 None
             });

@@ -10,7 +10,9 @@ use super::allowance;
 use super::event::{self, CustomerRef, Event};
 use crate::error::{BillingError, Result, UNKNOWN};
 use crate::ledger::api::{grant_as, revoke};
+use crate::pg::direct;
 use crate::pg::spi::{run, Stmt};
+use crate::pg::whole_row::{self, Fields};
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::BuiltinOid::*;
 use pgrx::prelude::*;
@@ -72,14 +74,7 @@ fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
             return Err(BillingError::invalid(format!("customer id {app:?} in the event is not a valid customer id")));
         }
         let owner = match &r.provider {
-            Some(p) => {
-                let t = run(c, &LINKED, &[PROVIDER.into(), p.as_str().into()])?;
-                if t.is_empty() {
-                    None
-                } else {
-                    t.first().get::<String>(1)?
-                }
-            }
+            Some(p) => linked(c, p)?,
             None => None,
         };
         match (&r.provider, owner) {
@@ -97,13 +92,29 @@ fn resolve(c: &mut SpiClient<'_>, r: &CustomerRef) -> Result<Option<String>> {
         }
         return Ok(Some(app.clone()));
     }
-    if let Some(p) = &r.provider {
-        let t = run(c, &LINKED, &[PROVIDER.into(), p.as_str().into()])?;
-        if !t.is_empty() {
-            return Ok(t.first().get::<String>(1)?);
+    match &r.provider {
+        Some(p) => linked(c, p),
+        None => Ok(None),
+    }
+}
+
+/// The customer provider customer `p` is linked to, if any: by the link's index
+/// (`direct`) where it can be read so, else by LINKED.
+fn linked(c: &mut SpiClient<'_>, p: &str) -> Result<Option<String>> {
+    static LINK: Fields = Fields(&["customer"]);
+    if direct::usable() {
+        if let Some(rows) = direct::fetch(&[(&direct::PROVIDER_CUSTOMER, &[direct::text(PROVIDER), direct::text(p)])]) {
+            return match whole_row::read_datum(rows[0], &LINK)? {
+                Some(r) => r.get::<String>(0),
+                None => Ok(None),
+            };
         }
     }
-    Ok(None)
+    let t = run(c, &LINKED, &[PROVIDER.into(), p.into()])?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    Ok(t.first().get::<String>(1)?)
 }
 
 fn require(c: &mut SpiClient<'_>, r: &CustomerRef, what: &str) -> Result<String> {

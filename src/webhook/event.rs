@@ -16,21 +16,21 @@ pub struct Event {
 /// Parses a Stripe event body: a JSON object with a string `id`, a string `type` and an
 /// integer `created`. serde_json refuses nesting deeper than 128 levels.
 pub fn parse(body: &str) -> Result<Event, String> {
-    let v: Value = serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
-    let o = v.as_object().ok_or("body is not a JSON object")?;
-    let id = o.get("id").and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 255).ok_or("event has no \"id\"")?;
-    let kind = o.get("type").and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 255).ok_or("event has no \"type\"")?;
+    let mut v: Value = serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let o = v.as_object_mut().ok_or("body is not a JSON object")?;
+    let text = |k: &str| o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 255).map(str::to_string);
+    let id = text("id").ok_or("event has no \"id\"")?;
+    let kind = text("type").ok_or("event has no \"type\"")?;
     let created = o.get("created").and_then(Value::as_i64).ok_or("event has no integer \"created\"")?;
-    let object = o.get("data").and_then(|d| d.get("object")).filter(|x| x.is_object()).cloned();
+    let api_version = o.get("api_version").and_then(Value::as_str).map(str::to_string);
     // Thin events (v2 "v2.core.event", v1 thin) carry only a reference, no snapshot.
     let thin = o.get("object").and_then(Value::as_str).is_some_and(|s| s != "event");
-    Ok(Event {
-        id: id.to_string(),
-        kind: kind.to_string(),
-        created,
-        api_version: o.get("api_version").and_then(Value::as_str).map(str::to_string),
-        object: if thin { None } else { object },
-    })
+    // The snapshot is taken out of the parsed body, not copied: it is most of it.
+    let object = match thin {
+        true => None,
+        false => o.get_mut("data").and_then(|d| d.get_mut("object")).filter(|x| x.is_object()).map(Value::take),
+    };
+    Ok(Event { id, kind, created, api_version, object })
 }
 
 pub fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {

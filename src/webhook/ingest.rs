@@ -5,6 +5,7 @@ use super::event;
 use super::signature::{self, Provider, SigError};
 use crate::error::{deliver, BillingError, Result, BAD_EVENT, BAD_SIGNATURE, BAD_TIMESTAMP, TOO_LARGE, UNKNOWN_ENDPOINT};
 use crate::ledger::api::{customer_arg, need};
+use crate::pg::direct;
 use crate::pg::spi::{micros, run, subxact, Stmt};
 use pgrx::datum::DatumWithOid;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -343,6 +344,12 @@ fn duplicate<'h>(
     via: Via,
     headers_param: impl Fn() -> DatumWithOid<'h>,
 ) -> Result<Option<EventRow>> {
+    // Most events are new: their absence is seen by the index (`direct`), before any
+    // statement. (A concurrent session's uncommitted insert is as invisible to the
+    // statements; the insert that follows waits for it.)
+    if direct::usable() && direct::exists(&direct::EVENT, &[direct::text(d.provider.as_str()), direct::text(&d.id)]) == Some(false) {
+        return Ok(None);
+    }
     match via {
         Via::Fetch => {
             if !run(c, &STORED, &[d.provider.as_str().into(), d.id.as_str().into()])?.is_empty() {

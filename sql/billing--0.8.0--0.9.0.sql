@@ -618,7 +618,10 @@ LANGUAGE c AS 'MODULE_PATHNAME', 'billing_node_id';
 COMMENT ON FUNCTION billing._node_id IS 'The next value of this node''s sequence in the low bits, the node''s Citus group above them: ids unique across nodes.';
 ALTER TABLE billing.customers ALTER COLUMN num SET DEFAULT billing._node_id('billing.customer_num', 32);
 DROP INDEX billing.reservations_id;
-CREATE INDEX reservations_id ON billing.reservations (id);
+-- Holds' ids carry their account's number from 0.9.0 (see sql/ledger.sql): the index
+-- keeps the older ones only.
+CREATE INDEX reservations_id ON billing.reservations (id)
+ WHERE id < 'ff000000-0000-0000-0000-000000000000';
 DROP INDEX billing.journal_entry_id;
 CREATE INDEX journal_entry_id ON billing.journal (entry_id)
  WHERE entry_id < 'ff000000-0000-0000-0000-000000000000';

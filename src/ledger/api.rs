@@ -384,7 +384,16 @@ static RES_INSERT: Stmt = Stmt {
           VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9)",
     args: &[TEXTOID, UUIDOID, INT8OID, INTERVALOID, TIMESTAMPTZOID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID, TIMESTAMPTZOID],
 };
-static RES_CUSTOMER: Stmt = Stmt { sql: "SELECT customer FROM billing.reservations WHERE id = $1", args: &[UUIDOID] };
+/// The account holding reservation `$1`: by the account number `$2` a located id names
+/// (see `Op::hold_id`; NULL for any other id), else through the partial index of the
+/// other ids (made before 0.9.0, or by accounts numbered past 40 bits).
+pub(crate) static RES_CUSTOMER: Stmt = Stmt {
+    sql: "SELECT r.customer FROM billing.customers c JOIN billing.reservations r ON r.customer = c.customer AND r.id = $1
+           WHERE c.num = $2
+          UNION ALL
+          SELECT r.customer FROM billing.reservations r WHERE r.id = $1 AND r.id < 'ff000000-0000-0000-0000-000000000000'::uuid",
+    args: &[UUIDOID, INT8OID],
+};
 /// The customer-qualified forms' lookup: one customer's rows only (one shard on Citus).
 static RES_OF: Stmt = Stmt { sql: "SELECT FROM billing.reservations WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID] };
 /// A reservation's row, whole (`RES`), where it cannot be read by its index (`direct`).
@@ -465,7 +474,7 @@ fn reserve_in(
             Err(key_reused(customer, key, &k))
         };
     }
-    let id = new_id();
+    let id = op.hold_id();
     let take = match draw(op, amount, Acct::Borrow(id), customer, "reserve")? {
         Ok(t) => t,
         Err(e) => return Ok(Try::Short(e)),
@@ -506,19 +515,31 @@ struct Res {
 
 fn res_customer(c: &mut SpiClient<'_>, id: &pgrx::Uuid) -> Result<String> {
     let unknown = || BillingError::new(UNKNOWN, format!("unknown reservation {id}"));
+    let num = entry_id::locate(&id_of(id)).map(|l| l.0);
     if direct::usable() {
-        if let Some(rows) = direct::fetch(&[(&direct::RESERVATION_ID, &[direct::uuid(*id)])]) {
-            let r = whole_row::read_datum(rows[0], &RES_CUSTOMER_OF)?.ok_or_else(unknown)?;
-            return Ok(r.get::<String>(0)?.unwrap_or_default());
+        if let Some(found) = res_customer_direct(id, num) {
+            return found?.ok_or_else(unknown);
         }
     }
-    let t = run(c, &RES_CUSTOMER, &[(*id).into()])?;
+    let t = run(c, &RES_CUSTOMER, &[(*id).into(), num.into()])?;
     if t.is_empty() {
         return Err(unknown());
     }
     Ok(t.first().get::<String>(1)?.unwrap_or_default())
 }
 static RES_CUSTOMER_OF: Fields = Fields(&["customer"]);
+
+/// RES_CUSTOMER by the indexes (`direct`): for a located id, the account its number
+/// names (whether it holds the reservation is for the caller's read under the account's
+/// lock, `res_row`); for any other, the partial index. None when the indexes cannot be
+/// read so.
+fn res_customer_direct(id: &pgrx::Uuid, num: Option<i64>) -> Option<Result<Option<String>>> {
+    let read = match num {
+        Some(num) => direct::fetch(&[(&direct::CUSTOMER_NUM, &[pgrx::pg_sys::Datum::from(num)])])?,
+        None => direct::fetch(&[(&direct::RESERVATION_ID, &[direct::uuid(*id)])])?,
+    };
+    Some(whole_row::read_datum(read[0], &RES_CUSTOMER_OF).and_then(|r| r.map_or(Ok(None), |r| r.get::<String>(0))))
+}
 
 /// The account that holds reservation `rid`: by its id alone, or, named by the caller, the
 /// customer's own (else, on one server, one of its slot accounts). BL003 when none.
@@ -537,9 +558,15 @@ fn hold_account(c: &mut SpiClient<'_>, customer: Option<&str>, rid: &pgrx::Uuid)
     }
 }
 
-fn res_row(op: &mut Op, rid: &pgrx::Uuid) -> Result<Res> {
+/// The reservation `rid` of the account `op` holds. Unknown: BL003, naming the customer
+/// only when the caller named it (`named`; an id-only call found the account by the
+/// number the id carries, and says no more than that the id names no hold).
+fn res_row(op: &mut Op, rid: &pgrx::Uuid, named: bool) -> Result<Res> {
     let customer = op.customer.clone();
-    let unknown = || BillingError::new(UNKNOWN, format!("unknown reservation {rid} of customer \"{customer}\""));
+    let unknown = || match named {
+        true => BillingError::new(UNKNOWN, format!("unknown reservation {rid} of customer \"{customer}\"")),
+        false => BillingError::new(UNKNOWN, format!("unknown reservation {rid}")),
+    };
     let read = match direct::usable() {
         true => direct::fetch(&[(&direct::RESERVATION, &[direct::text(&customer), direct::uuid(*rid)])]),
         false => None,
@@ -583,9 +610,10 @@ fn not_active(rid: &pgrx::Uuid, customer: &str, status: &str) -> BillingError {
 /// Locks the reservation's customer and checks the hold is still active after catching
 /// up (a hold past its ttl lapses here, at its own instant).
 fn open_hold<'a, 'c>(c: &'a mut SpiClient<'c>, customer: Option<&str>, rid: &pgrx::Uuid, now: i64) -> Result<(Op<'a, 'c>, Res)> {
+    let named = customer.is_some();
     let customer = hold_account(c, customer, rid)?;
     let mut op = Op::lock_existing(c, &customer, now)?;
-    let res = res_row(&mut op, rid)?;
+    let res = res_row(&mut op, rid, named)?;
     Ok((op, res))
 }
 
@@ -843,7 +871,7 @@ fn refund_impl(owner: Option<&str>, entry: Option<pgrx::Uuid>, amount: Option<i6
             negate(&decode_lines(&accts, &deltas, None))
         } else {
             let rid = rid.unwrap_or_else(crate::pg::spi::nil);
-            res_row(&mut op, &rid)?.consumed
+            res_row(&mut op, &rid, true)?.consumed
         };
         let mut refunded = vec![];
         for r in op.run(&REFUNDS_OF, &[customer.as_str().into(), entry.into()])? {

@@ -948,6 +948,14 @@ impl<'a, 'c> Op<'a, 'c> {
 
     /// The id of this account's entry `seq`: located (see `entry_id`), so finding it by id
     /// needs no index; a random one if the number or seq outgrew the layout.
+    /// The id of a hold this account is about to make: located as entry ids are
+    /// (`entry_id`), by the seq after the account's last entry. The hold's own entry
+    /// takes that seq or a later one in the same call, so no later hold of the account
+    /// gets it again (a call that made no hold left nothing with its id).
+    pub fn hold_id(&self) -> Id {
+        self.entry_id_at(self.seq + 1)
+    }
+
     pub fn entry_id_at(&self, seq: i64) -> Id {
         // The random bits only keep ids of two databases apart: (num, seq) is unique.
         let mut r = [0u8; 5];

@@ -264,6 +264,56 @@ mod tests {
         clean();
     }
 
+    /// A hold's id carries its account's number (located as entry ids are), so settle and
+    /// release by id alone find the account by it; an older hold's random id is found
+    /// through the partial index. Both by the indexes (`pg::direct`) and by the statement
+    /// that stands in for them on Citus and under REPEATABLE READ.
+    #[pg_test]
+    fn holds_are_found_by_the_number_their_id_carries() {
+        setup();
+        q::<pgrx::Uuid>("SELECT billing.grant('a', 1000, 'g')");
+        let r: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h')");
+        let num: i64 = q("SELECT num FROM billing.customers WHERE customer = 'a'");
+        let located = crate::ledger::entry_id::locate(&crate::pg::spi::id_of(&r));
+        assert_eq!(located.map(|l| l.0), Some(num), "{r}");
+        assert!(!q::<bool>(&format!(
+            "SELECT EXISTS (SELECT FROM billing.reservations WHERE id < 'ff000000-0000-0000-0000-000000000000' AND id = '{r}')"
+        )));
+        // Another seq of the same account: no such hold (and no customer named).
+        let forged = crate::pg::spi::uuid(&crate::ledger::entry_id::located(num, 999, [0; 5]).unwrap());
+        assert_eq!(state(&format!("SELECT billing.settle('{forged}', 1)")), "BL003");
+        // A hold made before 0.9.0 (a random version-7 id), as an upgraded database has it.
+        let old: pgrx::Uuid = q("SELECT billing.reserve('a', 100, 'h2')");
+        let v7 = "01900000-0000-7000-8000-000000000001";
+        Spi::run(&format!(
+            "ALTER TABLE billing.journal DISABLE TRIGGER journal_append_only;
+             UPDATE billing.reservations SET id = '{v7}' WHERE id = '{old}';
+             UPDATE billing.journal SET reservation_id = '{v7}' WHERE reservation_id = '{old}';
+             ALTER TABLE billing.journal ENABLE TRIGGER journal_append_only"
+        ))
+        .unwrap();
+        // The statement, as Citus and a transaction snapshot run it.
+        let by_stmt = |id: &str, num: Option<i64>| -> Option<String> {
+            let id: pgrx::Uuid = q(&format!("SELECT '{id}'::uuid"));
+            Spi::connect_mut(|c| {
+                let t = crate::pg::spi::run(c, &crate::ledger::api::RES_CUSTOMER, &[id.into(), num.into()]).unwrap();
+                if t.is_empty() {
+                    None
+                } else {
+                    t.first().get::<String>(1).unwrap()
+                }
+            })
+        };
+        assert_eq!(by_stmt(&r.to_string(), Some(num)).as_deref(), Some("a"));
+        assert_eq!(by_stmt(v7, None).as_deref(), Some("a"));
+        assert_eq!(by_stmt(&forged.to_string(), Some(num)), None);
+        // By the indexes.
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.settle('{r}', 40)")), 860);
+        assert_eq!(q::<i64>(&format!("SELECT balance_after FROM billing.settle('{v7}', 60)")), 900);
+        assert_eq!(state(&format!("SELECT billing.release('{v7}')")), "BL005");
+        clean();
+    }
+
     #[pg_test]
     fn settle_release_extend() {
         setup();

@@ -41,6 +41,8 @@ pub enum Match {
     TimeLe,
     /// uuid `=` (a uuid datum: `uuid`)
     UuidEq,
+    /// bigint `=`
+    Int8Eq,
 }
 
 impl Match {
@@ -49,6 +51,7 @@ impl Match {
             Match::TextEq => (pg_sys::BTEqualStrategyNumber as _, pg_sys::F_TEXTEQ),
             Match::TimeLe => (pg_sys::BTLessEqualStrategyNumber as _, pg_sys::F_TIMESTAMPTZ_LE),
             Match::UuidEq => (pg_sys::BTEqualStrategyNumber as _, pg_sys::F_UUID_EQ),
+            Match::Int8Eq => (pg_sys::BTEqualStrategyNumber as _, pg_sys::F_INT8EQ),
         }
     }
 
@@ -56,7 +59,7 @@ impl Match {
     fn collation(self) -> Oid {
         match self {
             Match::TextEq => pg_sys::C_COLLATION_OID,
-            Match::TimeLe | Match::UuidEq => pg_sys::InvalidOid,
+            Match::TimeLe | Match::UuidEq | Match::Int8Eq => pg_sys::InvalidOid,
         }
     }
 }
@@ -71,7 +74,7 @@ pub fn uuid(u: pgrx::Uuid) -> Datum {
     pgrx::IntoDatum::into_datum(u).unwrap_or(Datum::from(0usize))
 }
 
-use Match::{TextEq, TimeLe, UuidEq};
+use Match::{Int8Eq, TextEq, TimeLe, UuidEq};
 /// `billing.customers` by its primary key: (customer).
 pub static CUSTOMER: Index =
     Index { slot: 0, table: c"customers", index: c"customers_pkey", columns: &[(c"customer", TextEq)], last: false, unique: true };
@@ -111,8 +114,8 @@ pub static PRICE_AT: Index = Index {
     last: true,
     unique: true,
 };
-/// `billing.reservations` by id alone (not unique: on Citus a unique index must lead
-/// with the customer).
+/// `billing.reservations` by id alone, for ids that are not located (see `Op::hold_id`;
+/// not unique: on Citus a unique index must lead with the customer).
 pub static RESERVATION_ID: Index =
     Index { slot: 5, table: c"reservations", index: c"reservations_id", columns: &[(c"id", UuidEq)], last: false, unique: false };
 /// `billing.reservations` by its primary key: (customer, id).
@@ -136,7 +139,10 @@ pub static PROVIDER_CUSTOMER: Index = Index {
 /// `billing.events` by its primary key: (provider, event_id).
 pub static EVENT: Index =
     Index { slot: 8, table: c"events", index: c"events_pkey", columns: &[(c"provider", TextEq), (c"event_id", TextEq)], last: false, unique: true };
-const SLOTS: usize = 9;
+/// `billing.customers` by account number (not unique: see `customers_num`).
+pub static CUSTOMER_NUM: Index =
+    Index { slot: 9, table: c"customers", index: c"customers_num", columns: &[(c"num", Int8Eq)], last: false, unique: false };
+const SLOTS: usize = 10;
 
 #[derive(Clone, Copy)]
 enum Resolved {

@@ -5,6 +5,7 @@
 mod collation_tests;
 pub mod direct;
 pub mod jsonb;
+mod jsonb_param_tests;
 pub mod one_row;
 mod one_row_tests;
 pub mod set_rows;

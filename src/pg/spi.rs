@@ -81,10 +81,16 @@ pub fn int8_array<'a>(v: &[i64]) -> DatumWithOid<'a> {
     unsafe { DatumWithOid::new(pg_sys::Datum::from(a), PgBuiltInOids::INT8ARRAYOID.value()) }
 }
 
-/// A `jsonb` parameter; `{}` (what most entries carry) built directly, the rest through
-/// pgrx's text round trip.
+/// A `jsonb` parameter; `{}` (what most entries carry) built directly, and so is an
+/// object of integers, strings, booleans and nulls (a hold's or a settle's metadata) with
+/// `pushJsonbValue`, as `jsonb_in` builds it from text, without printing and parsing it
+/// (some 5,000 instructions a call). Anything else (floats) goes through pgrx's text
+/// round trip.
 pub fn jsonb_param<'a>(v: serde_json::Value) -> DatumWithOid<'a> {
     if !v.as_object().is_some_and(|m| m.is_empty()) {
+        if let Some(d) = v.as_object().and_then(jsonb_object) {
+            return unsafe { DatumWithOid::new(d, PgBuiltInOids::JSONBOID.value()) };
+        }
         return pgrx::JsonB(v).into();
     }
     // A jsonb container's header: the JB_FOBJECT flag and a count of zero pairs.
@@ -94,6 +100,59 @@ pub fn jsonb_param<'a>(v: serde_json::Value) -> DatumWithOid<'a> {
         pgrx::varlena::set_varsize_4b(p as *mut pg_sys::varlena, 8);
         (p.add(4) as *mut u32).write(JB_FOBJECT);
         DatumWithOid::new(pg_sys::Datum::from(p), PgBuiltInOids::JSONBOID.value())
+    }
+}
+
+/// The jsonb of a flat object (`jsonb_param`), or None if it holds anything `jsonb_in`
+/// would not read back the same way from its text: a float (printed, then parsed as a
+/// numeric), a nested value, a string with NUL (refused by `jsonb_in`) or a long one.
+fn jsonb_object(m: &serde_json::Map<String, serde_json::Value>) -> Option<pg_sys::Datum> {
+    use pg_sys::{jbvType, JsonbIteratorToken as T, JsonbValue};
+    use serde_json::Value as V;
+    let plain = |s: &str| s.len() < 1 << 20 && !s.contains('\0');
+    let simple = |v: &V| match v {
+        V::Null | V::Bool(_) => true,
+        V::Number(n) => n.as_i64().is_some(),
+        V::String(s) => plain(s),
+        _ => false,
+    };
+    if !m.iter().all(|(k, v)| plain(k) && simple(v)) {
+        return None;
+    }
+    fn string(s: &str) -> JsonbValue {
+        let mut j: JsonbValue = unsafe { std::mem::zeroed() };
+        j.type_ = jbvType::jbvString;
+        j.val.string = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 { len: s.len() as i32, val: s.as_ptr() as *mut std::ffi::c_char };
+        j
+    }
+    // SAFETY: the values pushed point into `m`, which outlives the call; JsonbValueToJsonb
+    // copies them into the palloc'd result, as jsonb_in's parser does.
+    unsafe {
+        let mut st: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+        pg_sys::pushJsonbValue(&mut st, T::WJB_BEGIN_OBJECT, std::ptr::null_mut());
+        for (k, v) in m {
+            let mut key = string(k);
+            pg_sys::pushJsonbValue(&mut st, T::WJB_KEY, &mut key);
+            let mut val: JsonbValue = match v {
+                V::String(s) => string(s),
+                _ => std::mem::zeroed(),
+            };
+            match v {
+                V::Null => val.type_ = jbvType::jbvNull,
+                V::Bool(b) => {
+                    val.type_ = jbvType::jbvBool;
+                    val.val.boolean = *b;
+                }
+                V::Number(n) => {
+                    val.type_ = jbvType::jbvNumeric;
+                    val.val.numeric = pg_sys::int64_to_numeric(n.as_i64()?);
+                }
+                _ => {}
+            }
+            pg_sys::pushJsonbValue(&mut st, T::WJB_VALUE, &mut val);
+        }
+        let root = pg_sys::pushJsonbValue(&mut st, T::WJB_END_OBJECT, std::ptr::null_mut());
+        Some(pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(root)))
     }
 }
 

@@ -9,7 +9,7 @@
 use super::entry_id;
 use super::rules::{self, negate, refund_plan, settle_consumed, settle_lines, settle_plan, Acct, Entry, Grant, Hold, Kind, NEVER};
 use super::slots;
-use super::store::{decode_lines, line_params, no_line_params, unknown_customer, Extra, Keyed, Op, Prefetched};
+use super::store::{decode_lines, unknown_customer, Extra, Keyed, Op, Prefetched, ResRow};
 use crate::clock;
 use crate::error::{deliver, BillingError, Result, DENIED, INSUFFICIENT, KEY_REUSED, NOT_ACTIVE, UNKNOWN};
 use crate::pg::direct;
@@ -379,11 +379,6 @@ fn draw(op: &mut Op, amount: i64, rest: Acct, customer: &str, what: &str) -> Res
 
 // ---- holds ----
 
-static RES_INSERT: Stmt = Stmt {
-    sql: "INSERT INTO billing.reservations (customer, id, amount, ttl, status, expires_at, accounts, amounts, hold_entry, created_at)
-          VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9)",
-    args: &[TEXTOID, UUIDOID, INT8OID, INTERVALOID, TIMESTAMPTZOID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID, TIMESTAMPTZOID],
-};
 /// The account holding reservation `$1`: by the account number `$2` a located id names
 /// (see `Op::hold_id`; NULL for any other id), else through the partial index of the
 /// other ids (made before 0.9.0, or by accounts numbered past 40 bits).
@@ -399,11 +394,6 @@ static RES_OF: Stmt = Stmt { sql: "SELECT FROM billing.reservations WHERE custom
 /// A reservation's row, whole (`RES`), where it cannot be read by its index (`direct`).
 static RES_ROW: Stmt = Stmt { sql: "SELECT r FROM billing.reservations r WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID] };
 static RES: Fields = Fields(&["status", "expires_at", "accounts", "amounts", "settled", "end_entry", "consumed_accounts", "consumed_amounts"]);
-static RES_END: Stmt = Stmt {
-    sql: "UPDATE billing.reservations SET status = $3, settled = $4, consumed_accounts = $5, consumed_amounts = $6, end_entry = $7
-           WHERE customer = $1 AND id = $2",
-    args: &[TEXTOID, UUIDOID, TEXTOID, INT8OID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID],
-};
 static RES_EXTEND: Stmt =
     Stmt { sql: "UPDATE billing.reservations SET expires_at = $3 WHERE customer = $1 AND id = $2", args: &[TEXTOID, UUIDOID, TIMESTAMPTZOID] };
 
@@ -482,24 +472,10 @@ fn reserve_in(
     let expires = op.now.saturating_add(ttl_us);
     let e = Entry { kind: Kind::Hold, at: op.now, lines: negate(&take), grant: None, hold: Some(id) };
     let w = op.write(&e, Extra { key: Some(key), metadata: Some(metadata.clone()), ..Default::default() })?;
-    let [accts, amounts] = line_params(&take);
-    let now = op.now;
-    // The hold lives in the account it drew from (a slot's, for a slotted customer).
-    let account = op.customer.clone();
-    op.run_beside(
-        &RES_INSERT,
-        &[
-            account.as_str().into(),
-            uuid(&id).into(),
-            amount.into(),
-            ttl_iv.into(),
-            ts(expires).into(),
-            accts,
-            amounts,
-            w.entry_id.into(),
-            ts(now).into(),
-        ],
-    )?;
+    // The hold lives in the account it drew from (a slot's, for a slotted customer): the
+    // row `finish` writes for the account.
+    let at = op.now;
+    op.write_res(ResRow::Hold { id, amount, ttl: ttl_iv, expires_at: expires, lines: take.clone(), hold_entry: w.entry_id, at })?;
     op.add_hold(Hold { id, lines: take, expires_at: expires });
     Ok(Try::Done(uuid(&id)))
 }
@@ -675,9 +651,8 @@ pub fn settle_impl(customer: Option<&str>, rid: Option<pgrx::Uuid>, actual: Opti
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Settle, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra { metadata: Some(json!({ "actual": actual })), ..Default::default() })?;
-        let [ca, cm] = line_params(&settle_consumed(res.hold.id, &plan, &extra));
-        let cust = op.customer.clone();
-        op.run_beside(&RES_END, &[cust.as_str().into(), rid.into(), "settled".into(), actual.into(), ca, cm, w.entry_id.into()])?;
+        let consumed = settle_consumed(res.hold.id, &plan, &extra);
+        op.write_res(ResRow::End { id: rid, status: "settled", settled: Some(actual), consumed: Some(consumed), end_entry: w.entry_id })?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
     })
@@ -721,9 +696,7 @@ fn release_impl(customer: Option<&str>, rid: Option<pgrx::Uuid>) -> Result<(pgrx
         op.remove_hold(&res.hold.id);
         let e = Entry { kind: Kind::Release, at: op.now, lines, grant: None, hold: Some(res.hold.id) };
         let w = op.write_and_settle_expired(&e, Extra::default())?;
-        let [no_accts, no_amounts] = no_line_params();
-        let unsettled = pgrx::datum::DatumWithOid::null::<i64>();
-        op.run_beside(&RES_END, &[customer.as_str().into(), rid.into(), "released".into(), unsettled, no_accts, no_amounts, w.entry_id.into()])?;
+        op.write_res(ResRow::End { id: rid, status: "released", settled: None, consumed: None, end_entry: w.entry_id })?;
         op.finish()?;
         Ok((w.entry_id, w.balance_after, false))
     })

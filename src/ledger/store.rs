@@ -182,12 +182,16 @@ static GRANT_DELTA: Stmt = Stmt {
 /// every debit takes.
 macro_rules! finish_sql {
     ($grant:expr) => {
+        finish_sql!($grant, "")
+    };
+    ($grant:expr, $res:expr) => {
         concat!(
             "WITH j AS (
                INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
                    idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
                SELECT $1, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21 WHERE $10 IS NOT NULL)",
             $grant,
+            $res,
             " UPDATE billing.customers SET balance = $2, od = $3, seq = $4, last_at = $5, next_event_at = $6,
                     low_notified = $7, topup_notified = $8, draw_grant = $24, draw = $25, draw_left = $26
               WHERE customer = $1"
@@ -198,17 +202,98 @@ const FINISH_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
     TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
     INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID, UUIDOID, INT8OID, UUIDOID, INT8OID, INT8OID,
 ];
-static FINISH: Stmt = Stmt {
-    sql: finish_sql!(
+macro_rules! grant_cte {
+    () => {
         ",
           g AS (
             UPDATE billing.grants g SET remaining = g.remaining + $23, open = g.remaining + $23 > 0
              WHERE g.customer = $1 AND g.id = $22)"
-    ),
-    args: FINISH_ARGS,
+    };
+}
+/// (When no grant row is written: $22 and $23 unused.)
+macro_rules! no_grant_cte {
+    () => {
+        ", g AS (SELECT $22::uuid, $23::int8)"
+    };
+}
+static FINISH: Stmt = Stmt { sql: finish_sql!(grant_cte!()), args: FINISH_ARGS };
+/// FINISH when no grant row is written.
+static FINISH_NO_GRANT: Stmt = Stmt { sql: finish_sql!(no_grant_cte!()), args: FINISH_ARGS };
+
+/// A new hold's reservation row (`ResRow::Hold`), alone and as a CTE of FINISH ($27-$34).
+static RES_INSERT: Stmt = Stmt {
+    sql: "INSERT INTO billing.reservations (customer, id, amount, ttl, status, expires_at, accounts, amounts, hold_entry, created_at)
+          VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9)",
+    args: &[TEXTOID, UUIDOID, INT8OID, INTERVALOID, TIMESTAMPTZOID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID, TIMESTAMPTZOID],
 };
-/// FINISH when no grant row is written ($22 and $23 unused).
-static FINISH_NO_GRANT: Stmt = Stmt { sql: finish_sql!(", g AS (SELECT $22::uuid, $23::int8)"), args: FINISH_ARGS };
+macro_rules! res_insert_cte {
+    () => {
+        ",
+          r AS (
+            INSERT INTO billing.reservations (customer, id, amount, ttl, status, expires_at, accounts, amounts, hold_entry, created_at)
+            VALUES ($1, $27, $28, $29, 'active', $30, $31, $32, $33, $34))"
+    };
+}
+const FINISH_HOLD_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
+    TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
+    INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID, UUIDOID, INT8OID, UUIDOID, INT8OID, INT8OID, UUIDOID, INT8OID,
+    INTERVALOID, TIMESTAMPTZOID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID, TIMESTAMPTZOID,
+];
+static FINISH_HOLD: Stmt = Stmt { sql: finish_sql!(grant_cte!(), res_insert_cte!()), args: FINISH_HOLD_ARGS };
+static FINISH_HOLD_NO_GRANT: Stmt = Stmt { sql: finish_sql!(no_grant_cte!(), res_insert_cte!()), args: FINISH_HOLD_ARGS };
+/// The end of a hold (`ResRow::End`: settled or released), alone and as a CTE of FINISH
+/// ($27-$32).
+static RES_END: Stmt = Stmt {
+    sql: "UPDATE billing.reservations SET status = $3, settled = $4, consumed_accounts = $5, consumed_amounts = $6, end_entry = $7
+           WHERE customer = $1 AND id = $2",
+    args: &[TEXTOID, UUIDOID, TEXTOID, INT8OID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID],
+};
+macro_rules! res_end_cte {
+    () => {
+        ",
+          r AS (
+            UPDATE billing.reservations SET status = $28, settled = $29, consumed_accounts = $30, consumed_amounts = $31, end_entry = $32
+             WHERE customer = $1 AND id = $27)"
+    };
+}
+const FINISH_END_ARGS: &[pgrx::pg_sys::PgBuiltInOids] = &[
+    TEXTOID, INT8OID, INT8OID, INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID, BOOLOID, INT8OID, UUIDOID, TIMESTAMPTZOID, TEXTOID, INT8OID,
+    INT8OID, TEXTOID, UUIDOID, UUIDOID, UUIDOID, UUIDARRAYOID, INT8ARRAYOID, JSONBOID, UUIDOID, INT8OID, UUIDOID, INT8OID, INT8OID, UUIDOID, TEXTOID,
+    INT8OID, UUIDARRAYOID, INT8ARRAYOID, UUIDOID,
+];
+static FINISH_END: Stmt = Stmt { sql: finish_sql!(grant_cte!(), res_end_cte!()), args: FINISH_END_ARGS };
+static FINISH_END_NO_GRANT: Stmt = Stmt { sql: finish_sql!(no_grant_cte!(), res_end_cte!()), args: FINISH_END_ARGS };
+
+/// A reservation row an operation writes, held back (`Op::write_res`) so `finish` writes
+/// it in its one statement (an executor run fewer for a reserve, a settle and a
+/// release); any other statement run first writes it out, as the held-back entry.
+pub enum ResRow {
+    /// A new hold's row (status active); `at` its creation.
+    Hold { id: Id, amount: i64, ttl: pgrx::datum::Interval, expires_at: Ts, lines: Vec<(Acct, i64)>, hold_entry: pgrx::Uuid, at: Ts },
+    /// A hold's end: settled (for `settled`, having consumed `consumed`) or released.
+    End { id: pgrx::Uuid, status: &'static str, settled: Option<i64>, consumed: Option<Vec<(Acct, i64)>>, end_entry: pgrx::Uuid },
+}
+
+impl ResRow {
+    /// Its parameters after `customer`, in the order of RES_INSERT or RES_END (from $27
+    /// in FINISH's variants), with the statement that writes it alone.
+    fn args(self) -> (&'static Stmt, Vec<DatumWithOid<'static>>) {
+        match self {
+            ResRow::Hold { id, amount, ttl, expires_at, lines, hold_entry, at } => {
+                let [accts, amounts] = line_params(&lines);
+                (
+                    &RES_INSERT,
+                    vec![uuid(&id).into(), amount.into(), ttl.into(), ts(expires_at).into(), accts, amounts, hold_entry.into(), ts(at).into()],
+                )
+            }
+            ResRow::End { id, status, settled, consumed, end_entry } => {
+                let [accts, amounts] = consumed.map_or_else(no_line_params, |l| line_params(&l));
+                let settled = settled.map_or_else(DatumWithOid::null::<i64>, |x| x.into());
+                (&RES_END, vec![id.into(), status.into(), settled, accts, amounts, end_entry.into()])
+            }
+        }
+    }
+}
 /// The balance after entry `$2` and the expiries that followed it (see `final_balance`).
 /// The entry by the seq `$3` its id names if it is located (`entry_id`), else through the
 /// partial index of the other ids.
@@ -358,6 +443,8 @@ pub struct Op<'a, 'c> {
     /// The last entry written, held back so `finish` can write it in its one statement;
     /// any other statement run first writes it out (so reads always see it).
     pending: Option<Pending>,
+    /// A reservation row held back as `pending` is (`write_res`).
+    res: Option<ResRow>,
     /// This call took the account's lock (`lock_for_spend`), so `unlock` gives it back.
     took_lock: bool,
 }
@@ -688,6 +775,7 @@ impl<'a, 'c> Op<'a, 'c> {
             num: o.num,
             threshold_balance: None,
             pending: None,
+            res: None,
             took_lock: false,
         }
     }
@@ -712,10 +800,22 @@ impl<'a, 'c> Op<'a, 'c> {
         }
     }
 
-    /// Runs a statement that neither reads nor references the journal (a reservation's
-    /// row), leaving the held-back entry for `finish` to write in its one statement.
-    pub fn run_beside(&mut self, s: &Stmt, args: &[DatumWithOid]) -> Result<()> {
-        crate::pg::spi::run(self.c, s, args)?;
+    /// Holds back a reservation row for `finish` to write in its one statement.
+    pub fn write_res(&mut self, r: ResRow) -> Result<()> {
+        self.flush_res()?;
+        self.res = Some(r);
+        Ok(())
+    }
+
+    /// Writes out the held-back reservation row, if any.
+    fn flush_res(&mut self) -> Result<()> {
+        if let Some(r) = self.res.take() {
+            let (s, rest) = r.args();
+            let mut args: Vec<DatumWithOid> = Vec::with_capacity(rest.len() + 1);
+            args.push(self.customer.as_str().into());
+            args.extend(rest);
+            crate::pg::spi::run(self.c, s, &args)?;
+        }
         Ok(())
     }
 
@@ -759,7 +859,7 @@ impl<'a, 'c> Op<'a, 'c> {
             let args = [self.customer.as_str().into(), a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13];
             crate::pg::spi::run(self.c, &INSERT_ENTRY, &args)?;
         }
-        Ok(())
+        self.flush_res()
     }
 
     pub fn find_key(&mut self, key: &str) -> Result<Option<Keyed>> {
@@ -1119,6 +1219,7 @@ impl<'a, 'c> Op<'a, 'c> {
         };
         let mut deltas: Vec<(pgrx::Uuid, i64)> = grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
         if let Some(later) = later.filter(|_| self.pending.as_ref().is_none_or(|p| p.accts.len() == 1)) {
+            self.flush_res()?;
             let entry = self.pending.take().map(|p| super::deferred::Entry {
                 seq: p.seq,
                 entry_id: p.entry_id,
@@ -1154,7 +1255,7 @@ impl<'a, 'c> Op<'a, 'c> {
             crate::pg::spi::run(self.c, &GRANT_DELTA, &[self.customer.as_str().into(), id.into(), d.into()])?;
         }
         let [a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13] = Pending::args(self.pending.take());
-        let args: [DatumWithOid; 26] = [
+        let base: [DatumWithOid; 26] = [
             self.customer.as_str().into(),
             self.book.balance.into(),
             self.book.od.into(),
@@ -1183,8 +1284,22 @@ impl<'a, 'c> Op<'a, 'c> {
             draw_left.map_or_else(DatumWithOid::null::<i64>, |l| l.into()),
         ];
         // Without a grant row to write, the statement without the grant update (one plan
-        // node fewer to set up).
-        crate::pg::spi::run(self.c, if last.is_some() { &FINISH } else { &FINISH_NO_GRANT }, &args)?;
+        // node fewer to set up); a held-back reservation row as one more CTE.
+        let grant = last.is_some();
+        match self.res.take() {
+            None => crate::pg::spi::run(self.c, if grant { &FINISH } else { &FINISH_NO_GRANT }, &base)?,
+            Some(r) => {
+                let s = match (&r, grant) {
+                    (ResRow::Hold { .. }, true) => &FINISH_HOLD,
+                    (ResRow::Hold { .. }, false) => &FINISH_HOLD_NO_GRANT,
+                    (ResRow::End { .. }, true) => &FINISH_END,
+                    (ResRow::End { .. }, false) => &FINISH_END_NO_GRANT,
+                };
+                let mut args: Vec<DatumWithOid> = Vec::from(base);
+                args.extend(r.args().1);
+                crate::pg::spi::run(self.c, s, &args)?
+            }
+        };
         Ok(self.c)
     }
 

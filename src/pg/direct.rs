@@ -147,8 +147,11 @@ const SLOTS: usize = 10;
 #[derive(Clone, Copy)]
 enum Resolved {
     Unknown,
-    /// The index does not suit a direct read: callers use their statement.
-    Unusable,
+    /// The index (of `table`, when there is one) does not suit a direct read: callers
+    /// use their statement.
+    Unusable {
+        table: Oid,
+    },
     /// `columns` are the index's columns `columns[i]`.
     Ready {
         table: Oid,
@@ -162,15 +165,19 @@ thread_local! {
     static WATCHING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Forgets every resolved oid when any relation's cache entry is invalidated that could
-/// be one of ours (DROP, ALTER, REINDEX, the extension made again): the next read
-/// resolves the names again.
+/// Forgets every resolved oid when the cache entry of one of our relations is
+/// invalidated (DROP, ALTER, REINDEX, an update of the extension, the extension made
+/// again), or all of them are: the next read resolves the names again.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn forget(_arg: Datum, relid: Oid) {
     RESOLVED.with(|r| {
         let mut r = r.borrow_mut();
-        let ours =
-            r.iter().any(|x| matches!(x, Resolved::Ready { table, index, .. } if relid == pg_sys::InvalidOid || relid == *table || relid == *index));
+        let ours = relid == pg_sys::InvalidOid
+            || r.iter().any(|x| match *x {
+                Resolved::Ready { table, index, .. } => relid == table || relid == index,
+                Resolved::Unusable { table } => relid == table,
+                Resolved::Unknown => false,
+            });
         if ours {
             *r = [Resolved::Unknown; SLOTS];
         }
@@ -221,7 +228,7 @@ fn resolve(ix: &Index) -> Resolved {
         if ok {
             Resolved::Ready { table, index, columns }
         } else {
-            Resolved::Unusable
+            Resolved::Unusable { table }
         }
     };
     RESOLVED.with(|r| r.borrow_mut()[ix.slot] = found);
@@ -245,6 +252,9 @@ pub fn exists(ix: &Index, values: &[Datum]) -> Option<bool> {
 
 /// `fetch`, each row found copied out (`copy`) or only noted (a zero datum).
 fn read(reads: &[(&Index, &[Datum])], copy: bool) -> Option<Vec<Option<Datum>>> {
+    // Invalidations another session sent (an index dropped and made again by an update)
+    // reach `forget` before a kept oid is used; a cheap check when there are none.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
     let mut ready = Vec::with_capacity(reads.len());
     for (ix, values) in reads {
         let Resolved::Ready { table, index, columns } = resolve(ix) else { return None };

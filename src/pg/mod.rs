@@ -4,6 +4,7 @@
 //! knows of credits, events or plans.
 mod collation_tests;
 pub mod direct;
+mod direct_tests;
 pub mod jsonb;
 mod jsonb_param_tests;
 pub mod one_row;

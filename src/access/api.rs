@@ -221,29 +221,82 @@ fn can_access_impl(customer: Option<&str>, feature: Option<&str>) -> Result<bool
     };
     let now = clock::now();
     Spi::connect_mut(|c| {
-        let t = match feature {
-            None => run_ro(c, &KEPT, &[customer.into()])?,
-            Some(f) => run_ro(c, &KEPT_FEATURE, &[customer.into(), f.into()])?,
-        };
-        if t.is_empty() {
+        let Some(r) = read_kept(c, customer, feature)? else {
             return Ok(false); // unknown: no_plan
-        }
-        let r = t.first();
-        let frozen = r.get::<bool>(1)?.unwrap_or(false);
-        let k = Kept {
-            counts_until: r.get::<TimestampWithTimeZone>(5)?.map_or(NEVER, micros),
-            allowed_until: r.get::<TimestampWithTimeZone>(6)?.map_or(NEVER, micros),
         };
-        let next_event = r.get::<TimestampWithTimeZone>(3)?.map_or(i64::MAX, micros);
-        let slots = r.get::<i32>(4)?.unwrap_or(1);
-        if !frozen && now >= k.counts_until && (now >= next_event || slots > 1) {
+        if !r.frozen && now >= r.kept.counts_until && (now >= r.next_event || r.slots > 1) {
             // The answer is the credits', and the row's balance is not all of them (an
             // expiry is due, or the customer is slotted): the full read computes them.
             return Ok(decide(&read_inputs(c, customer, now, Reader::Allowed)?.0.customer, feature, now).allowed());
         }
-        let feature_ok = feature.is_none() || r.get::<bool>(7)?.unwrap_or(false);
-        Ok(kept_allowed(true, frozen, k, feature_ok, r.get::<i64>(2)?.unwrap_or(0), now))
+        Ok(kept_allowed(true, r.frozen, r.kept, r.feature_ok, r.balance, now))
     })
+}
+
+/// What `can_access` reads: the customer's row (the kept answer and the credits), and
+/// whether the kept plan has the feature asked for (true when none is).
+struct KeptRow {
+    frozen: bool,
+    balance: i64,
+    next_event: i64,
+    slots: i32,
+    kept: Kept,
+    feature_ok: bool,
+}
+
+/// The customer's and the kept plan's rows by their indexes (`direct`, read-only: the
+/// calling statement's snapshot, as KEPT's), else KEPT or KEPT_FEATURE. None: no such
+/// customer.
+fn read_kept(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>) -> Result<Option<KeptRow>> {
+    use crate::pg::{direct, whole_row};
+    static ROW: Fields = Fields(&["frozen", "balance", "next_event_at", "slots", "sub_counts_until", "sub_allowed_until", "sub_plan"]);
+    static FEATURES: Fields = Fields(&["features"]);
+    if direct::usable() {
+        if let Some(rows) = direct::fetch_ro(&[(&direct::CUSTOMER, &[direct::text(customer)])]) {
+            let Some(r) = whole_row::read_datum(rows[0], &ROW)? else { return Ok(None) };
+            let feature_ok = match (feature, r.get::<String>(6)?) {
+                (None, _) => Some(true),
+                (Some(_), None) => Some(false),
+                (Some(f), Some(plan)) => match direct::fetch_ro(&[(&direct::PLAN, &[direct::text(&plan)])]) {
+                    Some(p) => Some(match whole_row::read_datum(p[0], &FEATURES)? {
+                        Some(p) => p.get::<Vec<Option<String>>>(0)?.unwrap_or_default().iter().any(|x| x.as_deref() == Some(f)),
+                        None => false,
+                    }),
+                    None => None,
+                },
+            };
+            if let Some(feature_ok) = feature_ok {
+                let ts = |i| -> Result<Option<i64>> { Ok(r.get::<TimestampWithTimeZone>(i)?.map(micros)) };
+                return Ok(Some(KeptRow {
+                    frozen: r.get::<bool>(0)?.unwrap_or(false),
+                    balance: r.get::<i64>(1)?.unwrap_or(0),
+                    next_event: ts(2)?.unwrap_or(i64::MAX),
+                    slots: r.get::<i32>(3)?.unwrap_or(1),
+                    kept: Kept { counts_until: ts(4)?.unwrap_or(NEVER), allowed_until: ts(5)?.unwrap_or(NEVER) },
+                    feature_ok,
+                }));
+            }
+        }
+    }
+    let t = match feature {
+        None => run_ro(c, &KEPT, &[customer.into()])?,
+        Some(f) => run_ro(c, &KEPT_FEATURE, &[customer.into(), f.into()])?,
+    };
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let r = t.first();
+    Ok(Some(KeptRow {
+        frozen: r.get::<bool>(1)?.unwrap_or(false),
+        balance: r.get::<i64>(2)?.unwrap_or(0),
+        next_event: r.get::<TimestampWithTimeZone>(3)?.map_or(i64::MAX, micros),
+        slots: r.get::<i32>(4)?.unwrap_or(1),
+        kept: Kept {
+            counts_until: r.get::<TimestampWithTimeZone>(5)?.map_or(NEVER, micros),
+            allowed_until: r.get::<TimestampWithTimeZone>(6)?.map_or(NEVER, micros),
+        },
+        feature_ok: feature.is_none() || r.get::<bool>(7)?.unwrap_or(false),
+    }))
 }
 
 // ---- the access answer kept on the customer's row (decide.rs, `Kept`) ----

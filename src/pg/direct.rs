@@ -142,7 +142,9 @@ pub static EVENT: Index =
 /// `billing.customers` by account number (not unique: see `customers_num`).
 pub static CUSTOMER_NUM: Index =
     Index { slot: 9, table: c"customers", index: c"customers_num", columns: &[(c"num", Int8Eq)], last: false, unique: false };
-const SLOTS: usize = 10;
+/// `billing.plans` by its primary key: (plan).
+pub static PLAN: Index = Index { slot: 10, table: c"plans", index: c"plans_pkey", columns: &[(c"plan", TextEq)], last: false, unique: true };
+const SLOTS: usize = 11;
 
 #[derive(Clone, Copy)]
 enum Resolved {
@@ -241,17 +243,28 @@ fn resolve(ix: &Index) -> Resolved {
 /// as a mutating statement would see them now. None when some index cannot be read so:
 /// the caller runs its statement.
 pub fn fetch(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
-    read(reads, true)
+    read(reads, true, false)
+}
+
+/// `fetch` as a read-only statement reads (`spi::run_ro`): under the calling statement's
+/// snapshot, what a `STABLE` function sees (can_access in a policy). Usable on a standby
+/// and in a parallel worker.
+pub fn fetch_ro(reads: &[(&Index, &[Datum])]) -> Option<Vec<Option<Datum>>> {
+    read(reads, true, true)
 }
 
 /// Whether the row `fetch` would read exists, without copying it (nor its TOASTed
 /// values). None when the index cannot be read so.
 pub fn exists(ix: &Index, values: &[Datum]) -> Option<bool> {
-    read(&[(ix, values)], false).map(|rows| rows[0].is_some())
+    read(&[(ix, values)], false, false).map(|rows| rows[0].is_some())
 }
 
-/// `fetch`, each row found copied out (`copy`) or only noted (a zero datum).
-fn read(reads: &[(&Index, &[Datum])], copy: bool) -> Option<Vec<Option<Datum>>> {
+/// `fetch`, each row found copied out (`copy`) or only noted (a zero datum); read-only
+/// (`ro`) under the active snapshot, else under a new one as a mutating statement.
+fn read(reads: &[(&Index, &[Datum])], copy: bool, ro: bool) -> Option<Vec<Option<Datum>>> {
+    if ro && !unsafe { pg_sys::ActiveSnapshotSet() } {
+        return None;
+    }
     // Invalidations another session sent (an index dropped and made again by an update)
     // reach `forget` before a kept oid is used; a cheap check when there are none.
     unsafe { pg_sys::AcceptInvalidationMessages() };
@@ -277,8 +290,10 @@ fn read(reads: &[(&Index, &[Datum])], copy: bool) -> Option<Vec<Option<Datum>>> 
     // aborts the (sub)transaction, which pops the snapshot and releases the rest.
     unsafe {
         // As a mutating SPI statement: what this transaction wrote so far is visible.
-        pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        if !ro {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
         let snapshot = pg_sys::GetActiveSnapshot();
         let mut rows = Vec::with_capacity(reads.len());
         for ((ix, values), (table, index, columns)) in reads.iter().zip(ready) {
@@ -323,7 +338,9 @@ fn read(reads: &[(&Index, &[Datum])], copy: bool) -> Option<Vec<Option<Datum>>> 
             pg_sys::index_close(o.irel, pg_sys::NoLock as pg_sys::LOCKMODE);
             pg_sys::table_close(o.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
-        pg_sys::PopActiveSnapshot();
+        if !ro {
+            pg_sys::PopActiveSnapshot();
+        }
         Some(rows)
     }
 }

@@ -167,31 +167,18 @@ macro_rules! sql_entry {
         $crate::sql_entry!($finfo, $entry, $wrapper, jsonb = []);
     };
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*]) => {
-        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], false);
+        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], "plain");
     };
     // A function that answers one row, as one composite value (OUT parameters,
     // `RETURNS record`): `finish` returns the row `one_row::answer` left. See `one_row`.
     ($finfo:ident, $entry:ident, $wrapper:path, jsonb = [$($j:expr),*], one_row) => {
-        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], true);
+        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [$($j),*], "one_row");
     };
     // A set-returning function, its rows handed back all at once. See `set_rows`.
     ($finfo:ident, $entry:ident, $wrapper:path, set_rows) => {
-        #[no_mangle]
-        #[doc(hidden)]
-        pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
-            const V1: ::pgrx::pg_sys::Pg_finfo_record = ::pgrx::pg_sys::Pg_finfo_record { api_version: 1 };
-            &V1
-        }
-        #[no_mangle]
-        #[doc(hidden)]
-        pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
-            $crate::error::clear_pending();
-            let d = $wrapper(fcinfo);
-            $crate::error::raise_pending();
-            $crate::pg::set_rows::drain(fcinfo, d, $wrapper)
-        }
+        $crate::sql_entry!(@entry $finfo, $entry, $wrapper, [], "set_rows");
     };
-    (@entry $finfo:ident, $entry:ident, $wrapper:path, [$($j:expr),*], $one_row:literal) => {
+    (@entry $finfo:ident, $entry:ident, $wrapper:path, [$($j:expr),*], $mode:literal) => {
         #[no_mangle]
         #[doc(hidden)]
         pub extern "C" fn $finfo() -> &'static ::pgrx::pg_sys::Pg_finfo_record {
@@ -202,17 +189,17 @@ macro_rules! sql_entry {
         #[doc(hidden)]
         pub unsafe extern "C-unwind" fn $entry(fcinfo: ::pgrx::pg_sys::FunctionCallInfo) -> ::pgrx::pg_sys::Datum {
             $crate::error::clear_pending();
-            if $one_row {
+            if $mode == "one_row" {
                 $crate::pg::one_row::clear();
             }
             $crate::error::check_jsonb_args(fcinfo, &[$($j),*]);
             $crate::error::raise_pending();
             let d = $wrapper(fcinfo);
             $crate::error::raise_pending();
-            if $one_row {
-                $crate::pg::one_row::finish(fcinfo)
-            } else {
-                d
+            match $mode {
+                "one_row" => $crate::pg::one_row::finish(fcinfo),
+                "set_rows" => $crate::pg::set_rows::drain(fcinfo, d, $wrapper),
+                _ => d,
             }
         }
     };

@@ -406,8 +406,7 @@ pub fn allowed_plan(c: &mut SpiClient<'_>, customer: &str, feature: Option<&str>
 /// only when the row cannot tell (credits decide, and an expiry is due or the customer is
 /// slotted) or when the answer is no, for the exact refusal.
 pub fn admitted_plan(c: &mut SpiClient<'_>, customer: &str, now: i64, row: pg_sys::Datum) -> Result<Option<String>> {
-    let row = crate::pg::whole_row::read_datum(Some(row), &CUSTOMER)?
-        .ok_or_else(|| BillingError::new(crate::error::INTERNAL, "billing: internal error: no customer row"))?;
+    let row = crate::pg::whole_row::read_value(row, &CUSTOMER)?;
     let frozen = row.get::<bool>(0)?.unwrap_or(false);
     let next_event = ts_of(&row, 2)?.unwrap_or(i64::MAX);
     let slots = row.get::<i32>(3)?.unwrap_or(1);

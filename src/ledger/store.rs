@@ -345,8 +345,6 @@ pub struct Keyed {
     pub ref_entry: Option<pgrx::Uuid>,
 }
 
-/// The journal entry read whole in column `ordinal` (`KEYED`), if there is one: NULL, or
-/// the null-extended side of a LEFT JOIN, is none.
 /// `Op::open_as` of an account that is not a slot: its row (and the entry under the key)
 /// read by their indexes (`direct`) instead of the lookup statement. None when the
 /// indexes cannot be read so: the caller runs its statement.
@@ -372,6 +370,8 @@ fn open_direct(c: &mut SpiClient<'_>, customer: &str, create: bool, spend_key: O
     Ok(Some(Some((Opened::from_row(row)?, keyed))))
 }
 
+/// The journal entry read whole in column `ordinal` (`KEYED`), if there is one: NULL, or
+/// the null-extended side of a LEFT JOIN, is none.
 fn keyed_whole(t: &pgrx::spi::SpiTupleTable<'_>, ordinal: usize) -> Result<Option<Keyed>> {
     keyed_row(crate::pg::whole_row::read_opt(t, ordinal, &KEYED)?)
 }
@@ -512,11 +512,10 @@ static SPEND_LOOKUP_MANY: Stmt = Stmt {
 };
 
 /// What `Op::lock_for_spend` reads, for a batch's first spend on each of its accounts, in
-/// one statement (or by the indexes, `direct`, under one snapshot): the account's row and the entry under the key, by position in `pairs`
-/// (None: no such account). The caller holds the accounts' locks (`lock_many`), so what
+/// one statement (or by the indexes, `direct`, under one snapshot): the account's row and
+/// the entry under the key, by position in `pairs` (None: no such account). The caller holds the accounts' locks (`lock_many`), so what
 /// it read stays true until it writes to the account (`Op::open_prefetched`).
 pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<Vec<Option<Prefetched>>> {
-    let (accounts, keys): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
     let mut out: Vec<Option<Prefetched>> = (0..pairs.len()).map(|_| None).collect();
     if crate::cluster::citus() {
         // The accounts are on many shards, which Citus cannot join to an array in one
@@ -536,6 +535,7 @@ pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<V
             return Ok(out);
         }
     }
+    let (accounts, keys): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
     let mut t = crate::pg::spi::run(c, &SPEND_LOOKUP_MANY, &[accounts.into(), keys.into()])?;
     while t.next().is_some() {
         let ord = t.get::<i64>(1)?.unwrap_or(0) as usize;
@@ -550,8 +550,7 @@ pub fn prefetch_spend(c: &mut SpiClient<'_>, pairs: &[(&str, &str)]) -> Result<V
 /// under the account's lock (its customer row and the entry under the key, each a
 /// composite value), for `debit_item`.
 pub fn prefetched(row: pg_sys::Datum, keyed: Option<pg_sys::Datum>) -> Result<Prefetched> {
-    let row = crate::pg::whole_row::read_datum(Some(row), &CUSTOMER)?
-        .ok_or_else(|| BillingError::new(crate::error::INTERNAL, "billing: internal error: no customer row"))?;
+    let row = crate::pg::whole_row::read_value(row, &CUSTOMER)?;
     Ok((Opened::from_row(row)?, keyed_row(crate::pg::whole_row::read_datum(keyed, &KEYED)?)?))
 }
 
@@ -1046,16 +1045,16 @@ impl<'a, 'c> Op<'a, 'c> {
         self.seq + 1
     }
 
-    /// The id of this account's entry `seq`: located (see `entry_id`), so finding it by id
-    /// needs no index; a random one if the number or seq outgrew the layout.
     /// The id of a hold this account is about to make: located as entry ids are
     /// (`entry_id`), by the seq after the account's last entry. The hold's own entry
     /// takes that seq or a later one in the same call, so no later hold of the account
     /// gets it again (a call that made no hold left nothing with its id).
     pub fn hold_id(&self) -> Id {
-        self.entry_id_at(self.seq + 1)
+        self.entry_id_at(self.next_seq())
     }
 
+    /// The id of this account's entry `seq`: located (see `entry_id`), so finding it by id
+    /// needs no index; a random one if the number or seq outgrew the layout.
     pub fn entry_id_at(&self, seq: i64) -> Id {
         // The random bits only keep ids of two databases apart: (num, seq) is unique.
         let mut r = [0u8; 5];

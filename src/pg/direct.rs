@@ -1,5 +1,6 @@
-//! A row read by a unique index without the executor: the account and the entry under an
-//! idempotency key, which every spending call reads once it holds the customer's lock.
+//! Rows read by an index without the executor: what the spending calls read once they
+//! hold the customer's lock (the account, the entry under an idempotency key, a usage's
+//! rows, a hold), and `can_access`'s row, read-only.
 //!
 //! Why: a kept SPI plan still builds its executor state at every run (a tuple
 //! descriptor and a projection per node, a scan per table, a join), about 75,000
@@ -30,6 +31,18 @@ pub struct Index {
     /// Whether the index is unique. A read by one that is not takes the first row it
     /// finds, as `LIMIT 1` would.
     unique: bool,
+}
+
+impl Index {
+    /// A unique index read for the one row that matches.
+    const fn unique(
+        slot: usize,
+        table: &'static std::ffi::CStr,
+        index: &'static std::ffi::CStr,
+        columns: &'static [(&'static std::ffi::CStr, Match)],
+    ) -> Index {
+        Index { slot, table, index, columns, last: false, unique: true }
+    }
 }
 
 /// How a column is matched (the btree opclass's operator).
@@ -76,74 +89,30 @@ pub fn uuid(u: pgrx::Uuid) -> Datum {
 
 use Match::{Int8Eq, TextEq, TimeLe, UuidEq};
 /// `billing.customers` by its primary key: (customer).
-pub static CUSTOMER: Index =
-    Index { slot: 0, table: c"customers", index: c"customers_pkey", columns: &[(c"customer", TextEq)], last: false, unique: true };
+pub static CUSTOMER: Index = Index::unique(0, c"customers", c"customers_pkey", &[(c"customer", TextEq)]);
 /// `billing.journal` by (customer, idempotency_key).
-pub static JOURNAL_KEY: Index = Index {
-    slot: 1,
-    table: c"journal",
-    index: c"journal_idempotency_key",
-    columns: &[(c"customer", TextEq), (c"idempotency_key", TextEq)],
-    last: false,
-    unique: true,
-};
+pub static JOURNAL_KEY: Index = Index::unique(1, c"journal", c"journal_idempotency_key", &[(c"customer", TextEq), (c"idempotency_key", TextEq)]);
 /// `billing.usage_events` by (customer, idempotency_key).
-pub static USAGE_KEY: Index = Index {
-    slot: 2,
-    table: c"usage_events",
-    index: c"usage_events_pkey",
-    columns: &[(c"customer", TextEq), (c"idempotency_key", TextEq)],
-    last: false,
-    unique: true,
-};
+pub static USAGE_KEY: Index = Index::unique(2, c"usage_events", c"usage_events_pkey", &[(c"customer", TextEq), (c"idempotency_key", TextEq)]);
 /// `billing.usage_carry` by (customer, meter).
-pub static CARRY: Index = Index {
-    slot: 3,
-    table: c"usage_carry",
-    index: c"usage_carry_pkey",
-    columns: &[(c"customer", TextEq), (c"meter", TextEq)],
-    last: false,
-    unique: true,
-};
+pub static CARRY: Index = Index::unique(3, c"usage_carry", c"usage_carry_pkey", &[(c"customer", TextEq), (c"meter", TextEq)]);
 /// `billing.meter_prices`: a meter's price in force at a time, the last one from before it.
-pub static PRICE_AT: Index = Index {
-    slot: 4,
-    table: c"meter_prices",
-    index: c"meter_prices_pkey",
-    columns: &[(c"meter", TextEq), (c"effective_from", TimeLe)],
-    last: true,
-    unique: true,
-};
+pub static PRICE_AT: Index =
+    Index { last: true, ..Index::unique(4, c"meter_prices", c"meter_prices_pkey", &[(c"meter", TextEq), (c"effective_from", TimeLe)]) };
 /// `billing.reservations` by id alone, for ids that are not located (see `Op::hold_id`;
 /// not unique: on Citus a unique index must lead with the customer).
-pub static RESERVATION_ID: Index =
-    Index { slot: 5, table: c"reservations", index: c"reservations_id", columns: &[(c"id", UuidEq)], last: false, unique: false };
+pub static RESERVATION_ID: Index = Index { unique: false, ..Index::unique(5, c"reservations", c"reservations_id", &[(c"id", UuidEq)]) };
 /// `billing.reservations` by its primary key: (customer, id).
-pub static RESERVATION: Index = Index {
-    slot: 6,
-    table: c"reservations",
-    index: c"reservations_pkey",
-    columns: &[(c"customer", TextEq), (c"id", UuidEq)],
-    last: false,
-    unique: true,
-};
+pub static RESERVATION: Index = Index::unique(6, c"reservations", c"reservations_pkey", &[(c"customer", TextEq), (c"id", UuidEq)]);
 /// `billing.provider_customers` by its primary key: (provider, provider_customer).
-pub static PROVIDER_CUSTOMER: Index = Index {
-    slot: 7,
-    table: c"provider_customers",
-    index: c"provider_customers_pkey",
-    columns: &[(c"provider", TextEq), (c"provider_customer", TextEq)],
-    last: false,
-    unique: true,
-};
+pub static PROVIDER_CUSTOMER: Index =
+    Index::unique(7, c"provider_customers", c"provider_customers_pkey", &[(c"provider", TextEq), (c"provider_customer", TextEq)]);
 /// `billing.events` by its primary key: (provider, event_id).
-pub static EVENT: Index =
-    Index { slot: 8, table: c"events", index: c"events_pkey", columns: &[(c"provider", TextEq), (c"event_id", TextEq)], last: false, unique: true };
+pub static EVENT: Index = Index::unique(8, c"events", c"events_pkey", &[(c"provider", TextEq), (c"event_id", TextEq)]);
 /// `billing.customers` by account number (not unique: see `customers_num`).
-pub static CUSTOMER_NUM: Index =
-    Index { slot: 9, table: c"customers", index: c"customers_num", columns: &[(c"num", Int8Eq)], last: false, unique: false };
+pub static CUSTOMER_NUM: Index = Index { unique: false, ..Index::unique(9, c"customers", c"customers_num", &[(c"num", Int8Eq)]) };
 /// `billing.plans` by its primary key: (plan).
-pub static PLAN: Index = Index { slot: 10, table: c"plans", index: c"plans_pkey", columns: &[(c"plan", TextEq)], last: false, unique: true };
+pub static PLAN: Index = Index::unique(10, c"plans", c"plans_pkey", &[(c"plan", TextEq)]);
 const SLOTS: usize = 11;
 
 #[derive(Clone, Copy)]
@@ -217,7 +186,7 @@ fn resolve(ix: &Index) -> Resolved {
             // Each matched column is a key column of this valid index of the table (a
             // unique one where the read counts on it), text compared as scan keys
             // compare it (the "C" collation).
-            ok = (*form).indisunique >= ix.unique && (*form).indisvalid && (*form).indrelid == table;
+            ok = (!ix.unique || (*form).indisunique) && (*form).indisvalid && (*form).indrelid == table;
             for (i, (name, m)) in ix.columns.iter().enumerate() {
                 let attno = pg_sys::get_attnum(table, name.as_ptr());
                 match keys.iter().position(|k| *k == attno) {
@@ -342,5 +311,22 @@ fn read(reads: &[(&Index, &[Datum])], copy: bool, ro: bool) -> Option<Vec<Option
             pg_sys::PopActiveSnapshot();
         }
         Some(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every index, at its slot (the slot keys this backend's resolved oids).
+    static ALL: [&Index; SLOTS] =
+        [&CUSTOMER, &JOURNAL_KEY, &USAGE_KEY, &CARRY, &PRICE_AT, &RESERVATION_ID, &RESERVATION, &PROVIDER_CUSTOMER, &EVENT, &CUSTOMER_NUM, &PLAN];
+
+    #[test]
+    fn each_index_has_its_own_slot() {
+        for (i, ix) in ALL.iter().enumerate() {
+            assert_eq!(ix.slot, i, "{:?}", ix.index);
+            assert!(ix.columns.len() <= 2, "{:?}: at most two columns", ix.index);
+        }
     }
 }

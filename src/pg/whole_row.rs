@@ -33,8 +33,8 @@ thread_local! {
     static LAYOUTS: RefCell<HashMap<(usize, u64), Layout>> = RefCell::new(HashMap::new());
 }
 
-/// One row taken apart. Its values point into the SPI tuple table it came from and are
-/// copied out by `get`.
+/// One row taken apart. Its values point into the composite value it came from (in an
+/// SPI tuple table, or copied out by `direct`) and are copied out by `get`.
 pub struct Row {
     values: Vec<Datum>,
     nulls: Vec<bool>,
@@ -69,6 +69,11 @@ pub fn read(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> R
 /// statements read its own tables).
 pub fn read_opt(t: &SpiTupleTable<'_>, ordinal: usize, fields: &'static Fields) -> Result<Option<Row>> {
     read_datum(t.get_datum_by_ordinal(ordinal)?, fields)
+}
+
+/// `read` of a composite value in hand (a row `direct` read, a column of a row kept).
+pub fn read_value(d: Datum, fields: &'static Fields) -> Result<Row> {
+    read_datum(Some(d), fields)?.ok_or_else(|| BillingError::new(INTERNAL, "billing: internal error: a row read as NULL"))
 }
 
 /// `read_opt` of a composite value in hand (a row `direct` read), None if there is none.

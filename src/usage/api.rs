@@ -99,12 +99,13 @@ fn read_usage(c: &mut SpiClient<'_>, customer: &str, key: &str, meter: &str, occ
     }
     // (pgrx keeps a statement's rows, which the values point into, until the connection ends.)
     let r = t.first();
-    Ok(r.get_datum_by_ordinal(1)?.map(|customer| UsageRead {
+    let Some(customer) = r.get_datum_by_ordinal(1)? else { return Ok(None) };
+    Ok(Some(UsageRead {
         customer,
-        usage: r.get_datum_by_ordinal(2).ok().flatten(),
-        price: r.get_datum_by_ordinal(3).ok().flatten(),
-        carry: r.get_datum_by_ordinal(4).ok().flatten(),
-        keyed: r.get_datum_by_ordinal(5).ok().flatten(),
+        usage: r.get_datum_by_ordinal(2)?,
+        price: r.get_datum_by_ordinal(3)?,
+        carry: r.get_datum_by_ordinal(4)?,
+        keyed: r.get_datum_by_ordinal(5)?,
     }))
 }
 

@@ -249,9 +249,10 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 // (`webhook::ingest::after_apply`), which brings the access answer kept on the customer's
 // row (`can_access` reads it alone) up to its subscriptions.
 
-/// The plans of some prices: `(price, plan, period_credits)`.
-static PLANS_OF: Stmt =
-    Stmt { sql: "SELECT provider_price, plan, period_credits FROM billing.plans WHERE provider_price = ANY($1)", args: &[TEXTARRAYOID] };
+/// The plan of a price: `(plan, period_credits)`. One price a statement: with an array
+/// (`= ANY($1)`) the generic plan's estimate of ten elements costs more than a custom
+/// plan for one, so the plan cache planned the statement again at every event.
+static PLAN_OF: Stmt = Stmt { sql: "SELECT plan, period_credits FROM billing.plans WHERE provider_price = $1", args: &[TEXTOID] };
 static SUB: Stmt =
     Stmt { sql: "SELECT customer, plan FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2", args: &[TEXTOID, TEXTOID] };
 static ADVANCE: Stmt = Stmt {
@@ -364,12 +365,11 @@ impl Plans {
         let mut prices: Vec<String> = prices.into_iter().map(str::to_string).collect();
         prices.sort();
         prices.dedup();
-        if prices.is_empty() {
-            return Ok(Plans(vec![]));
-        }
         let mut out = vec![];
-        for r in run(c, &PLANS_OF, &[prices.into()])? {
-            out.push((r.get::<String>(1)?.unwrap_or_default(), r.get::<String>(2)?.unwrap_or_default(), r.get::<i64>(3)?.unwrap_or(0)));
+        for price in prices {
+            if let Some(r) = run(c, &PLAN_OF, &[price.as_str().into()])?.into_iter().next() {
+                out.push((price, r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0)));
+            }
         }
         Ok(Plans(out))
     }

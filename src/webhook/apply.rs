@@ -367,7 +367,7 @@ impl Plans {
         prices.dedup();
         let mut out = vec![];
         for price in prices {
-            if let Some(r) = run(c, &PLAN_OF, &[price.as_str().into()])?.into_iter().next() {
+            if let Some(r) = run(c, &PLAN_OF, &[price.as_str().into()])?.next() {
                 out.push((price, r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0)));
             }
         }

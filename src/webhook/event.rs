@@ -141,7 +141,7 @@ impl<'de> serde::de::Visitor<'de> for SparseVisitor {
                     out.insert(k.to_string(), v);
                 }
                 Key::Other => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
                 Key::Number => {
                     let n: String = map.next_value()?;
@@ -150,6 +150,58 @@ impl<'de> serde::de::Visitor<'de> for SparseVisitor {
             }
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// A value read and dropped. Not serde's `IgnoredAny`: serde_json skips that without
+/// recursing, so without its nesting limit, and a body nested deeper than 128 levels
+/// must be refused wherever the depth lies, as the whole `Value` refused it.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
+        d.deserialize_any(SkipVisitor)
+    }
+}
+
+struct SkipVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SkipVisitor {
+    type Value = Skip;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_none<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+    /// A map: also a number, under `arbitrary_precision` (`Key::Number`).
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key_seed(KeyVisitor)?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
     }
 }
 

@@ -16,7 +16,7 @@ pub struct Event {
 /// Parses a Stripe event body: a JSON object with a string `id`, a string `type` and an
 /// integer `created`. serde_json refuses nesting deeper than 128 levels.
 pub fn parse(body: &str) -> Result<Event, String> {
-    let Sparse(mut v) = serde_json::from_str(body).map_err(|e| format!("body is not JSON: {e}"))?;
+    let mut v = super::sparse::from_str(body, READ).map_err(|e| format!("body is not JSON: {e}"))?;
     let o = v.as_object_mut().ok_or("body is not a JSON object")?;
     let text = |k: &str| o.get(k).and_then(Value::as_str).filter(|s| !s.is_empty() && s.len() <= 255).map(str::to_string);
     let id = text("id").ok_or("event has no \"id\"")?;
@@ -33,12 +33,12 @@ pub fn parse(body: &str) -> Result<Event, String> {
     Ok(Event { id, kind, created, api_version, object })
 }
 
-/// Every member name a reader of an event looks at, at any depth. `parse` keeps only
-/// these: a snapshot is mostly fields no rule reads (a checkout session's ~3 KB has
-/// over a hundred members), and a member kept is an allocation for its name, its value
-/// and its place in a map, made and freed at every delivery. The others are still read
-/// and checked as JSON, just not kept. A name missing here reads as absent: the test
-/// `the_kept_members_are_all_the_readers_read` compares every reader on every vector.
+/// Every member name a reader of an event looks at, at any depth; `parse` keeps only
+/// these (`sparse`). A snapshot is mostly members no rule reads: of the bench's
+/// deliveries, a checkout event keeps 21 of its 71 members, a subscription event 34 of
+/// 80. A name missing here reads as absent:
+/// the test `the_kept_members_are_all_the_readers_read` compares every reader on kept and
+/// whole snapshots of every Stripe vector.
 const READ: &[&str] = &[
     "amount",
     "amount_received",
@@ -84,162 +84,6 @@ const READ: &[&str] = &[
     "trial_end",
     "type",
 ];
-
-/// A JSON value with only the members in `READ`, as a `serde_json::Value`.
-struct Sparse(Value);
-
-impl<'de> serde::Deserialize<'de> for Sparse {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Sparse, D::Error> {
-        d.deserialize_any(SparseVisitor).map(Sparse)
-    }
-}
-
-struct SparseVisitor;
-
-impl<'de> serde::de::Visitor<'de> for SparseVisitor {
-    type Value = Value;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
-    }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Sparse(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Value::Array(out))
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key_seed(KeyVisitor)? {
-            match key {
-                Key::Read(k) => {
-                    let Sparse(v) = map.next_value()?;
-                    out.insert(k.to_string(), v);
-                }
-                Key::Other => {
-                    map.next_value::<Skip>()?;
-                }
-                Key::Number => {
-                    let n: String = map.next_value()?;
-                    return n.parse::<serde_json::Number>().map(Value::Number).map_err(serde::de::Error::custom);
-                }
-            }
-        }
-        Ok(Value::Object(out))
-    }
-}
-
-/// A value read and dropped. Not serde's `IgnoredAny`: serde_json skips that without
-/// recursing, so without its nesting limit, and a body nested deeper than 128 levels
-/// must be refused wherever the depth lies, as the whole `Value` refused it.
-struct Skip;
-
-impl<'de> serde::Deserialize<'de> for Skip {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Skip, D::Error> {
-        d.deserialize_any(SkipVisitor)
-    }
-}
-
-struct SkipVisitor;
-
-impl<'de> serde::de::Visitor<'de> for SkipVisitor {
-    type Value = Skip;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_unit<E>(self) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_none<E>(self) -> Result<Skip, E> {
-        Ok(Skip)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
-        while seq.next_element::<Skip>()?.is_some() {}
-        Ok(Skip)
-    }
-    /// A map: also a number, under `arbitrary_precision` (`Key::Number`).
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
-        while map.next_key_seed(KeyVisitor)?.is_some() {
-            map.next_value::<Skip>()?;
-        }
-        Ok(Skip)
-    }
-}
-
-/// What a member's name is, compared where it lies in the body, not copied.
-enum Key {
-    /// The entry of `READ` it is.
-    Read(&'static str),
-    Other,
-    /// Not a member: how serde_json hands over a number with `arbitrary_precision` (the
-    /// feature the jsonb arguments need), a map of one entry under this name, the
-    /// number's text its value.
-    Number,
-}
-
-const NUMBER_TOKEN: &str = "$serde_json::private::Number";
-
-struct KeyVisitor;
-
-impl<'de> serde::de::DeserializeSeed<'de> for KeyVisitor {
-    type Value = Key;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for KeyVisitor {
-    type Value = Key;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a member name")
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
-        Ok(match READ.iter().copied().find(|k| *k == v) {
-            Some(k) => Key::Read(k),
-            None if v == NUMBER_TOKEN => Key::Number,
-            None => Key::Other,
-        })
-    }
-}
 
 pub fn s<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
     let mut x = v;

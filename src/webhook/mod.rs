@@ -9,4 +9,5 @@ pub mod secret;
 #[cfg(any(test, feature = "pg_test"))]
 mod secret_tests;
 pub mod signature;
+pub mod sparse;
 mod tests;

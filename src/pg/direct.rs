@@ -113,7 +113,9 @@ pub static EVENT: Index = Index::unique(8, c"events", c"events_pkey", &[(c"provi
 pub static CUSTOMER_NUM: Index = Index { unique: false, ..Index::unique(9, c"customers", c"customers_num", &[(c"num", Int8Eq)]) };
 /// `billing.plans` by its primary key: (plan).
 pub static PLAN: Index = Index::unique(10, c"plans", c"plans_pkey", &[(c"plan", TextEq)]);
-const SLOTS: usize = 11;
+/// `billing.plans` by its provider price (unique).
+pub static PLAN_PRICE: Index = Index::unique(11, c"plans", c"plans_provider_price_key", &[(c"provider_price", TextEq)]);
+const SLOTS: usize = 12;
 
 #[derive(Clone, Copy)]
 enum Resolved {
@@ -319,8 +321,20 @@ mod tests {
     use super::*;
 
     /// Every index, at its slot (the slot keys this backend's resolved oids).
-    static ALL: [&Index; SLOTS] =
-        [&CUSTOMER, &JOURNAL_KEY, &USAGE_KEY, &CARRY, &PRICE_AT, &RESERVATION_ID, &RESERVATION, &PROVIDER_CUSTOMER, &EVENT, &CUSTOMER_NUM, &PLAN];
+    static ALL: [&Index; SLOTS] = [
+        &CUSTOMER,
+        &JOURNAL_KEY,
+        &USAGE_KEY,
+        &CARRY,
+        &PRICE_AT,
+        &RESERVATION_ID,
+        &RESERVATION,
+        &PROVIDER_CUSTOMER,
+        &EVENT,
+        &CUSTOMER_NUM,
+        &PLAN,
+        &PLAN_PRICE,
+    ];
 
     #[test]
     fn each_index_has_its_own_slot() {

@@ -357,6 +357,24 @@ fn written(t: pgrx::spi::SpiTupleTable<'_>) -> Result<(Option<String>, Option<St
     Ok((r.get::<String>(1)?, r.get::<String>(2)?))
 }
 
+/// The plan of a price and its period credits: by the price's index (`direct`) where it
+/// can be read so, else by PLAN_OF.
+fn plan_of(c: &mut SpiClient<'_>, price: &str) -> Result<Option<(String, i64)>> {
+    static PLAN: Fields = Fields(&["plan", "period_credits"]);
+    if direct::usable() {
+        if let Some(rows) = direct::fetch(&[(&direct::PLAN_PRICE, &[direct::text(price)])]) {
+            return match whole_row::read_datum(rows[0], &PLAN)? {
+                Some(r) => Ok(Some((r.get::<String>(0)?.unwrap_or_default(), r.get::<i64>(1)?.unwrap_or(0)))),
+                None => Ok(None),
+            };
+        }
+    }
+    Ok(match run(c, &PLAN_OF, &[price.into()])?.next() {
+        Some(r) => Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))),
+        None => None,
+    })
+}
+
 /// The plans of an object's prices.
 struct Plans(Vec<(String, String, i64)>);
 
@@ -367,8 +385,8 @@ impl Plans {
         prices.dedup();
         let mut out = vec![];
         for price in prices {
-            if let Some(r) = run(c, &PLAN_OF, &[price.as_str().into()])?.next() {
-                out.push((price, r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0)));
+            if let Some((plan, credits)) = plan_of(c, &price)? {
+                out.push((price, plan, credits));
             }
         }
         Ok(Plans(out))

@@ -359,7 +359,7 @@ fn written(t: pgrx::spi::SpiTupleTable<'_>) -> Result<(Option<String>, Option<St
 
 /// The plan of a price and its period credits: by the price's index (`direct`) where it
 /// can be read so, else by PLAN_OF.
-fn plan_of(c: &mut SpiClient<'_>, price: &str) -> Result<Option<(String, i64)>> {
+pub(crate) fn plan_of(c: &mut SpiClient<'_>, price: &str) -> Result<Option<(String, i64)>> {
     static PLAN: Fields = Fields(&["plan", "period_credits"]);
     if direct::usable() {
         if let Some(rows) = direct::fetch(&[(&direct::PLAN_PRICE, &[direct::text(price)])]) {

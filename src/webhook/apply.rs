@@ -359,16 +359,28 @@ fn written(t: pgrx::spi::SpiTupleTable<'_>) -> Result<(Option<String>, Option<St
 
 /// The plan of a price and its period credits: by the price's index (`direct`) where it
 /// can be read so, else by PLAN_OF.
-pub(crate) fn plan_of(c: &mut SpiClient<'_>, price: &str) -> Result<Option<(String, i64)>> {
-    static PLAN: Fields = Fields(&["plan", "period_credits"]);
-    if direct::usable() {
-        if let Some(rows) = direct::fetch(&[(&direct::PLAN_PRICE, &[direct::text(price)])]) {
-            return match whole_row::read_datum(rows[0], &PLAN)? {
-                Some(r) => Ok(Some((r.get::<String>(0)?.unwrap_or_default(), r.get::<i64>(1)?.unwrap_or(0)))),
-                None => Ok(None),
-            };
-        }
+fn plan_of(c: &mut SpiClient<'_>, price: &str) -> Result<Option<(String, i64)>> {
+    match plan_by_index(price)? {
+        Some(found) => Ok(found),
+        None => plan_by_statement(c, price),
     }
+}
+
+/// `plan_of` through the index; None when it cannot be read so.
+pub(crate) fn plan_by_index(price: &str) -> Result<Option<Option<(String, i64)>>> {
+    static PLAN: Fields = Fields(&["plan", "period_credits"]);
+    if !direct::usable() {
+        return Ok(None);
+    }
+    let Some(rows) = direct::fetch(&[(&direct::PLAN_PRICE, &[direct::text(price)])]) else { return Ok(None) };
+    Ok(Some(match whole_row::read_datum(rows[0], &PLAN)? {
+        Some(r) => Some((r.get::<String>(0)?.unwrap_or_default(), r.get::<i64>(1)?.unwrap_or(0))),
+        None => None,
+    }))
+}
+
+/// `plan_of` through its statement.
+pub(crate) fn plan_by_statement(c: &mut SpiClient<'_>, price: &str) -> Result<Option<(String, i64)>> {
     Ok(match run(c, &PLAN_OF, &[price.into()])?.next() {
         Some(r) => Some((r.get::<String>(1)?.unwrap_or_default(), r.get::<i64>(2)?.unwrap_or(0))),
         None => None,

@@ -7,22 +7,24 @@ mod tests {
     use pgrx::prelude::*;
 
     fn replayed(key: &str) -> (pgrx::Uuid, bool) {
-        let e: pgrx::Uuid = q(&format!("SELECT entry_id FROM billing.debit('a', 1, '{key}')"));
-        (e, q(&format!("SELECT replayed FROM billing.debit('a', 1, '{key}')")))
+        let e: pgrx::Uuid = q(&format!("SELECT entry_id FROM billing.debit('direct-a', 1, '{key}')"));
+        (e, q(&format!("SELECT replayed FROM billing.debit('direct-a', 1, '{key}')")))
     }
 
-    /// Whether the entry under `key` of customer a is found, read directly (None: the
+    /// Whether the entry under `key` of customer direct-a is found, read directly (None: the
     /// index cannot be read so).
     fn read_key(key: &str) -> Option<bool> {
         use crate::pg::direct;
-        direct::fetch(&[(&direct::JOURNAL_KEY, &[direct::text("a"), direct::text(key)])]).map(|rows| rows[0].is_some())
+        direct::fetch(&[(&direct::JOURNAL_KEY, &[direct::text("direct-a"), direct::text(key)])]).map(|rows| rows[0].is_some())
     }
 
+    /// Customer `direct-a`, its own: the indexes are made again under an exclusive lock on
+    /// the journal, which must not wait while holding a customer lock another test wants.
     #[pg_test]
     fn direct_reads_follow_the_indexes() {
         crate::test_sql::prepare("2030-01-01 00:00:00+00");
-        q::<pgrx::Uuid>("SELECT billing.grant('a', 100, 'g')");
-        let first: pgrx::Uuid = q("SELECT entry_id FROM billing.debit('a', 1, 'k1')");
+        q::<pgrx::Uuid>("SELECT billing.grant('direct-a', 100, 'g')");
+        let first: pgrx::Uuid = q("SELECT entry_id FROM billing.debit('direct-a', 1, 'k1')");
         assert_eq!(replayed("k1"), (first, true));
         // The key's index made again, as an update of the extension may: the oid this
         // backend kept is forgotten, and the new index read.
@@ -32,7 +34,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(replayed("k1"), (first, true));
-        assert_eq!(state("SELECT billing.debit('a', 2, 'k1')"), "BL002");
+        assert_eq!(state("SELECT billing.debit('direct-a', 2, 'k1')"), "BL002");
         assert_eq!(read_key("k1"), Some(true));
         assert_eq!(read_key("nope"), Some(false));
         // An index that does not compare in "C" cannot be read with scan keys: the
@@ -44,11 +46,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(replayed("k1"), (first, true));
-        assert_eq!(state("SELECT billing.debit('a', 2, 'k1')"), "BL002");
+        assert_eq!(state("SELECT billing.debit('direct-a', 2, 'k1')"), "BL002");
         assert!(read_key("k1").is_none(), "read directly through a POSIX index");
         let (second, again) = replayed("k2");
         assert!(again && second != first);
-        assert_eq!(bal("a"), 98);
+        assert_eq!(bal("direct-a"), 98);
         clean();
     }
 

@@ -249,9 +249,10 @@ fn payment_intent(c: &mut SpiClient<'_>, e: &Event, obj: &Value) -> Result<Appli
 // (`webhook::ingest::after_apply`), which brings the access answer kept on the customer's
 // row (`can_access` reads it alone) up to its subscriptions.
 
-/// The plan of a price: `(plan, period_credits)`. One price a statement: with an array
-/// (`= ANY($1)`) the generic plan's estimate of ten elements costs more than a custom
-/// plan for one, so the plan cache planned the statement again at every event.
+/// The plan of a price: `(plan, period_credits)`, where the price's index cannot be read
+/// directly (`plan_of`). One price a statement: with an array (`= ANY($1)`) the generic
+/// plan's estimate of ten elements cost more than a custom plan for one, so the plan
+/// cache planned the statement again at every event.
 static PLAN_OF: Stmt = Stmt { sql: "SELECT plan, period_credits FROM billing.plans WHERE provider_price = $1", args: &[TEXTOID] };
 static SUB: Stmt =
     Stmt { sql: "SELECT customer, plan FROM billing.subscriptions WHERE provider = $1 AND subscription_id = $2", args: &[TEXTOID, TEXTOID] };

@@ -36,9 +36,9 @@ pub fn parse(body: &str) -> Result<Event, String> {
 /// Every member name a reader of an event looks at, at any depth; `parse` keeps only
 /// these (`sparse`). A snapshot is mostly members no rule reads: of the bench's
 /// deliveries, a checkout event keeps 21 of its 71 members, a subscription event 34 of
-/// 80. A name missing here reads as absent:
-/// the test `the_kept_members_are_all_the_readers_read` compares every reader on kept and
-/// whole snapshots of every Stripe vector.
+/// 80. A name missing here reads as absent: the test
+/// `the_kept_members_are_all_the_readers_read` compares every reader on kept and whole
+/// snapshots of every Stripe vector.
 const READ: &[&str] = &[
     "amount",
     "amount_received",

@@ -336,28 +336,92 @@ BEGIN
 END $$;
 
 -- ---- PL/pgSQL: webhook ingest ----
+-- With billing's guarantees for events that cannot be applied yet: the event stays stored,
+-- marked failed (the apply runs in a subtransaction), and an event that failed for want of
+-- its provider customer's link is applied again once an event links it (events arrive out
+-- of order: a subscription's before the checkout that names its customer).
 CREATE TABLE peer.pl_secrets (endpoint text NOT NULL, secret text NOT NULL, PRIMARY KEY (endpoint, secret));
 CREATE TABLE peer.pl_events (
-    event_id    text        PRIMARY KEY,
-    type        text        NOT NULL,
-    created     bigint      NOT NULL,
-    body        text        NOT NULL,
-    headers     jsonb       NOT NULL,
-    status      text        NOT NULL DEFAULT 'applied',
-    received_at timestamptz NOT NULL DEFAULT now()
+    event_id          text        PRIMARY KEY,
+    type              text        NOT NULL,
+    created           bigint      NOT NULL,
+    body              text        NOT NULL,
+    headers           jsonb       NOT NULL,
+    provider_customer text,
+    status            text        NOT NULL DEFAULT 'applied',
+    detail            text,
+    received_at       timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX ON peer.pl_events (provider_customer) WHERE status = 'failed';
+CREATE TABLE peer.pl_links (provider_customer text PRIMARY KEY, customer text NOT NULL);
 CREATE TABLE peer.pl_purchases (
     purchase_id text   PRIMARY KEY,
     customer    text   NOT NULL,
     credits     bigint NOT NULL
 );
 
+-- Applies a stored event: its status ('applied', 'stale', 'ignored'), or an error.
+CREATE FUNCTION peer.pl_apply(p_ev jsonb) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_obj jsonb := p_ev->'data'->'object'; v_type text := p_ev->>'type'; v_cust text; v_pc text; v_credits bigint;
+BEGIN
+    IF v_type <> 'checkout.session.completed' AND v_type NOT LIKE 'customer.subscription.%' THEN
+        RETURN 'ignored';
+    END IF;
+    v_cust := coalesce(v_obj->'metadata'->>'customer', v_obj->>'client_reference_id');
+    v_pc := v_obj->>'customer';
+    IF v_cust IS NOT NULL AND v_pc IS NOT NULL THEN
+        INSERT INTO peer.pl_links VALUES (v_pc, v_cust) ON CONFLICT DO NOTHING;
+    ELSIF v_cust IS NULL THEN
+        SELECT l.customer INTO v_cust FROM peer.pl_links l WHERE l.provider_customer = v_pc;
+        IF NOT FOUND THEN RAISE EXCEPTION 'provider customer % is not linked', v_pc USING ERRCODE = 'P0012'; END IF;
+    END IF;
+    IF v_type = 'checkout.session.completed' THEN
+        IF v_obj->>'payment_status' <> 'paid' THEN RETURN 'ignored'; END IF;
+        v_credits := (v_obj->'metadata'->>'credits')::bigint;
+        INSERT INTO peer.pl_purchases (purchase_id, customer, credits)
+        VALUES (coalesce(v_obj->>'payment_intent', v_obj->>'id'), v_cust, v_credits) ON CONFLICT DO NOTHING;
+        IF FOUND THEN
+            INSERT INTO peer.pl_accounts (id) VALUES (v_cust) ON CONFLICT DO NOTHING;
+            PERFORM 1 FROM peer.pl_accounts WHERE id = v_cust FOR UPDATE;
+            PERFORM peer.pl_post(v_cust, 'grant', v_credits, 'stripe:' || coalesce(v_obj->>'payment_intent', v_obj->>'id'), NULL);
+        END IF;
+        RETURN 'applied';
+    END IF;
+    INSERT INTO peer.pl_accounts (id) VALUES (v_cust) ON CONFLICT DO NOTHING;
+    INSERT INTO peer.pl_subscriptions AS s (id, customer, status, price_id, period_end, created, event_id)
+    VALUES (v_obj->>'id', v_cust, v_obj->>'status', v_obj->'items'->'data'->0->'price'->>'id',
+            to_timestamp((v_obj->'items'->'data'->0->>'current_period_end')::bigint), (p_ev->>'created')::bigint, p_ev->>'id')
+    ON CONFLICT (id) DO UPDATE SET status = excluded.status, price_id = excluded.price_id,
+        period_end = excluded.period_end, created = excluded.created, event_id = excluded.event_id
+     WHERE (s.created, s.event_id) < (excluded.created, excluded.event_id);
+    RETURN CASE WHEN FOUND THEN 'applied' ELSE 'stale' END;
+END $$;
+
+-- Applies again, oldest first, the failed events that wait for provider customer p_pc.
+CREATE FUNCTION peer.pl_replay(p_pc text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE r record; v_status text; v_n int := 0;
+BEGIN
+    FOR r IN SELECT e.event_id, e.body FROM peer.pl_events e
+              WHERE e.status = 'failed' AND e.provider_customer = p_pc ORDER BY e.created, e.event_id FOR UPDATE LOOP
+        BEGIN
+            v_status := peer.pl_apply(r.body::jsonb);
+            UPDATE peer.pl_events SET status = v_status, detail = NULL WHERE event_id = r.event_id;
+            v_n := v_n + 1;
+        EXCEPTION WHEN OTHERS THEN
+            UPDATE peer.pl_events SET detail = SQLERRM WHERE event_id = r.event_id;
+        END;
+    END LOOP;
+    RETURN v_n;
+END $$;
+
 CREATE FUNCTION peer.pl_ingest(p_endpoint text, p_headers jsonb, p_body text) RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v_sig text := p_headers->>'Stripe-Signature';
-    v_t bigint; v_ok boolean := false; v_secret text; v_ev jsonb; v_obj jsonb; v_cust text;
-    v_credits bigint; v_type text; v_created bigint;
+    v_t bigint; v_ok boolean := false; v_secret text; v_ev jsonb; v_pc text; v_status text;
 BEGIN
     v_t := substring(v_sig FROM 't=(\d+)')::bigint;
     IF v_t IS NULL OR abs(extract(epoch FROM now())::bigint - v_t) > 300 THEN
@@ -372,37 +436,22 @@ BEGIN
     END LOOP;
     IF NOT v_ok THEN RAISE EXCEPTION 'bad signature' USING ERRCODE = 'P0010'; END IF;
     v_ev := p_body::jsonb;
-    v_type := v_ev->>'type';
-    v_created := (v_ev->>'created')::bigint;
-    INSERT INTO peer.pl_events (event_id, type, created, body, headers)
-    VALUES (v_ev->>'id', v_type, v_created, p_body, p_headers) ON CONFLICT (event_id) DO NOTHING;
+    v_pc := v_ev->'data'->'object'->>'customer';
+    INSERT INTO peer.pl_events (event_id, type, created, body, headers, provider_customer)
+    VALUES (v_ev->>'id', v_ev->>'type', (v_ev->>'created')::bigint, p_body, p_headers, v_pc)
+    ON CONFLICT (event_id) DO NOTHING;
     IF NOT FOUND THEN RETURN 'duplicate'; END IF;
-    v_obj := v_ev->'data'->'object';
-    v_cust := coalesce(v_obj->'metadata'->>'customer', v_obj->>'client_reference_id');
-    IF v_type = 'checkout.session.completed' AND v_obj->>'payment_status' = 'paid' THEN
-        v_credits := (v_obj->'metadata'->>'credits')::bigint;
-        INSERT INTO peer.pl_purchases (purchase_id, customer, credits)
-        VALUES (coalesce(v_obj->>'payment_intent', v_obj->>'id'), v_cust, v_credits) ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            INSERT INTO peer.pl_accounts (id) VALUES (v_cust) ON CONFLICT DO NOTHING;
-            PERFORM 1 FROM peer.pl_accounts WHERE id = v_cust FOR UPDATE;
-            PERFORM peer.pl_post(v_cust, 'grant', v_credits, 'stripe:' || coalesce(v_obj->>'payment_intent', v_obj->>'id'), NULL);
-        END IF;
-        RETURN 'applied';
-    ELSIF v_type LIKE 'customer.subscription.%' THEN
-        INSERT INTO peer.pl_accounts (id) VALUES (v_cust) ON CONFLICT DO NOTHING;
-        INSERT INTO peer.pl_subscriptions AS s (id, customer, status, price_id, period_end, created, event_id)
-        VALUES (v_obj->>'id', v_cust, v_obj->>'status', v_obj->'items'->'data'->0->'price'->>'id',
-                to_timestamp((v_obj->'items'->'data'->0->>'current_period_end')::bigint), v_created, v_ev->>'id')
-        ON CONFLICT (id) DO UPDATE SET status = excluded.status, price_id = excluded.price_id,
-            period_end = excluded.period_end, created = excluded.created, event_id = excluded.event_id
-         WHERE (s.created, s.event_id) < (excluded.created, excluded.event_id);
-        IF NOT FOUND THEN
-            UPDATE peer.pl_events SET status = 'stale' WHERE event_id = v_ev->>'id';
-            RETURN 'stale';
-        END IF;
-        RETURN 'applied';
+    BEGIN
+        v_status := peer.pl_apply(v_ev);
+    EXCEPTION WHEN OTHERS THEN
+        UPDATE peer.pl_events SET status = 'failed', detail = SQLERRM WHERE event_id = v_ev->>'id';
+        RETURN 'failed';
+    END;
+    IF v_status <> 'applied' THEN
+        UPDATE peer.pl_events SET status = v_status WHERE event_id = v_ev->>'id';
     END IF;
-    UPDATE peer.pl_events SET status = 'ignored' WHERE event_id = v_ev->>'id';
-    RETURN 'ignored';
+    IF v_pc IS NOT NULL AND EXISTS (SELECT FROM peer.pl_events e WHERE e.status = 'failed' AND e.provider_customer = v_pc) THEN
+        PERFORM peer.pl_replay(v_pc);
+    END IF;
+    RETURN v_status;
 END $$;

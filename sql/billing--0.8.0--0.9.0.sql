@@ -20,6 +20,8 @@
 --   9. The access answer kept on the customer's row (billing.customers.sub_counts_until,
 --      sub_allowed_until, sub_plan; billing._sub_kept, billing._access_kept), checked by
 --      verify() (access_kept); the current-subscription index ends with the id.
+--  10. Events rows stay whole up to 3 KB (toast_tuple_target): a Stripe body no longer
+--      goes to the TOAST table.
 \echo Use "ALTER EXTENSION billing UPDATE TO '0.9.0'" to load this file. \quit
 
 -- billing 0.9.0: plan allowances per (subscription, period) (SPEC section 2, "Plan changes").
@@ -112,6 +114,10 @@ GRANT USAGE ON SCHEMA billing TO billing_sync;
 -- How each event was first stored: 'delivery' (a signed webhook) or 'fetch' (from the
 -- provider's API). Whichever comes second is a duplicate.
 ALTER TABLE billing.events ADD COLUMN via text NOT NULL DEFAULT 'delivery';
+
+-- Events rows stay whole up to 3 KB once compressed, where the default sent most bodies
+-- to the TOAST table (sql/webhooks.sql). Rows written before stay where they are.
+ALTER TABLE billing.events SET (toast_tuple_target = 3072);
 
 CREATE FUNCTION billing.ingest_fetched(endpoint text, body text,
     OUT event_id text, OUT status text, OUT detail text)

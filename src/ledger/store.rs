@@ -868,6 +868,14 @@ impl<'a, 'c> Op<'a, 'c> {
 
     /// The entry under `key` in another account's journal (of the same customer).
     pub fn find_key_in(&mut self, account: &str, key: &str) -> Result<Option<Keyed>> {
+        // By the key's index (`direct`) where it can be read so, as `open_direct` reads it.
+        if direct::usable() {
+            self.flush()?;
+            let read = [(&direct::JOURNAL_KEY, &[direct::text(account), direct::text(key)][..])];
+            if let Some(rows) = if self.ro { direct::fetch_ro(&read) } else { direct::fetch(&read) } {
+                return keyed_row(crate::pg::whole_row::read_datum(rows[0], &KEYED)?);
+            }
+        }
         let t = self.run(&KEY, &[account.into(), key.into()])?;
         if t.is_empty() {
             return Ok(None);

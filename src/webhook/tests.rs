@@ -71,6 +71,36 @@ mod tests {
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     }
 
+    /// An event's row stays whole (`toast_tuple_target`): a Stripe body of ~5 KB, once
+    /// compressed, is not sent to the TOAST table; a body too large to fit still is.
+    #[pg_test]
+    fn event_rows_keep_their_bodies() {
+        setup();
+        let toasted = || {
+            q::<i64>(
+                "SELECT coalesce(sum(n_tup_ins), 0)::int8 FROM pg_stat_xact_all_tables
+                  WHERE relid = (SELECT reltoastrelid FROM pg_class WHERE oid = 'billing.events'::regclass)",
+            )
+        };
+        // As Stripe sends them: pretty-printed, with no effect here (and no customer of
+        // another test's).
+        let body = |id: &str, name: &str| {
+            let v = fixture(name);
+            let mut o = if v["object"].is_object() { v["object"].clone() } else { v };
+            o["customer"] = json!("cus_event_rows");
+            let e: Value = serde_json::from_str(&event(id, "invoice.finalized", T0 - 60, o)).unwrap();
+            serde_json::to_string_pretty(&e).unwrap()
+        };
+        let usual = body("evt_event_rows_1", "invoice.payment_failed.json");
+        assert!(usual.len() > 4_500, "{}", usual.len());
+        assert_eq!(ingest(&usual), "ignored");
+        assert_eq!(toasted(), 0, "a {} byte event went to the TOAST table", usual.len());
+        let large = body("evt_event_rows_2", "invoice.json");
+        assert!(large.len() > 12_000, "{}", large.len());
+        assert_eq!(ingest(&large), "ignored");
+        assert!(toasted() > 0, "a {} byte event stayed whole", large.len());
+    }
+
     #[pg_test]
     fn known_answer_vectors_through_sql() {
         let raw = include_str!("../../tests/vectors/signature-known-answers.json");

@@ -4,6 +4,7 @@ use crate::clock;
 use crate::error::{deliver, BillingError, Result, RATE_LIMITED};
 use crate::ledger::api::{amount_arg, customer_arg, debit_impl, key_arg};
 use crate::ledger::store::Op;
+use crate::pg::direct;
 use crate::pg::spi::{micros, run, run_ro, ts, Stmt};
 use crate::pg::whole_row::Fields;
 use crate::usage::bucket::{Bucket, Limit};
@@ -80,7 +81,8 @@ static INPUTS_WAITING: Stmt = Stmt {
 /// query, which looks for the customer's failed events across shards, runs instead.
 static INPUTS_WAITING_APART: Stmt = Stmt { sql: inputs_sql!(", NULL::bool"), args: &[TEXTOID, TIMESTAMPTZOID] };
 
-/// What access needs to know about a customer, read in one statement.
+/// What access needs to know about a customer, read in one statement (or by its indexes).
+#[derive(Debug, PartialEq)]
 pub struct Inputs {
     pub customer: Customer,
     pub status: Option<String>,
@@ -90,7 +92,8 @@ pub struct Inputs {
 /// Who reads the inputs: an access decision, the access note (which also reads the
 /// reason noted last), or the note after an applied event (and whether failed events
 /// of the customer, or of this provider customer, wait for a replay).
-enum Reader<'a> {
+#[derive(Clone, Copy)]
+pub(crate) enum Reader<'a> {
     /// `can_access`, admissions: the answer only (the reason may read no_plan for no_credits).
     Allowed,
     Access,
@@ -99,7 +102,8 @@ enum Reader<'a> {
 }
 
 /// What the note reads beside the inputs.
-struct Noted {
+#[derive(Debug, PartialEq)]
+pub(crate) struct Noted {
     reason: Option<String>,
     events_wait: bool,
     /// The access answer kept on the row, which the note brings up to the subscriptions
@@ -107,11 +111,51 @@ struct Noted {
     kept: Option<(Kept, Option<String>)>,
 }
 
+#[cfg(any(test, feature = "pg_test"))]
+impl Noted {
+    /// Whether failed events of the customer wait for a replay.
+    pub(crate) fn events_wait(&self) -> bool {
+        self.events_wait
+    }
+}
+
 pub fn inputs(c: &mut SpiClient<'_>, customer: &str, now: i64) -> Result<Inputs> {
     Ok(read_inputs(c, customer, now, Reader::Access)?.0)
 }
 
 fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) -> Result<(Inputs, Noted)> {
+    read_inputs_by(c, customer, now, reader, true)
+}
+
+/// `read_inputs`, by the indexes where they can be read so (`by_index`, `read_direct`),
+/// else by the statement.
+pub(crate) fn read_inputs_by(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, by_index: bool) -> Result<(Inputs, Noted)> {
+    let direct = if by_index { read_direct(customer, now, &reader)? } else { None };
+    let read = match direct {
+        Some(r) => r,
+        None => read_statement(c, customer, now, &reader)?,
+    };
+    let Some(read) = read else {
+        // No customer row: the replay's own query looks for events by the provider's id.
+        let noted = Noted { reason: None, events_wait: true, kept: None };
+        return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
+    };
+    inputs_of(c, customer, now, reader, read)
+}
+
+/// What an `inputs_sql!` row says, however it was read: the customer's row, the
+/// subscription every reader chooses (with its plan's features and grace), whether the
+/// customer ever had a grant (where it is asked) and whether failed events of the
+/// customer wait for a replay (`NoteAfterEvent`).
+struct Read {
+    c_row: crate::pg::whole_row::Row,
+    sub: Option<Sub>,
+    ever_granted: Option<bool>,
+    events_wait: Option<bool>,
+}
+
+/// The inputs by the statement; None when the customer has no row.
+fn read_statement(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: &Reader) -> Result<Option<Read>> {
     // The notes read with a snapshot of their own (`run`), taken after the customer's lock:
     // they keep the access answer on the row (`keep`), which must follow every
     // subscription committed by the writers that held the lock before.
@@ -125,22 +169,128 @@ fn read_inputs(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader) 
         }
     };
     if t.is_empty() {
-        // No customer row: the replay's own query looks for events by the provider's id.
-        let noted = Noted { reason: None, events_wait: true, kept: None };
-        return Ok((Inputs { customer: Customer::default(), status: None, period_end: None }, noted));
+        return Ok(None);
     }
-    inputs_of(c, customer, now, reader, &t.first())
+    let r = t.first();
+    let events_wait = match reader {
+        Reader::NoteAfterEvent(_) => r.get::<bool>(6)?,
+        _ => None,
+    };
+    Ok(Some(Read { c_row: crate::pg::whole_row::read(&r, 1, &CUSTOMER)?, sub: sub_of(&r)?, ever_granted: r.get::<bool>(5)?, events_wait }))
 }
 
-/// Takes apart a row of an `inputs_sql!` statement; `r` is positioned on it.
-fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r: &SpiTupleTable<'_>) -> Result<(Inputs, Noted)> {
-    let c_row = crate::pg::whole_row::read(r, 1, &CUSTOMER)?;
+/// The fields of a plan the inputs read, and of a failed event.
+static PLAN_ROW: Fields = Fields(&["features", "grace"]);
+static EVENT_ROW: Fields = Fields(&["provider"]);
+
+/// A plan's grace when the subscription has no plan row: the statements' `coalesce`.
+const DEFAULT_GRACE_US: i64 = 3 * 86_400 * 1_000_000;
+
+/// The inputs by the indexes (`direct`), as the statement would read them: the customer's
+/// row, the first subscription of `subscriptions_current` (the statement's order), its
+/// plan, and, where the statement asks, a grant and a failed event. `None` where they
+/// cannot be read so (the statement reads instead, as for a failed event that is not
+/// Stripe's); `Some(None)` when the customer has no row.
+fn read_direct(customer: &str, now: i64, reader: &Reader) -> Result<Option<Option<Read>>> {
+    if !direct::usable() {
+        return Ok(None);
+    }
+    // As the statements: read-only under the calling statement's snapshot (`run_ro`), or,
+    // for the notes, under a new one (`run`). `run_ro` reads read-only only until the
+    // transaction writes (pgrx), and then as a mutating statement does.
+    let wrote = unsafe { pg_sys::GetCurrentTransactionIdIfAny() } != pg_sys::InvalidTransactionId;
+    let ro = matches!(reader, Reader::Allowed | Reader::Access) && !wrote;
+    let fetch = |reads: &[(&direct::Index, &[pg_sys::Datum])]| if ro { direct::fetch_ro(reads) } else { direct::fetch(reads) };
+    let id = [direct::text(customer)];
+    let pc = match reader {
+        Reader::NoteAfterEvent(Some(p)) => Some([direct::text(p)]),
+        _ => None,
+    };
+    let mut reads: Vec<(&direct::Index, &[pg_sys::Datum])> = vec![(&direct::CUSTOMER, &id), (&direct::SUB_CURRENT, &id)];
+    if let Reader::NoteAfterEvent(_) = reader {
+        reads.push((&direct::FAILED_OF_CUSTOMER, &id));
+        if let Some(p) = &pc {
+            reads.push((&direct::FAILED_OF_PROVIDER_CUSTOMER, p));
+        }
+    }
+    let Some(rows) = fetch(&reads) else { return Ok(None) };
+    let Some(c_row) = crate::pg::whole_row::read_datum(rows[0], &CUSTOMER)? else { return Ok(Some(None)) };
+    let events_wait = match reader {
+        Reader::NoteAfterEvent(_) => {
+            let mut wait = false;
+            for e in &rows[2..] {
+                if let Some(e) = crate::pg::whole_row::read_datum(*e, &EVENT_ROW)? {
+                    if e.get::<String>(0)?.as_deref() != Some(crate::webhook::apply::PROVIDER) {
+                        return Ok(None);
+                    }
+                    wait = true;
+                }
+            }
+            Some(wait)
+        }
+        _ => None,
+    };
+    let sub = match crate::pg::whole_row::read_datum(rows[1], &SUBSCRIPTION)? {
+        None => None,
+        Some(s) => {
+            let (features, grace_us) = match s.get::<String>(1)? {
+                None => (vec![], DEFAULT_GRACE_US),
+                Some(plan) => {
+                    let Some(p) = fetch(&[(&direct::PLAN, &[direct::text(&plan)])]) else { return Ok(None) };
+                    match crate::pg::whole_row::read_datum(p[0], &PLAN_ROW)? {
+                        None => (vec![], DEFAULT_GRACE_US),
+                        Some(p) => (
+                            p.get::<Vec<Option<String>>>(0)?.unwrap_or_default().into_iter().flatten().collect(),
+                            p.get::<Interval>(1)?.map_or(DEFAULT_GRACE_US, |g| epoch_micros(g.months(), g.days(), g.micros())),
+                        ),
+                    }
+                }
+            };
+            sub_from(s, features, grace_us)?
+        }
+    };
+    // As the statement's CASE: asked only without a subscription, and with no credits
+    // (or credits that need computing).
+    let ever_granted = match reader {
+        Reader::Allowed => None,
+        _ => {
+            let balance = c_row.get::<i64>(1)?.unwrap_or(0);
+            let due = ts_of(&c_row, 2)?.is_some_and(|t| t <= now);
+            let slotted = c_row.get::<i32>(3)?.unwrap_or(1) > 1;
+            if sub.is_none() && (balance <= 0 || due || slotted) {
+                let Some(g) = fetch(&[(&direct::GRANT_OF, &id)]) else { return Ok(None) };
+                Some(g[0].is_some())
+            } else {
+                None
+            }
+        }
+    };
+    Ok(Some(Some(Read { c_row, sub, ever_granted, events_wait })))
+}
+
+/// Whether `read_direct` reads the inputs (rather than leaving them to the statement).
+#[cfg(any(test, feature = "pg_test"))]
+pub(crate) fn read_direct_used(customer: &str, now: i64, reader: Reader) -> bool {
+    read_direct(customer, now, &reader).unwrap().is_some()
+}
+
+/// `extract(epoch FROM i) * 1000000` of an interval of `months`, `days` and `micros`, as
+/// PostgreSQL computes it: a year of 365.25 days, a month of 30 (whole microseconds,
+/// saturating far beyond any grace period).
+pub fn epoch_micros(months: i32, days: i32, micros: i64) -> i64 {
+    let (m, d) = (months as i128, days as i128);
+    let secs = (1461 * (m / 12) + 120 * (m % 12) + 4 * d) * (86_400 / 4);
+    (secs * 1_000_000 + micros as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+/// Takes apart what the inputs' statement (or the indexes) read.
+fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, read: Read) -> Result<(Inputs, Noted)> {
+    let Read { c_row, sub, ever_granted, events_wait } = read;
     let mut balance = c_row.get::<i64>(1)?.unwrap_or(0);
     let next_event = ts_of(&c_row, 2)?.unwrap_or(i64::MAX);
-    let sub = sub_of(r)?;
     let status = sub.as_ref().map(|s| s.status.clone());
     let frozen = c_row.get::<bool>(0)?.unwrap_or(false);
-    let ever_granted = r.get::<bool>(5)?.unwrap_or(false);
+    let ever_granted = ever_granted.unwrap_or(false);
     // The cached balance is exact until the customer's next expiry; past it, compute.
     if now >= next_event {
         balance = Op::read(c, customer, now)?.peek_balance()?;
@@ -154,9 +304,7 @@ fn inputs_of(c: &mut SpiClient<'_>, customer: &str, now: i64, reader: Reader, r:
     let noted = match reader {
         Reader::Allowed | Reader::Access => Noted { reason: None, events_wait: false, kept: None },
         Reader::Note => Noted { reason: c_row.get(4)?, events_wait: false, kept: Some(stored_kept(&c_row)?) },
-        Reader::NoteAfterEvent(_) => {
-            Noted { reason: c_row.get(4)?, events_wait: r.get::<bool>(6)?.unwrap_or(true), kept: Some(stored_kept(&c_row)?) }
-        }
+        Reader::NoteAfterEvent(_) => Noted { reason: c_row.get(4)?, events_wait: events_wait.unwrap_or(true), kept: Some(stored_kept(&c_row)?) },
     };
     Ok((Inputs { customer: Customer { known: true, frozen, balance, ever_granted, sub }, status, period_end }, noted))
 }
@@ -168,12 +316,18 @@ fn ts_of(row: &crate::pg::whole_row::Row, i: usize) -> Result<Option<i64>> {
 /// The chosen subscription of a row of an `inputs_sql!` statement (columns 2 to 4).
 fn sub_of(r: &SpiTupleTable<'_>) -> Result<Option<Sub>> {
     let Some(s) = crate::pg::whole_row::read_opt(r, 2, &SUBSCRIPTION)? else { return Ok(None) };
+    let features = r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect();
+    sub_from(s, features, r.get::<i64>(4)?.unwrap_or(0))
+}
+
+/// A subscription row (`SUBSCRIPTION`) with its plan's features and grace.
+fn sub_from(s: crate::pg::whole_row::Row, features: Vec<String>, grace_us: i64) -> Result<Option<Sub>> {
     let Some(status) = s.get::<String>(0)? else { return Ok(None) };
     Ok(Some(Sub {
         status,
         plan: s.get(1)?,
-        features: r.get::<Vec<Option<String>>>(3)?.unwrap_or_default().into_iter().flatten().collect(),
-        grace_us: r.get::<i64>(4)?.unwrap_or(0),
+        features,
+        grace_us,
         period_end: ts_of(&s, 2)?,
         paid_through: ts_of(&s, 3)?,
         cancel_at_period_end: s.get::<bool>(4)?.unwrap_or(false),

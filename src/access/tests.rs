@@ -54,6 +54,101 @@ mod tests {
         keep(c);
     }
 
+    /// The inputs read by the indexes (`read_direct`) are those the statements read, for
+    /// every reader: customers with and without rows, credits, grants and subscriptions
+    /// (several, in the readers' order; with a plan, an unknown plan, none), failed events
+    /// of the customer or of its provider customer, and one not Stripe's (which the
+    /// statement reads).
+    #[pg_test]
+    fn inputs_by_the_indexes_are_the_statements() {
+        use crate::access::api::{read_direct_used, read_inputs_by, Reader};
+        setup();
+        Spi::run("SELECT billing.define_plan('ib-plan', '{x,y}', 0, '1 mon 2 days 03:04:05', NULL)").unwrap();
+        Spi::run(
+            "SELECT billing.grant('ib-credits', 10, 'ib-1'); SELECT billing.grant('ib-zero', 5, 'ib-2');
+                  SELECT billing.debit('ib-zero', 5, 'ib-3');
+                  INSERT INTO billing.customers (customer) VALUES ('ib-empty'), ('ib-subs'), ('ib-failed'), ('ib-other'), ('ib-tie')",
+        )
+        .unwrap();
+        let subs = [
+            ("ib-subs", "a", "canceled", Some("pro"), "2030-03-01", None),
+            ("ib-subs", "b", "active", Some("ib-plan"), "2030-02-01", None),
+            ("ib-subs", "c", "past_due", Some("pro"), "2030-01-10", Some("2030-01-25")),
+            ("ib-subs", "d", "active", None, "2030-01-25", None),
+            ("ib-failed", "e", "trialing", Some("ghost"), "2030-02-01", None),
+            // equal ends: by id; no end: last
+            ("ib-tie", "h", "active", Some("pro"), "NULL", None),
+            ("ib-tie", "g", "active", None, "2030-01-25", None),
+            ("ib-tie", "f", "active", Some("pro"), "2030-01-25", None),
+        ];
+        for (c, id, status, plan, end, paid) in subs {
+            let opt = |x: Option<&str>| x.map_or("NULL".to_string(), |x| format!("'{x}'"));
+            Spi::run(&format!(
+                "INSERT INTO billing.subscriptions (customer, provider, subscription_id, status, plan, current_period_end,
+                     cancel_at_period_end, trial_end, paid_through, status_created, status_event, updated_at)
+                 VALUES ('{c}', 'stripe', 'sub_ib_{id}', '{status}', {}, {}, false, NULL, {}, 0, '', now())",
+                opt(plan),
+                if end == "NULL" { end.to_string() } else { format!("'{end}'") },
+                opt(paid)
+            ))
+            .unwrap();
+        }
+        let failed = |provider: &str, id: &str, customer: &str, pc: &str| {
+            Spi::run(&format!(
+                "INSERT INTO billing.events (provider, event_id, endpoint, type, body, headers, received_at, status,
+                     last_delivery_at, customer, provider_customer, created)
+                 VALUES ('{provider}', '{id}', 'ib', 'x', '{{}}', '{{}}', now(), 'failed', now(), {customer}, {pc}, now())"
+            ))
+            .unwrap()
+        };
+        failed("stripe", "evt_ib_1", "'ib-failed'", "NULL");
+        failed("stripe", "evt_ib_2", "NULL", "'cus_ib'");
+        failed("standard:ib", "evt_ib_3", "'ib-other'", "NULL");
+        let now = crate::pg::spi::micros(q::<TimestampWithTimeZone>("SELECT '2030-01-15 00:00:00+00'::timestamptz"));
+        let customers = ["ib-none", "ib-credits", "ib-zero", "ib-empty", "ib-subs", "ib-failed", "ib-other", "ib-tie"];
+        let readers = [Reader::Allowed, Reader::Access, Reader::Note, Reader::NoteAfterEvent(None), Reader::NoteAfterEvent(Some("cus_ib"))];
+        Spi::connect_mut(|c| {
+            for cust in customers {
+                for (i, r) in readers.iter().enumerate() {
+                    let by_index = read_inputs_by(c, cust, now, *r, true).unwrap();
+                    let by_statement = read_inputs_by(c, cust, now, *r, false).unwrap();
+                    assert!(by_index == by_statement, "customer {cust}, reader {i}: {by_index:?} by the indexes, {by_statement:?} by the statement");
+                    // ... and the indexes did read it, but for the event that is not Stripe's.
+                    let other = cust == "ib-other" && i >= 3;
+                    assert_eq!(read_direct_used(cust, now, *r), !other, "customer {cust}, reader {i}");
+                }
+            }
+        });
+        // What the cases cover: the order, a plan's grace, an unknown plan, the waiting events.
+        Spi::connect_mut(|c| {
+            let (i, _) = read_inputs_by(c, "ib-subs", now, Reader::Access, true).unwrap();
+            let s = i.customer.sub.unwrap();
+            assert_eq!((s.status.as_str(), s.plan.as_deref()), ("active", Some("ib-plan")));
+            assert_eq!(s.features, ["x", "y"]);
+            assert_eq!(s.grace_us, ((30 + 2) * 86_400 + 3 * 3600 + 4 * 60 + 5) * 1_000_000);
+            let (i, n) = read_inputs_by(c, "ib-failed", now, Reader::NoteAfterEvent(None), true).unwrap();
+            assert_eq!((i.customer.sub.unwrap().features.len(), n.events_wait()), (0, true));
+            let (_, n) = read_inputs_by(c, "ib-credits", now, Reader::NoteAfterEvent(Some("cus_ib")), true).unwrap();
+            assert!(n.events_wait());
+            let (_, n) = read_inputs_by(c, "ib-credits", now, Reader::NoteAfterEvent(Some("cus_none")), true).unwrap();
+            assert!(!n.events_wait());
+            let (i, _) = read_inputs_by(c, "ib-zero", now, Reader::Access, true).unwrap();
+            assert!(i.customer.ever_granted && i.customer.known);
+            let (i, _) = read_inputs_by(c, "ib-tie", now, Reader::Access, true).unwrap();
+            assert_eq!(i.customer.sub.unwrap().plan.as_deref(), Some("pro"), "sub_ib_f before sub_ib_g");
+        });
+    }
+
+    /// `epoch_micros` is `extract(epoch FROM ...) * 1000000` of the interval.
+    #[pg_test]
+    fn a_grace_in_microseconds_as_postgres_extracts_it() {
+        for i in ["3 days", "1 mon", "13 mons", "1 year 2 mons 3 days 04:05:06.789", "-1 mon -2 days", "25 hours", "-1 year 5 mons", "0"] {
+            let v = q::<Interval>(&format!("SELECT '{i}'::interval"));
+            let want = q::<i64>(&format!("SELECT (extract(epoch FROM '{i}'::interval) * 1000000)::int8"));
+            assert_eq!(crate::access::api::epoch_micros(v.months(), v.days(), v.micros()), want, "{i}");
+        }
+    }
+
     #[pg_test]
     fn unknown_prepaid_and_credits() {
         setup();

@@ -115,7 +115,17 @@ pub static CUSTOMER_NUM: Index = Index { unique: false, ..Index::unique(9, c"cus
 pub static PLAN: Index = Index::unique(10, c"plans", c"plans_pkey", &[(c"plan", TextEq)]);
 /// `billing.plans` by its provider price (unique).
 pub static PLAN_PRICE: Index = Index::unique(11, c"plans", c"plans_provider_price_key", &[(c"provider_price", TextEq)]);
-const SLOTS: usize = 12;
+/// A customer's subscription every reader chooses: the first of `subscriptions_current`,
+/// whose order is the access statements' `ORDER BY` (not unique: the first row).
+pub static SUB_CURRENT: Index = Index { unique: false, ..Index::unique(12, c"subscriptions", c"subscriptions_current", &[(c"customer", TextEq)]) };
+/// A grant of the customer, any (not unique: the first row).
+pub static GRANT_OF: Index = Index { unique: false, ..Index::unique(13, c"grants", c"grants_pkey", &[(c"customer", TextEq)]) };
+/// A failed event of the customer (the partial index of failed events by customer).
+pub static FAILED_OF_CUSTOMER: Index = Index { unique: false, ..Index::unique(14, c"events", c"events_failed_app", &[(c"customer", TextEq)]) };
+/// A failed event of a provider customer (the partial index of failed events by provider customer).
+pub static FAILED_OF_PROVIDER_CUSTOMER: Index =
+    Index { unique: false, ..Index::unique(15, c"events", c"events_failed", &[(c"provider_customer", TextEq)]) };
+const SLOTS: usize = 16;
 
 #[derive(Clone, Copy)]
 enum Resolved {
@@ -334,6 +344,10 @@ mod tests {
         &CUSTOMER_NUM,
         &PLAN,
         &PLAN_PRICE,
+        &SUB_CURRENT,
+        &GRANT_OF,
+        &FAILED_OF_CUSTOMER,
+        &FAILED_OF_PROVIDER_CUSTOMER,
     ];
 
     #[test]

@@ -125,7 +125,11 @@ pub static FAILED_OF_CUSTOMER: Index = Index { unique: false, ..Index::unique(14
 /// A failed event of a provider customer (the partial index of failed events by provider customer).
 pub static FAILED_OF_PROVIDER_CUSTOMER: Index =
     Index { unique: false, ..Index::unique(15, c"events", c"events_failed", &[(c"provider_customer", TextEq)]) };
-const SLOTS: usize = 16;
+/// `billing.endpoints` by its primary key: (name).
+pub static ENDPOINT: Index = Index::unique(16, c"endpoints", c"endpoints_pkey", &[(c"name", TextEq)]);
+/// An endpoint's secrets (`fetch_all`: every row of the endpoint in `endpoint_secrets_pkey`).
+pub static SECRETS: Index = Index { unique: false, ..Index::unique(17, c"endpoint_secrets", c"endpoint_secrets_pkey", &[(c"endpoint", TextEq)]) };
+const SLOTS: usize = 18;
 
 #[derive(Clone, Copy)]
 enum Resolved {
@@ -240,6 +244,48 @@ pub fn exists(ix: &Index, values: &[Datum]) -> Option<bool> {
     read(&[(ix, values)], false, false).map(|rows| rows[0].is_some())
 }
 
+/// Every row whose columns match the values given (the index's first columns), in the
+/// index's order, each as a composite value, under a new snapshot as `fetch` reads. None
+/// when the index cannot be read so.
+pub fn fetch_all(ix: &Index, values: &[Datum]) -> Option<Vec<Datum>> {
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+    let Resolved::Ready { table, index, columns } = resolve(ix) else { return None };
+    debug_assert_eq!(values.len(), ix.columns.len());
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    // SAFETY: as `read`: the relations opened and locked as the executor would, the scan
+    // under a snapshot pushed for it, each row copied out before the scan moves on.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let n = ix.columns.len() as i32;
+        let rel = pg_sys::table_open(table, lock);
+        let irel = pg_sys::index_open(index, lock);
+        #[cfg(not(feature = "pg18"))]
+        let scan = pg_sys::index_beginscan(rel, irel, pg_sys::GetActiveSnapshot(), n, 0);
+        #[cfg(feature = "pg18")]
+        let scan = pg_sys::index_beginscan(rel, irel, pg_sys::GetActiveSnapshot(), std::ptr::null_mut(), n, 0);
+        let tuple_slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
+        for (i, (_, m)) in ix.columns.iter().enumerate() {
+            let (strategy, proc) = m.key();
+            pg_sys::ScanKeyInit(&mut keys[i], columns[i], strategy, pg_sys::RegProcedure::from(proc), values[i]);
+        }
+        pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
+        let mut rows = Vec::new();
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, tuple_slot) {
+            let mut free = false;
+            let tuple = pg_sys::ExecFetchSlotHeapTuple(tuple_slot, false, &mut free);
+            rows.push(pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att));
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(tuple_slot);
+        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::PopActiveSnapshot();
+        Some(rows)
+    }
+}
+
 /// `fetch`, each row found copied out (`copy`) or only noted (a zero datum); read-only
 /// (`ro`) under the active snapshot, else under a new one as a mutating statement.
 fn read(reads: &[(&Index, &[Datum])], copy: bool, ro: bool) -> Option<Vec<Option<Datum>>> {
@@ -348,6 +394,8 @@ mod tests {
         &GRANT_OF,
         &FAILED_OF_CUSTOMER,
         &FAILED_OF_PROVIDER_CUSTOMER,
+        &ENDPOINT,
+        &SECRETS,
     ];
 
     #[test]

@@ -7,6 +7,7 @@ use crate::error::{deliver, BillingError, Result, BAD_EVENT, BAD_SIGNATURE, BAD_
 use crate::ledger::api::{customer_arg, need};
 use crate::pg::direct;
 use crate::pg::spi::{micros, run, subxact, Stmt};
+use crate::pg::whole_row::{self, Fields};
 use pgrx::datum::DatumWithOid;
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys::BuiltinOid::*;
@@ -115,6 +116,36 @@ static ENDPOINT: Stmt = Stmt {
            WHERE e.name = $1",
     args: &[TEXTOID],
 };
+static ENDPOINT_ROW: Fields = Fields(&["provider"]);
+static SECRET_ROW: Fields = Fields(&["secret"]);
+
+/// An endpoint's provider (None: no such endpoint) and secrets: by their indexes
+/// (`direct`) where they can be read so, else by ENDPOINT.
+fn endpoint_of(c: &mut SpiClient<'_>, endpoint: &str) -> Result<(Option<String>, Vec<String>)> {
+    endpoint_by(c, endpoint, true)
+}
+
+/// `endpoint_of`, by the indexes only if `by_index`.
+pub(crate) fn endpoint_by(c: &mut SpiClient<'_>, endpoint: &str, by_index: bool) -> Result<(Option<String>, Vec<String>)> {
+    if by_index && direct::usable() {
+        let name = [direct::text(endpoint)];
+        if let (Some(e), Some(s)) = (direct::fetch(&[(&direct::ENDPOINT, &name)]), direct::fetch_all(&direct::SECRETS, &name)) {
+            let Some(e) = whole_row::read_datum(e[0], &ENDPOINT_ROW)? else { return Ok((None, vec![])) };
+            let mut secrets = Vec::with_capacity(s.len());
+            for r in s {
+                secrets.extend(whole_row::read_value(r, &SECRET_ROW)?.get::<String>(0)?);
+            }
+            return Ok((e.get::<String>(0)?, secrets));
+        }
+    }
+    let (mut provider, mut secrets) = (None, Vec::new());
+    for r in run(c, &ENDPOINT, &[endpoint.into()])? {
+        provider = r.get::<String>(1)?;
+        secrets.extend(r.get::<String>(2)?);
+    }
+    Ok((provider, secrets))
+}
+
 /// A new event, written once with the outcome of its apply (the row is never rewritten
 /// on the way: a 3 KB body updated in place would be logged twice, and a placeholder
 /// status would leave an entry in the `events_failed` index for every event).
@@ -228,11 +259,7 @@ fn ingest_impl(endpoint: Option<&str>, headers: Option<AnyElement>, body: Option
     let headers = Headers::of(headers)?;
     let h = &headers.map;
     Spi::connect_mut(|c| {
-        let (mut provider, mut secrets) = (None, Vec::<String>::new());
-        for r in run(c, &ENDPOINT, &[endpoint.into()])? {
-            provider = r.get::<String>(1)?;
-            secrets.extend(r.get::<String>(2)?);
-        }
+        let (provider, secrets) = endpoint_of(c, endpoint)?;
         let Some(provider) = provider else {
             return Err(BillingError::new(UNKNOWN_ENDPOINT, format!("unknown webhook endpoint \"{endpoint}\"")));
         };

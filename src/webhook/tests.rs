@@ -101,6 +101,29 @@ mod tests {
         assert!(toasted() > 0, "a {} byte event stayed whole", large.len());
     }
 
+    /// An endpoint's provider and secrets read by their indexes are those the statement
+    /// reads: none, one, several (any order), and no endpoint.
+    #[pg_test]
+    fn endpoints_by_their_indexes_are_the_statements() {
+        use crate::webhook::ingest::endpoint_by;
+        Spi::run(
+            "SELECT billing.add_endpoint('ep-none', 'stripe'); SELECT billing.add_endpoint('ep-one', 'stripe');
+             SELECT billing.add_secret('ep-one', 'whsec_ep_1'); SELECT billing.add_endpoint('ep-two', 'stripe');
+             SELECT billing.add_secret('ep-two', 'whsec_ep_b'); SELECT billing.add_secret('ep-two', 'whsec_ep_a')",
+        )
+        .unwrap();
+        Spi::connect_mut(|c| {
+            for (e, want) in [("ep-none", 0), ("ep-one", 1), ("ep-two", 2), ("ep-missing", 0)] {
+                let (p, mut s) = endpoint_by(c, e, true).unwrap();
+                let (p2, mut s2) = endpoint_by(c, e, false).unwrap();
+                s.sort();
+                s2.sort();
+                assert_eq!((&p, &s), (&p2, &s2), "{e}");
+                assert_eq!((p.is_some(), s.len()), (e != "ep-missing", want), "{e}");
+            }
+        });
+    }
+
     #[pg_test]
     fn known_answer_vectors_through_sql() {
         let raw = include_str!("../../tests/vectors/signature-known-answers.json");

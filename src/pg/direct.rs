@@ -251,38 +251,74 @@ pub fn fetch_all(ix: &Index, values: &[Datum]) -> Option<Vec<Datum>> {
     unsafe { pg_sys::AcceptInvalidationMessages() };
     let Resolved::Ready { table, index, columns } = resolve(ix) else { return None };
     debug_assert_eq!(values.len(), ix.columns.len());
-    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
-    // SAFETY: as `read`: the relations opened and locked as the executor would, the scan
-    // under a snapshot pushed for it, each row copied out before the scan moves on.
+    // SAFETY: as `read`'s.
     unsafe {
         pg_sys::CommandCounterIncrement();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let o = Open::begin(ix, table, index, pg_sys::GetActiveSnapshot());
+        o.rescan(ix, &columns, values);
+        let mut rows = Vec::new();
+        while o.next(pg_sys::ScanDirection::ForwardScanDirection) {
+            rows.push(o.copy());
+        }
+        o.end();
+        pg_sys::PopActiveSnapshot();
+        Some(rows)
+    }
+}
+
+/// An index scan of a read, and the slot its rows land in.
+struct Open {
+    slot: usize,
+    rel: pg_sys::Relation,
+    irel: pg_sys::Relation,
+    scan: pg_sys::IndexScanDesc,
+    tuple_slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Open {
+    /// Opens and locks the table and its index as the executor would for a read (the
+    /// locks kept to the transaction's end) and begins a scan under `snapshot`.
+    unsafe fn begin(ix: &Index, table: Oid, index: Oid, snapshot: pg_sys::Snapshot) -> Open {
+        let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
         let n = ix.columns.len() as i32;
         let rel = pg_sys::table_open(table, lock);
         let irel = pg_sys::index_open(index, lock);
         #[cfg(not(feature = "pg18"))]
-        let scan = pg_sys::index_beginscan(rel, irel, pg_sys::GetActiveSnapshot(), n, 0);
+        let scan = pg_sys::index_beginscan(rel, irel, snapshot, n, 0);
         #[cfg(feature = "pg18")]
-        let scan = pg_sys::index_beginscan(rel, irel, pg_sys::GetActiveSnapshot(), std::ptr::null_mut(), n, 0);
+        let scan = pg_sys::index_beginscan(rel, irel, snapshot, std::ptr::null_mut(), n, 0);
         let tuple_slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+        Open { slot: ix.slot, rel, irel, scan, tuple_slot }
+    }
+
+    /// Points the scan at the rows whose columns (the index's `columns`) match `values`.
+    unsafe fn rescan(&self, ix: &Index, columns: &[pg_sys::AttrNumber; 2], values: &[Datum]) {
         let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
         for (i, (_, m)) in ix.columns.iter().enumerate() {
             let (strategy, proc) = m.key();
             pg_sys::ScanKeyInit(&mut keys[i], columns[i], strategy, pg_sys::RegProcedure::from(proc), values[i]);
         }
-        pg_sys::index_rescan(scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
-        let mut rows = Vec::new();
-        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, tuple_slot) {
-            let mut free = false;
-            let tuple = pg_sys::ExecFetchSlotHeapTuple(tuple_slot, false, &mut free);
-            rows.push(pg_sys::heap_copy_tuple_as_datum(tuple, (*rel).rd_att));
-        }
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecDropSingleTupleTableSlot(tuple_slot);
-        pg_sys::index_close(irel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        pg_sys::PopActiveSnapshot();
-        Some(rows)
+        pg_sys::index_rescan(self.scan, keys.as_mut_ptr(), ix.columns.len() as i32, std::ptr::null_mut(), 0);
+    }
+
+    /// The next row into the slot; false when there is none.
+    unsafe fn next(&self, direction: pg_sys::ScanDirection::Type) -> bool {
+        pg_sys::index_getnext_slot(self.scan, direction, self.tuple_slot)
+    }
+
+    /// The slot's row, copied out as a composite value (before the scan moves on).
+    unsafe fn copy(&self) -> Datum {
+        let mut free = false;
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(self.tuple_slot, false, &mut free);
+        pg_sys::heap_copy_tuple_as_datum(tuple, (*self.rel).rd_att)
+    }
+
+    unsafe fn end(self) {
+        pg_sys::index_endscan(self.scan);
+        pg_sys::ExecDropSingleTupleTableSlot(self.tuple_slot);
+        pg_sys::index_close(self.irel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
     }
 }
 
@@ -301,20 +337,12 @@ fn read(reads: &[(&Index, &[Datum])], copy: bool, ro: bool) -> Option<Vec<Option
         debug_assert_eq!(values.len(), ix.columns.len());
         ready.push((table, index, columns));
     }
-    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
     // One scan per index, begun at its first read and ended after the last.
-    struct Open {
-        slot: usize,
-        rel: pg_sys::Relation,
-        irel: pg_sys::Relation,
-        scan: pg_sys::IndexScanDesc,
-        tuple_slot: *mut pg_sys::TupleTableSlot,
-    }
     let mut open: Vec<Open> = Vec::with_capacity(2);
-    // SAFETY: each relation is opened and locked as the executor would for a read (the
-    // locks kept to the transaction's end), the scans run under a snapshot pushed for
-    // them, and each row is copied out before its scan moves on. An error raised inside
-    // aborts the (sub)transaction, which pops the snapshot and releases the rest.
+    // SAFETY: each relation is opened and locked as the executor would for a read, the
+    // scans run under a snapshot pushed for them, and each row is copied out before its
+    // scan moves on. An error raised inside aborts the (sub)transaction, which pops the
+    // snapshot and releases the rest.
     unsafe {
         // As a mutating SPI statement: what this transaction wrote so far is visible.
         if !ro {
@@ -324,46 +352,20 @@ fn read(reads: &[(&Index, &[Datum])], copy: bool, ro: bool) -> Option<Vec<Option
         let snapshot = pg_sys::GetActiveSnapshot();
         let mut rows = Vec::with_capacity(reads.len());
         for ((ix, values), (table, index, columns)) in reads.iter().zip(ready) {
-            let n = ix.columns.len() as i32;
             let at = match open.iter().position(|o| o.slot == ix.slot) {
                 Some(at) => at,
                 None => {
-                    let rel = pg_sys::table_open(table, lock);
-                    let irel = pg_sys::index_open(index, lock);
-                    #[cfg(not(feature = "pg18"))]
-                    let scan = pg_sys::index_beginscan(rel, irel, snapshot, n, 0);
-                    #[cfg(feature = "pg18")]
-                    let scan = pg_sys::index_beginscan(rel, irel, snapshot, std::ptr::null_mut(), n, 0);
-                    let tuple_slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-                    open.push(Open { slot: ix.slot, rel, irel, scan, tuple_slot });
+                    open.push(Open::begin(ix, table, index, snapshot));
                     open.len() - 1
                 }
             };
             let o = &open[at];
-            let mut keys: [pg_sys::ScanKeyData; 2] = std::mem::zeroed();
-            for (i, (_, m)) in ix.columns.iter().enumerate() {
-                let (strategy, proc) = m.key();
-                pg_sys::ScanKeyInit(&mut keys[i], columns[i], strategy, pg_sys::RegProcedure::from(proc), values[i]);
-            }
-            pg_sys::index_rescan(o.scan, keys.as_mut_ptr(), n, std::ptr::null_mut(), 0);
+            o.rescan(ix, &columns, values);
             let direction = if ix.last { pg_sys::ScanDirection::BackwardScanDirection } else { pg_sys::ScanDirection::ForwardScanDirection };
-            rows.push(if pg_sys::index_getnext_slot(o.scan, direction, o.tuple_slot) {
-                if copy {
-                    let mut free = false;
-                    let tuple = pg_sys::ExecFetchSlotHeapTuple(o.tuple_slot, false, &mut free);
-                    Some(pg_sys::heap_copy_tuple_as_datum(tuple, (*o.rel).rd_att))
-                } else {
-                    Some(Datum::from(0usize))
-                }
-            } else {
-                None
-            });
+            rows.push(if o.next(direction) { Some(if copy { o.copy() } else { Datum::from(0usize) }) } else { None });
         }
         for o in open {
-            pg_sys::index_endscan(o.scan);
-            pg_sys::ExecDropSingleTupleTableSlot(o.tuple_slot);
-            pg_sys::index_close(o.irel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            pg_sys::table_close(o.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            o.end();
         }
         if !ro {
             pg_sys::PopActiveSnapshot();

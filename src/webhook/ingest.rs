@@ -427,11 +427,9 @@ fn ingest_fetched_impl(endpoint: Option<&str>, body: Option<&str>) -> Result<Eve
         ));
     }
     Spi::connect_mut(|c| {
-        let t = run(c, &ENDPOINT, &[endpoint.into()])?;
-        if t.is_empty() {
+        let Some(provider) = endpoint_of(c, endpoint)?.0 else {
             return Err(BillingError::new(UNKNOWN_ENDPOINT, format!("unknown webhook endpoint \"{endpoint}\"")));
-        }
-        let provider = t.first().get::<String>(1)?.unwrap_or_default();
+        };
         if Provider::parse(&provider) != Some(Provider::Stripe) {
             return Err(BillingError::invalid(format!("endpoint \"{endpoint}\" is a {provider} endpoint: only Stripe events are fetched")));
         }

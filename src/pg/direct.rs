@@ -1,6 +1,7 @@
 //! Rows read by an index without the executor: what the spending calls read once they
 //! hold the customer's lock (the account, the entry under an idempotency key, a usage's
-//! rows, a hold), and `can_access`'s row, read-only.
+//! rows, a hold), `can_access`'s row (read-only), the access inputs (the subscription, its
+//! plan, a grant, waiting failed events) and a webhook endpoint with its secrets.
 //!
 //! Why: a kept SPI plan still builds its executor state at every run (a tuple
 //! descriptor and a projection per node, a scan per table, a join), about 75,000
@@ -19,7 +20,7 @@
 use pgrx::pg_sys::{self, Datum, Oid};
 use std::cell::RefCell;
 
-/// A unique index of one of the extension's tables, the columns a read matches (in the
+/// An index of one of the extension's tables, the columns a read matches (in the
 /// order of the values passed to `fetch`), and which of the matching rows it wants.
 pub struct Index {
     slot: usize,

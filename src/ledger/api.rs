@@ -97,8 +97,8 @@ fn connect<T>(f: impl FnOnce(&mut SpiClient<'_>) -> Result<T>) -> Result<T> {
 
 static GRANT_INSERT: Stmt = Stmt {
     sql: "INSERT INTO billing.grants (customer, id, seq, source, amount, remaining, open, expires_at, priority, metadata, entry_id, created_at)
-          VALUES ($1, $2, $3, $4, $5, 0, false, $6, $7, $8, $9, $10)",
-    args: &[TEXTOID, UUIDOID, INT8OID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, UUIDOID, TIMESTAMPTZOID],
+          VALUES ($1, $2, $3, $4, $5, $11, $11 > 0, $6, $7, $8, $9, $10)",
+    args: &[TEXTOID, UUIDOID, INT8OID, TEXTOID, INT8OID, TIMESTAMPTZOID, INT4OID, JSONBOID, UUIDOID, TIMESTAMPTZOID, INT8OID],
 };
 static GRANT_ROW: Stmt = Stmt {
     sql: "SELECT amount, source, expires_at, priority, metadata FROM billing.grants WHERE customer = $1 AND id = $2",
@@ -163,6 +163,11 @@ pub fn grant_as(
         }
         op.catch_up()?;
         let entry_id = op.entry_id_at(op.next_seq());
+        let lines = op.book.grant_lines(id, amount);
+        // The row starts with what its entry gives it (less any debt repaid), so `finish`
+        // has no update of a row this call inserted (a dead version, a second index entry
+        // and the foreign key checked again).
+        let remaining = lines[0].1;
         op.run(
             &GRANT_INSERT,
             &[
@@ -176,10 +181,11 @@ pub fn grant_as(
                 crate::pg::spi::jsonb_param(metadata.clone()),
                 uuid(&entry_id).into(),
                 ts(op.now).into(),
+                remaining.into(),
             ],
         )?;
         op.add_grant(Grant { id, remaining: 0, expires_at: expires, priority, seq: op.next_seq() });
-        let lines = op.book.grant_lines(id, amount);
+        op.row_has(id, remaining);
         let e = Entry { kind: Kind::Grant, at: op.now, lines, grant: Some(id), hold: None };
         op.write(&e, Extra { key: Some(key), metadata: Some(metadata), entry_id: Some(entry_id), ..Default::default() })?;
         op.finish()?;

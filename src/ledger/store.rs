@@ -426,6 +426,8 @@ pub struct Op<'a, 'c> {
     holds_loaded: bool,
     ro: bool,
     grant_deltas: Vec<(Id, i64)>,
+    /// Parts of `grant_deltas` already on their grants' rows (`row_has`).
+    on_rows: Vec<(Id, i64)>,
     lapsed: Vec<(Id, Id)>,
     thresholds: Thresholds,
     /// Accounts of this customer (> 1: slotted, see `slots`), and on a slot account the
@@ -766,6 +768,7 @@ impl<'a, 'c> Op<'a, 'c> {
             holds_loaded: false,
             ro,
             grant_deltas: vec![],
+            on_rows: vec![],
             lapsed: vec![],
             thresholds: o.thresholds,
             slots: o.slots,
@@ -1224,6 +1227,12 @@ impl<'a, 'c> Op<'a, 'c> {
             (None, Some((h, left))) => (Some(h), 0, Some(left)),
             (d, _) => (d.map(|d| d.0), d.map_or(0, |d| d.1), None),
         };
+        for (id, d) in &self.on_rows {
+            match grant_deltas.iter_mut().find(|t| t.0 == *id) {
+                Some(t) => t.1 -= d,
+                None => grant_deltas.push((*id, -d)),
+            }
+        }
         let mut deltas: Vec<(pgrx::Uuid, i64)> = grant_deltas.iter().filter(|d| d.1 != 0).map(|(i, d)| (uuid(i), *d)).collect();
         if let Some(later) = later.filter(|_| self.pending.as_ref().is_none_or(|p| p.accts.len() == 1)) {
             self.flush_res()?;
@@ -1337,6 +1346,12 @@ impl<'a, 'c> Op<'a, 'c> {
             }
         }
         (left > 0).then_some((h, left))
+    }
+
+    /// Says that grant `id`'s row, inserted by this call, already holds `delta` of what
+    /// this call's entries move it by: `finish` writes only the rest.
+    pub fn row_has(&mut self, id: Id, delta: i64) {
+        self.on_rows.push((id, delta));
     }
 
     /// Lowers the next-event bound for something added outside `write` (a new grant).

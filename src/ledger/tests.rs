@@ -230,6 +230,34 @@ mod tests {
         clean();
     }
 
+    /// A grant's row is inserted with what its entry gives it, and not updated after: on
+    /// a customer with a pending draw (written down, as before), in debt, and wholly taken
+    /// by a debt.
+    #[pg_test]
+    fn a_new_grant_row_is_written_once() {
+        setup();
+        let updates = || q::<i64>("SELECT coalesce(n_tup_upd, 0) FROM pg_stat_xact_user_tables WHERE relid = 'billing.grants'::regclass");
+        // the grant's id, its row's (remaining, open) and the grant rows the call updated
+        let grant = |sql: &str| {
+            let before = updates();
+            let g: pgrx::Uuid = q(sql);
+            let r = Spi::get_two_with_args::<i64, bool>("SELECT remaining, open FROM billing.grants WHERE id = $1", &[g.into()]).unwrap();
+            ((r.0.unwrap(), r.1.unwrap()), updates() - before)
+        };
+        assert_eq!(grant("SELECT billing.grant('once', 50, 'g1')"), ((50, true), 0));
+        Spi::run("SELECT billing.debit('once', 20, 'd1')").unwrap();
+        assert_eq!(q::<i64>("SELECT draw FROM billing.customers WHERE customer = 'once'"), 20);
+        assert_eq!(grant("SELECT billing.grant('once', 30, 'g2')"), ((30, true), 1));
+        assert_eq!(bal("once"), 60);
+        Spi::run("SELECT billing.set_overdraft('once', 100)").unwrap();
+        Spi::run("SELECT billing.debit('once', 150, 'd2')").unwrap();
+        assert_eq!(grant("SELECT billing.grant('once', 100, 'g3')"), ((10, true), 0));
+        Spi::run("SELECT billing.debit('once', 50, 'd3')").unwrap();
+        assert_eq!(grant("SELECT billing.grant('once', 20, 'g4')"), ((0, false), 0));
+        assert_eq!(bal("once"), -20);
+        clean();
+    }
+
     #[pg_test]
     fn frozen_customers_cannot_spend() {
         setup();

@@ -192,6 +192,7 @@ SANITY=$WORK/sanity.txt
   echo "billing.events by status: $(q -c "SELECT string_agg(status || '=' || n, ' ') FROM (SELECT status, count(*) n FROM billing.events GROUP BY 1 ORDER BY 1) s")"
   echo "peer.pl_events by status: $(q -c "SELECT coalesce(string_agg(status || '=' || n, ' '), '-') FROM (SELECT status, count(*) n FROM peer.pl_events GROUP BY 1 ORDER BY 1) s")"
   echo "journal rows: $(q -c "SELECT count(*) FROM billing.journal"); billing.verify() problems: $(q -c "SELECT count(*) FROM billing.verify()")"
+  echo "peer accounts whose balance is not their open grants' remainders: $(q -c "SELECT count(*) FROM peer.pl_accounts a WHERE a.balance <> coalesce((SELECT sum(g.remaining) FROM peer.pl_grants g WHERE g.customer = a.id AND g.open), 0)")"
 } >"$SANITY" 2>&1 || true
 
 T_END=$(date +%s)

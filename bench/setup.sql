@@ -32,7 +32,13 @@ SELECT billing.grant('hot64', 1000000000000, 'seed:hot64:purchase', 'purchase'),
        billing.grant('hot64', 1000000, 'seed:hot64:plan', 'plan:pro', '2098-01-01', 0);
 SELECT billing.set_slots('hot64', 64);
 INSERT INTO peer.floor_accounts (id, balance) SELECT 'c' || i, 1000002000000 FROM generate_series(1, :customers) i;
-INSERT INTO peer.pl_accounts (id, balance) SELECT 'c' || i, 1000002000000 FROM generate_series(1, :customers) i;
+-- The peer's customers get the same three grants (its balance: their sum; its first expiry: the plan grant's).
+INSERT INTO peer.pl_accounts (id, balance, next_event_at) SELECT 'c' || i, 1000002000000, '2098-01-01' FROM generate_series(1, :customers) i;
+INSERT INTO peer.pl_grants (customer, amount, remaining, open, expires_at, priority)
+SELECT 'c' || i, g.amount, g.amount, true, g.expires_at, g.priority
+  FROM generate_series(1, :customers) i,
+       (VALUES (1000000000000, 'infinity'::timestamptz, 0), (1000000, '2099-01-01', 10), (1000000, '2098-01-01', 0)) g(amount, expires_at, priority)
+ ORDER BY i;
 
 -- ---- Stripe deliveries ----
 -- Shapes of real Stripe objects (2025 API), pretty-printed as Stripe sends them: ~3 KB.

@@ -9,68 +9,71 @@
 //! before it returns. Kept rows are rows of accounts the batch holds locked, so nothing
 //! else writes them in between. Nothing here runs inside a subtransaction: an operation
 //! that may be rolled back on its own (a slotted debit's gathering) finishes as usual.
-use crate::pg::spi::{run, ts, Stmt};
-use pgrx::pg_sys::BuiltinOid::*;
+use crate::pg::records::Records;
+use crate::pg::spi::{jsonb_param, run, ts, Stmt};
+use pgrx::pg_sys;
+use pgrx::pg_sys::BuiltinOid::RECORDARRAYOID;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use std::collections::HashSet;
 
 /// The journal rows (an entry of one line: its account and delta as one-element arrays),
-/// the grants' remainders moved by a delta, and the customer rows, from arrays.
+/// the grants' remainders moved by a delta, and the customer rows, each from one array
+/// of records (`pg::records`; the column lists are `ENTRY`, `GRANT` and `ROW`).
 static WRITE: Stmt = Stmt {
     sql: "WITH j AS (
             INSERT INTO billing.journal (customer, seq, entry_id, at, kind, amount, balance_after,
                 idempotency_key, grant_id, reservation_id, ref_entry, accounts, deltas, metadata)
             SELECT u.customer, u.seq, u.entry_id, u.at, u.kind, u.amount, u.balance_after, u.key, u.grant_id,
-                   u.hold, u.ref_entry, ARRAY[u.acct], ARRAY[u.delta], u.metadata::jsonb
-              FROM unnest($1::text[], $2::int8[], $3::uuid[], $4::timestamptz[], $5::text[], $6::int8[], $7::int8[],
-                          $8::text[], $9::uuid[], $10::uuid[], $11::uuid[], $12::uuid[], $13::int8[], $14::text[])
-                   AS u(customer, seq, entry_id, at, kind, amount, balance_after, key, grant_id, hold, ref_entry,
-                        acct, delta, metadata)),
+                   u.hold, u.ref_entry, ARRAY[u.acct], ARRAY[u.delta], u.metadata
+              FROM unnest($1::record[]) AS u(customer text, seq int8, entry_id uuid, at timestamptz, kind text,
+                   amount int8, balance_after int8, key text, grant_id uuid, hold uuid, ref_entry uuid, acct uuid,
+                   delta int8, metadata jsonb)),
           g AS (
             UPDATE billing.grants g SET remaining = g.remaining + d.delta, open = g.remaining + d.delta > 0
-              FROM unnest($15::text[], $16::uuid[], $17::int8[]) AS d(customer, id, delta)
+              FROM unnest($2::record[]) AS d(customer text, id uuid, delta int8)
              WHERE g.customer = d.customer AND g.id = d.id)
           UPDATE billing.customers c
              SET balance = u.balance, od = u.od, seq = u.seq, last_at = u.last_at, next_event_at = u.next_event_at,
                  low_notified = u.low_notified, topup_notified = u.topup_notified, draw_grant = u.draw_grant,
                  draw = u.draw, draw_left = u.draw_left
-            FROM unnest($18::text[], $19::int8[], $20::int8[], $21::int8[], $22::timestamptz[], $23::timestamptz[],
-                        $24::bool[], $25::bool[], $26::uuid[], $27::int8[], $28::int8[])
-                 AS u(customer, balance, od, seq, last_at, next_event_at, low_notified, topup_notified, draw_grant,
-                      draw, draw_left)
+            FROM unnest($3::record[]) AS u(customer text, balance int8, od int8, seq int8, last_at timestamptz,
+                 next_event_at timestamptz, low_notified bool, topup_notified bool, draw_grant uuid, draw int8,
+                 draw_left int8)
            WHERE c.customer = u.customer",
-    args: &[
-        TEXTARRAYOID,
-        INT8ARRAYOID,
-        UUIDARRAYOID,
-        TIMESTAMPTZARRAYOID,
-        TEXTARRAYOID,
-        INT8ARRAYOID,
-        INT8ARRAYOID,
-        TEXTARRAYOID,
-        UUIDARRAYOID,
-        UUIDARRAYOID,
-        UUIDARRAYOID,
-        UUIDARRAYOID,
-        INT8ARRAYOID,
-        TEXTARRAYOID,
-        TEXTARRAYOID,
-        UUIDARRAYOID,
-        INT8ARRAYOID,
-        TEXTARRAYOID,
-        INT8ARRAYOID,
-        INT8ARRAYOID,
-        INT8ARRAYOID,
-        TIMESTAMPTZARRAYOID,
-        TIMESTAMPTZARRAYOID,
-        BOOLARRAYOID,
-        BOOLARRAYOID,
-        UUIDARRAYOID,
-        INT8ARRAYOID,
-        INT8ARRAYOID,
-    ],
+    args: &[RECORDARRAYOID, RECORDARRAYOID, RECORDARRAYOID],
 };
+/// The columns of WRITE's three arrays, as its column definition lists name them.
+const ENTRY: &[pg_sys::Oid] = &[
+    pg_sys::TEXTOID,
+    pg_sys::INT8OID,
+    pg_sys::UUIDOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TEXTOID,
+    pg_sys::INT8OID,
+    pg_sys::INT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::INT8OID,
+    pg_sys::JSONBOID,
+];
+const GRANT: &[pg_sys::Oid] = &[pg_sys::TEXTOID, pg_sys::UUIDOID, pg_sys::INT8OID];
+const ROW: &[pg_sys::Oid] = &[
+    pg_sys::TEXTOID,
+    pg_sys::INT8OID,
+    pg_sys::INT8OID,
+    pg_sys::INT8OID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::BOOLOID,
+    pg_sys::BOOLOID,
+    pg_sys::UUIDOID,
+    pg_sys::INT8OID,
+    pg_sys::INT8OID,
+];
 
 /// A journal entry of one line, kept for `WRITE`.
 pub struct Entry {
@@ -86,7 +89,7 @@ pub struct Entry {
     pub ref_entry: Option<pgrx::Uuid>,
     pub acct: pgrx::Uuid,
     pub delta: i64,
-    pub metadata: String,
+    pub metadata: serde_json::Value,
 }
 
 /// A customer row's ledger columns, kept for `WRITE`.
@@ -135,40 +138,46 @@ impl Deferred {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let e = std::mem::take(&mut self.entries);
-        let g = std::mem::take(&mut self.grants);
-        let r = std::mem::take(&mut self.rows);
+        let (mut entries, mut grants, mut rows) = (Records::new(ENTRY), Records::new(GRANT), Records::new(ROW));
+        for (customer, x) in std::mem::take(&mut self.entries) {
+            let metadata = jsonb_param(x.metadata);
+            entries.push(&[
+                customer.into_datum(),
+                x.seq.into_datum(),
+                x.entry_id.into_datum(),
+                ts(x.at).into_datum(),
+                x.kind.into_datum(),
+                x.amount.into_datum(),
+                x.balance_after.into_datum(),
+                x.key.into_datum(),
+                x.grant.into_datum(),
+                x.hold.into_datum(),
+                x.ref_entry.into_datum(),
+                x.acct.into_datum(),
+                x.delta.into_datum(),
+                metadata.datum().map(|d| d.sans_lifetime()),
+            ]);
+        }
+        for (customer, id, delta) in std::mem::take(&mut self.grants) {
+            grants.push(&[customer.into_datum(), id.into_datum(), delta.into_datum()]);
+        }
+        for (customer, x) in std::mem::take(&mut self.rows) {
+            rows.push(&[
+                customer.into_datum(),
+                x.balance.into_datum(),
+                x.od.into_datum(),
+                x.seq.into_datum(),
+                ts(x.last_at).into_datum(),
+                ts(x.next_event_at).into_datum(),
+                x.low_notified.into_datum(),
+                x.topup_notified.into_datum(),
+                x.draw_grant.into_datum(),
+                x.draw.into_datum(),
+                x.draw_left.into_datum(),
+            ]);
+        }
         self.accounts.clear();
-        let args: [pgrx::datum::DatumWithOid; 28] = [
-            e.iter().map(|x| x.0.clone()).collect::<Vec<String>>().into(),
-            e.iter().map(|x| x.1.seq).collect::<Vec<i64>>().into(),
-            e.iter().map(|x| x.1.entry_id).collect::<Vec<pgrx::Uuid>>().into(),
-            e.iter().map(|x| ts(x.1.at)).collect::<Vec<TimestampWithTimeZone>>().into(),
-            e.iter().map(|x| x.1.kind).collect::<Vec<&str>>().into(),
-            e.iter().map(|x| x.1.amount).collect::<Vec<i64>>().into(),
-            e.iter().map(|x| x.1.balance_after).collect::<Vec<i64>>().into(),
-            e.iter().map(|x| x.1.key.clone()).collect::<Vec<Option<String>>>().into(),
-            e.iter().map(|x| x.1.grant).collect::<Vec<Option<pgrx::Uuid>>>().into(),
-            e.iter().map(|x| x.1.hold).collect::<Vec<Option<pgrx::Uuid>>>().into(),
-            e.iter().map(|x| x.1.ref_entry).collect::<Vec<Option<pgrx::Uuid>>>().into(),
-            e.iter().map(|x| x.1.acct).collect::<Vec<pgrx::Uuid>>().into(),
-            e.iter().map(|x| x.1.delta).collect::<Vec<i64>>().into(),
-            e.iter().map(|x| x.1.metadata.clone()).collect::<Vec<String>>().into(),
-            g.iter().map(|x| x.0.clone()).collect::<Vec<String>>().into(),
-            g.iter().map(|x| x.1).collect::<Vec<pgrx::Uuid>>().into(),
-            g.iter().map(|x| x.2).collect::<Vec<i64>>().into(),
-            r.iter().map(|x| x.0.clone()).collect::<Vec<String>>().into(),
-            r.iter().map(|x| x.1.balance).collect::<Vec<i64>>().into(),
-            r.iter().map(|x| x.1.od).collect::<Vec<i64>>().into(),
-            r.iter().map(|x| x.1.seq).collect::<Vec<i64>>().into(),
-            r.iter().map(|x| ts(x.1.last_at)).collect::<Vec<TimestampWithTimeZone>>().into(),
-            r.iter().map(|x| ts(x.1.next_event_at)).collect::<Vec<TimestampWithTimeZone>>().into(),
-            r.iter().map(|x| x.1.low_notified).collect::<Vec<bool>>().into(),
-            r.iter().map(|x| x.1.topup_notified).collect::<Vec<bool>>().into(),
-            r.iter().map(|x| x.1.draw_grant).collect::<Vec<Option<pgrx::Uuid>>>().into(),
-            r.iter().map(|x| x.1.draw).collect::<Vec<i64>>().into(),
-            r.iter().map(|x| x.1.draw_left).collect::<Vec<Option<i64>>>().into(),
-        ];
+        let args = [entries.param(), grants.param(), rows.param()];
         run(c, &WRITE, &args)?;
         Ok(())
     }

@@ -1249,7 +1249,7 @@ impl<'a, 'c> Op<'a, 'c> {
                 ref_entry: p.ref_entry,
                 acct: p.accts[0],
                 delta: p.deltas[0],
-                metadata: p.metadata.to_string(),
+                metadata: p.metadata,
             });
             let row = super::deferred::Row {
                 balance: self.book.balance,
